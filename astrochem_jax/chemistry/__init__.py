@@ -1,0 +1,2 @@
+"""Ground-truth chemistry: species formulae, reaction networks, rate laws, the stiff solver and
+collapse tracks."""
