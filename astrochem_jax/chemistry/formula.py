@@ -20,7 +20,7 @@ _TWO_LETTER = tuple(e for e in KNOWN_ELEMENTS if len(e) == 2)
 ELECTRON_NAMES = frozenset({"E-", "ELECTR"})
 # Pseudo-species and process keywords that are not chemical species.
 NON_SPECIES = frozenset({
-    "SURFACE", "BULK", "NAN", "", "CRP", "CRPHOT", "PHOTON", "CRPHOT", "FREEZE", "DESORB",
+    "SURFACE", "BULK", "NAN", "", "CRP", "CRPHOT", "PHOTON", "FREEZE", "DESORB",
     "DESOH2", "DESCR", "DEUVCR", "THERM", "LH", "LHDES", "ER", "ERDES", "H2FORM", "BULKSWAP",
     "SURFSWAP", "CR", "CRPHOTON",
 })
