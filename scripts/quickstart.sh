@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded default data:
+# generate -> preprocess (timeless, sequential) -> train autoencoder -> train emulator -> benchmark.
+# Every stage caches its result, so a second run only redoes what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export OPENBLAS_NUM_THREADS=1
+PY=.venv/bin/python
+start=$(date +%s)
+stage() { echo; echo "=== [$(( $(date +%s) - start )) s] $* ==="; }
+
+stage "1/6 generate the default dataset (data/raw/grav.h5)"
+if [ -f data/raw/grav.h5 ] && [ "${FORCE_GENERATE:-0}" != 1 ]; then
+  echo "data/raw/grav.h5 exists; skipping (FORCE_GENERATE=1 to regenerate)"
+else
+  $PY -m astrochem_jax.generate --config=configs/datasets/grav.py
+fi
+stage "2/6 preprocess: timeless (autoencoder rows)"
+$PY -m astrochem_jax.preprocess --dataset=configs/datasets/grav.py --method=configs/preprocessing/timeless.py
+stage "3/6 preprocess: sequential (emulator trajectories)"
+$PY -m astrochem_jax.preprocess --dataset=configs/datasets/grav.py --method=configs/preprocessing/sequential.py
+stage "4/6 train the autoencoder"
+$PY -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py
+stage "5/6 train the latent emulator"
+$PY -m astrochem_jax.train --config=configs/components/emulator_grav_sequential.py
+stage "6/6 benchmark the surrogate against the solver"
+$PY -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py
+stage "done: report in outputs/benchmarks/ae_emulator_grav/"
