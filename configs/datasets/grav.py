@@ -1,5 +1,6 @@
 """The embedded default dataset: tracers of gravitational free-fall collapse integrated with the
-default demonstration network by `python -m astrochem_jax.generate --config=configs/datasets/grav.py`.
+default demonstration network by
+`python -m astrochem_jax.generate --config=configs/datasets/grav.py`.
 
 Sections: identity + raw file (used by every stage), `generator` (ground truth, used by generate),
 and the preprocessing fields (used by preprocess).
@@ -20,8 +21,39 @@ def get_config() -> ConfigDict:
     c.seed = 42
 
     # --- ground truth generator (owned by astrochem_jax.generate) -------------------------------
-    c.generator = ConfigDict()
-    c.generator.network = "default"  # "default" or a path to a UMIST-format .rates file
+    c.generator = g = ConfigDict()
+    g.network = "default"  # "default" or a path to a UMIST-format .rates file
+    g.initial_abundances = config_dict.placeholder(dict)  # {species: x/H} overrides of defaults
+    # Output times: n_steps points, t = 0 first (row 0 = initial abundances). 1.5 Myr as in the
+    # real UCLCHEM collapse runs: with the ranges below free-fall times are 0.16-3.1 Myr, so some
+    # tracers reach their final density early, some mid-way and the slowest barely collapse.
+    g.time_end_years = 1.5e6
+    g.time_spacing = "linear"  # "linear" | "log" (t = 0, then log-spaced from log_first_time_years)
+    g.log_first_time_years = 1.0e2
+    # User tracks instead of collapse tracks: CSV with tracer, time, density, gasTemp, Av,
+    # Radfield (+ zeta); see chemistry/tracks.py::read_tracks_csv.
+    g.tracks_csv = config_dict.placeholder(str)
+    g.csv_default_zeta = 1.0  # zeta (1.3e-17 s^-1) for CSV tracks without a zeta column
+    # Free-fall collapse parameters, drawn per tracer by Latin hypercube, uniform in log10 over
+    # (lo, hi); lo == hi fixes a value. Names: chemistry/tracks.py::TRACK_PARAMETERS.
+    g.track_ranges = ConfigDict()
+    g.track_ranges.initial_density_cm3 = (3.0e3, 1.0e5)
+    g.track_ranges.final_density_cm3 = (1.0e6, 1.0e7)  # cap of the collapse
+    g.track_ranges.freefall_factor = (0.3, 1.0)  # 1 = pure free fall, < 1 = retarded
+    g.track_ranges.gas_temperature_K = (10.0, 30.0)
+    g.track_ranges.radfield_habing = (0.1, 10.0)
+    g.track_ranges.zeta = (0.5, 3.2)  # units of 1.3e-17 s^-1
+    g.track_ranges.base_av_mag = (0.5, 3.2)  # Av at the cloud edge, added to the column's Av
+    g.track_ranges.cloud_radius_pc = (0.05, 0.05)  # initial radius r0 (UCLCHEM's rout)
+    # Stiff solver (chemistry/solver.py::SolverSettings).
+    g.solver = ConfigDict()
+    g.solver.rtol = 1e-6
+    g.solver.atol = 1e-20
+    g.solver.max_steps = 20_000
+    g.solver.solver = "kvaerno5"
+    g.solver.batch_size = 16
+    # A tracer whose element totals or charge drift by more than this (relative) is a failure.
+    g.conservation_rtol = 1e-6
 
     # --- preprocessing (owned by astrochem_jax.preprocess) -------------------------------------
     c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
