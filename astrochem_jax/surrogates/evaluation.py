@@ -1,0 +1,172 @@
+"""Benchmark aggregation: pure numpy functions from (truth, prediction) arrays to report entries.
+
+Arrays: x_true, x_pred [N, T, S] unscaled abundances (N tracers, T time steps, S species);
+stoichiometric_matrix [S, E]. Steps to score are chosen by the caller (the benchmark scores the
+closed-loop predictions, steps 1..T, and reports step 0 separately as part of `error_vs_step`).
+Element-wise metrics come from `astrochem_jax.metrics`; this module only reduces them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from astrochem_jax import metrics
+
+N_WORST_SPECIES = 40
+
+
+def species_mean_relative_error(x_true: np.ndarray, x_pred: np.ndarray) -> np.ndarray:
+    """AstroChemNet's metric per species: mean over tracers and steps of |x - x_hat| / x -> [S]."""
+    err = metrics.relative_error(np.asarray(x_true, np.float64), np.asarray(x_pred, np.float64))
+    return err.reshape(-1, err.shape[-1]).mean(axis=0)
+
+
+def summarize_species_errors(per_species: np.ndarray, species: Sequence[str],
+                             n_worst: int = N_WORST_SPECIES) -> dict:
+    """per_species [S] -> {mean, std, worst_species, worst_value, worst: [{species, value}]}."""
+    per_species = np.asarray(per_species, np.float64)
+    if per_species.shape != (len(species),):
+        raise ValueError(
+            f"summarize_species_errors: per_species has shape {per_species.shape}, expected "
+            f"({len(species)},) to match the species list"
+        )
+    order = np.argsort(per_species)[::-1]
+    return {
+        "mean": float(per_species.mean()),
+        "std": float(per_species.std()),
+        "median": float(np.median(per_species)),
+        "worst_species": str(species[order[0]]),
+        "worst_value": float(per_species[order[0]]),
+        "worst": [{"species": str(species[i]), "value": float(per_species[i])}
+                  for i in order[:n_worst]],
+        "per_species": {str(s): float(v) for s, v in zip(species, per_species, strict=True)},
+    }
+
+
+def dlog10_summary(x_true: np.ndarray, x_pred: np.ndarray) -> dict:
+    """|dlog10| (dex) over every (tracer, step, species): mean, median, p90, p99, max."""
+    d = metrics.abs_dlog10(np.asarray(x_true, np.float64), np.asarray(x_pred, np.float64))
+    d = d.reshape(-1)
+    return {
+        "mean": float(d.mean()),
+        "median": float(np.median(d)),
+        "p90": float(np.percentile(d, 90)),
+        "p99": float(np.percentile(d, 99)),
+        "max": float(d.max()),
+    }
+
+
+def error_vs_step(x_true: np.ndarray, x_pred: np.ndarray) -> dict:
+    """Per step t: mean relative error and mean / p99 |dlog10| over tracers and species -> [T]."""
+    x_true = np.asarray(x_true, np.float64)
+    x_pred = np.asarray(x_pred, np.float64)
+    rel = metrics.relative_error(x_true, x_pred)  # [N, T, S]
+    dex = metrics.abs_dlog10(x_true, x_pred)
+    return {
+        "mean_relative_error": rel.mean(axis=(0, 2)).tolist(),
+        "mean_abs_dlog10": dex.mean(axis=(0, 2)).tolist(),
+        "p99_abs_dlog10": np.percentile(dex.transpose(1, 0, 2).reshape(dex.shape[1], -1), 99,
+                                        axis=1).tolist(),
+    }
+
+
+def per_tracer_max_error(x_true: np.ndarray, x_pred: np.ndarray,
+                         tracer_ids: Sequence[int]) -> list[dict]:
+    """For each tracer: the worst step's species-mean relative error and the largest |dlog10|
+    anywhere on its trajectory (with the step and species where it happens)."""
+    x_true = np.asarray(x_true, np.float64)
+    x_pred = np.asarray(x_pred, np.float64)
+    rel = metrics.relative_error(x_true, x_pred).mean(axis=2)  # [N, T]
+    dex = metrics.abs_dlog10(x_true, x_pred)  # [N, T, S]
+    out = []
+    for k, tracer in enumerate(tracer_ids):
+        t_dex, s_dex = np.unravel_index(np.argmax(dex[k]), dex[k].shape)
+        out.append({
+            "tracer": int(tracer),
+            "max_mean_relative_error": float(rel[k].max()),
+            "step_of_max_mean_relative_error": int(np.argmax(rel[k])),
+            "max_abs_dlog10": float(dex[k, t_dex, s_dex]),
+            "step_of_max_abs_dlog10": int(t_dex),
+            "species_index_of_max_abs_dlog10": int(s_dex),
+        })
+    return out
+
+
+def element_conservation_summary(x_true: np.ndarray, x_pred: np.ndarray,
+                                 stoichiometric_matrix: np.ndarray,
+                                 elements: Sequence[str]) -> dict:
+    """Relative element-total error |(x_pred - x_true) S| / (x_true S) per element:
+    {element: {mean, max}} over tracers and steps, plus the truth's own drift along each
+    trajectory (max over steps of |total(t) - total(0)| / total(0)) as a reference."""
+    x_true = np.asarray(x_true, np.float64)
+    x_pred = np.asarray(x_pred, np.float64)
+    stoich = np.asarray(stoichiometric_matrix, np.float64)
+    if stoich.shape != (x_true.shape[-1], len(elements)):
+        raise ValueError(
+            f"element_conservation_summary: stoichiometric matrix has shape {stoich.shape}, "
+            f"expected ({x_true.shape[-1]} species, {len(elements)} elements)"
+        )
+    err = metrics.element_conservation_error(x_true, x_pred, stoich)  # [N, T, E]
+    totals = metrics.element_totals(x_true, stoich)  # [N, T, E]
+    t0 = totals[:, :1, :]
+    drift = np.where(t0 > 1e-30, np.abs(totals - t0) / np.maximum(t0, 1e-30), 0.0)
+    return {
+        str(e): {
+            "mean": float(err[..., j].mean()),
+            "max": float(err[..., j].max()),
+            "truth_drift_max": float(drift[..., j].max()),
+        }
+        for j, e in enumerate(elements)
+    }
+
+
+def accuracy_report(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[str],
+                    tracer_ids: Sequence[int], stoichiometric_matrix: np.ndarray | None = None,
+                    elements: Sequence[str] | None = None) -> dict:
+    """Everything the benchmark reports about one (truth, prediction) pair of [N, T, S] arrays."""
+    if x_true.shape != x_pred.shape:
+        raise ValueError(f"accuracy_report: truth {x_true.shape} and prediction {x_pred.shape} "
+                         "shapes differ")
+    report = {
+        "n_tracers": int(x_true.shape[0]),
+        "n_steps": int(x_true.shape[1]),
+        "relative_error": summarize_species_errors(
+            species_mean_relative_error(x_true, x_pred), species),
+        "abs_dlog10": dlog10_summary(x_true, x_pred),
+    }
+    if stoichiometric_matrix is not None and elements is not None:
+        report["element_conservation"] = element_conservation_summary(
+            x_true, x_pred, stoichiometric_matrix, elements)
+    report["per_tracer"] = per_tracer_max_error(x_true, x_pred, tracer_ids)
+    for entry in report["per_tracer"]:
+        entry["species_of_max_abs_dlog10"] = str(species[entry["species_index_of_max_abs_dlog10"]])
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed
+
+
+def timing_summary(seconds: Sequence[float]) -> dict:
+    """Repeated wall times of one call -> {median_s, min_s, mean_s, repeats}."""
+    s = np.asarray(seconds, np.float64)
+    return {"median_s": float(np.median(s)), "min_s": float(s.min()), "mean_s": float(s.mean()),
+            "repeats": int(s.size)}
+
+
+def throughput_entry(batch_size: int, seconds: Sequence[float], flops_per_trajectory: int,
+                     peak_gflops: float | None) -> dict:
+    """One batch size's speed: trajectories/s and GFLOP/s from the median time, fraction of the
+    measured matmul peak."""
+    t = timing_summary(seconds)
+    traj_per_s = batch_size / t["median_s"]
+    gflops = traj_per_s * flops_per_trajectory / 1e9
+    return {
+        "batch_size": int(batch_size),
+        **t,
+        "trajectories_per_s": traj_per_s,
+        "achieved_gflops": gflops,
+        "fraction_of_peak": (gflops / peak_gflops) if peak_gflops else None,
+    }

@@ -1,0 +1,46 @@
+"""Latent surrogate on the default dataset: autoencoder_grav_large + emulator_grav_sequential.
+
+`python -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py`
+Fields scripts rely on: `name` (output directory under outputs/benchmarks/), `type` (a key of
+`astrochem_jax.surrogates.SURROGATES`), `components.{encoder,emulator,decoder}` (component names
+under outputs/weights/). Everything else configures the benchmark.
+"""
+
+from ml_collections import ConfigDict, config_dict
+
+
+def benchmark_config() -> ConfigDict:
+    """Benchmark settings shared by every surrogate config."""
+    b = ConfigDict()
+    # Validation tracers scored closed loop from t0 over the full trajectory (None = all).
+    b.n_val_tracers = config_dict.placeholder(int)
+    # Throughput: batch sizes in trajectories (validation tracks replicated to fill the batch).
+    b.batch_sizes = (1, 16, 64, 256, 1024)
+    b.timing_repeats = 5  # timed calls per batch size after one untimed warm-up
+    b.min_timing_s = 1.0  # keep repeating until this much time has been timed
+    b.matmul_size = 2048  # [n, n] @ [n, n] float32 jnp.dot for the machine's peak
+    # Ground-truth solver on the same validation tracks (only for datasets it can solve).
+    b.solver = ConfigDict()
+    b.solver.enabled = True
+    b.solver.n_tracers = config_dict.placeholder(int)  # None = every scored validation tracer
+    # None = the settings stored in the raw file (those that generated the dataset).
+    b.solver.rtol = config_dict.placeholder(float)
+    b.solver.atol = config_dict.placeholder(float)
+    b.solver.max_steps = config_dict.placeholder(int)
+    b.solver.batch_size = config_dict.placeholder(int)
+    # Plots: example-trajectory species (matched case-insensitively) + the worst species.
+    b.plot_species = ("CO", "H2O", "HCO+", "N2H+", "e-")
+    b.n_worst_species = 40
+    return b
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.name = "ae_emulator_grav"
+    c.type = "ae_emulator"
+    c.components = ConfigDict()
+    c.components.encoder = "autoencoder_grav_large"
+    c.components.emulator = "emulator_grav_sequential"
+    c.components.decoder = "autoencoder_grav_large"
+    c.benchmark = benchmark_config()
+    return c
