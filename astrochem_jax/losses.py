@@ -1,0 +1,149 @@
+"""Training loss (AstroChemNet's) and validation metrics. Pure jnp functions, float32-safe.
+
+Inputs are scaled abundances (`astrochem_jax.scaling`: clip, log10, min-max to [0, 1]) of shape
+[..., S]; every leading axis (batch, time, ...) is a "sample". With N samples and S species, and the
+elementwise loss  l = 10^(power_weight * |o - t|) - 1  (computed as expm1(ln 10 * ...)):
+
+    mean_term         = sum(l) / (N * S)
+    worst_term        = (1 / N) * sum_n max_s l[n, s]          (AstroChemNet's worst-species term)
+    conservation_term = mean over samples and *present* elements of
+                        |log10(x_hat @ S_mat) - log10(x @ S_mat)|
+    total = mean_term + worst_weight * worst_term + conservation_weight * conservation_term
+
+where x = unscale(t), x_hat = unscale(o) are abundances relative to H nuclei and S_mat [S, E] is the
+stoichiometric matrix. Elements whose column of S_mat is all zero (absent from the network) are
+masked out; element totals are floored at `ELEMENT_TOTAL_FLOOR` before the log so that no log of
+zero (and no NaN gradient) can appear. AstroChemNet uses worst_weight (its alpha) = 2.
+
+float32: 10^(power_weight * d) overflows float32 once power_weight * d > ~38; since |o - t| <= 1
+for scaled data, keep power_weight below ~38 (AstroChemNet's values are far below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from astrochem_jax.metrics import abs_dlog10, relative_error
+from astrochem_jax.scaling import unscale_abundances
+
+# Smallest element total (relative to H nuclei) that enters a log10; far below any real element
+# abundance (every species is clipped at >= 1e-20 already) and well inside float32's normal range.
+ELEMENT_TOTAL_FLOOR = 1e-30
+
+_LN10 = math.log(10.0)
+
+
+def _check_pair(pred_scaled, true_scaled, where: str):
+    if pred_scaled.shape != true_scaled.shape or pred_scaled.ndim < 1:
+        raise ValueError(
+            f"{where}: pred_scaled and true_scaled must have the same shape [..., species]; "
+            f"got {pred_scaled.shape} and {true_scaled.shape}"
+        )
+
+
+def unscale_in_dtype(scaled, abundance_clip, dtype=jnp.float32):
+    """scaled [..., S] in [0, 1] -> abundances [..., S] computed in `dtype`.
+
+    The clip is turned into `dtype` scalars first: `scaling.unscale_abundances` builds its log10
+    bounds as numpy float64 scalars, which would promote a float32 jax array to float64 when x64
+    is on.
+    """
+    clip = (np.asarray(abundance_clip[0], dtype), np.asarray(abundance_clip[1], dtype))
+    return unscale_abundances(jnp.asarray(scaled, dtype), clip).astype(dtype)
+
+
+def elementwise_loss(pred_scaled, true_scaled, power_weight: float):
+    """10^(power_weight * |o - t|) - 1 elementwise, shape [..., S] (>= 0, zero iff o == t)."""
+    diff = jnp.abs(pred_scaled - true_scaled)
+    return jnp.expm1((power_weight * _LN10) * diff)
+
+
+def conservation_term(
+    pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip, floor=ELEMENT_TOTAL_FLOOR
+):
+    """Mean over samples and present elements of |log10(x_hat S) - log10(x S)|, scalar (dex).
+
+    stoichiometric_matrix [S, E]; all-zero columns are masked out. Returns 0 if none is present.
+    """
+    dtype = pred_scaled.dtype
+    smat = jnp.asarray(stoichiometric_matrix, dtype)
+    if smat.ndim != 2 or smat.shape[0] != pred_scaled.shape[-1]:
+        raise ValueError(
+            f"conservation_term: stoichiometric_matrix must be [species={pred_scaled.shape[-1]}, "
+            f"elements]; got shape {smat.shape}"
+        )
+    present = jnp.any(smat != 0, axis=0)  # [E]
+    x_true = unscale_in_dtype(true_scaled, abundance_clip, dtype)
+    x_pred = unscale_in_dtype(pred_scaled, abundance_clip, dtype)
+    # Masked columns are replaced by 1 *before* the log so that neither value nor gradient is NaN.
+    tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)
+    tot_pred = jnp.where(present, jnp.maximum(x_pred @ smat, floor), 1.0)
+    dlog = jnp.abs(jnp.log10(tot_pred) - jnp.log10(tot_true))  # [..., E], 0 where masked
+    n_samples = math.prod(pred_scaled.shape[:-1])
+    n_present = jnp.maximum(jnp.sum(present), 1).astype(dtype)
+    return jnp.sum(dlog) / (n_samples * n_present)
+
+
+def total_loss(
+    pred_scaled,
+    true_scaled,
+    *,
+    stoichiometric_matrix,
+    abundance_clip,
+    power_weight: float,
+    worst_weight: float,
+    conservation_weight: float,
+):
+    """AstroChemNet loss on scaled abundances [..., S] -> (scalar, {"mean", "worst",
+    "conservation", "total"}) (unweighted terms plus the weighted total; see the module doc).
+
+    The conservation term is skipped (and reported as 0) when `conservation_weight` is the Python
+    number 0, so callers without a stoichiometric matrix may pass `stoichiometric_matrix=None`.
+    """
+    _check_pair(pred_scaled, true_scaled, "total_loss")
+    pred_scaled = jnp.asarray(pred_scaled)
+    dtype = pred_scaled.dtype if jnp.issubdtype(pred_scaled.dtype, jnp.floating) else jnp.float32
+    pred_scaled = pred_scaled.astype(dtype)
+    true_scaled = jnp.asarray(true_scaled, dtype)
+    loss = elementwise_loss(pred_scaled, true_scaled, power_weight)
+    mean_term = jnp.mean(loss)
+    worst_term = jnp.mean(jnp.max(loss.reshape(-1, loss.shape[-1]), axis=-1))
+    if isinstance(conservation_weight, int | float) and conservation_weight == 0:
+        cons = jnp.zeros((), dtype)
+    else:
+        if stoichiometric_matrix is None:
+            raise ValueError("total_loss: conservation_weight != 0 needs a stoichiometric_matrix")
+        cons = conservation_term(pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip)
+    total = mean_term + worst_weight * worst_term + conservation_weight * cons
+    total = jnp.asarray(total, dtype)
+    return total, {"mean": mean_term, "worst": worst_term, "conservation": cons, "total": total}
+
+
+def validation_metrics(pred_scaled, true_scaled, abundance_clip) -> dict:
+    """Accuracy in unscaled space for scaled abundances [..., S].
+
+    Returns {"mean_relative_error": scalar, "mean_abs_dlog10": scalar (dex),
+    "relative_error_per_species": [S], "abs_dlog10_per_species": [S], "n_samples": int}.
+    Per-species values are means over all samples (leading axes); the scalars are their mean over
+    species. Relative error |x - x_hat| / x uses `metrics.relative_error` (x floored at 1e-20).
+    To combine batches, average the per-species vectors weighted by `n_samples`.
+    """
+    _check_pair(pred_scaled, true_scaled, "validation_metrics")
+    x_true = unscale_in_dtype(true_scaled, abundance_clip)
+    x_pred = unscale_in_dtype(pred_scaled, abundance_clip)
+    n_species = x_true.shape[-1]
+    rel = jnp.mean(relative_error(x_true, x_pred).reshape(-1, n_species), axis=0)
+    dex = jnp.mean(abs_dlog10(x_true, x_pred).reshape(-1, n_species), axis=0)
+    return {
+        "mean_relative_error": jnp.mean(rel),
+        "mean_abs_dlog10": jnp.mean(dex),
+        "relative_error_per_species": rel,
+        "abs_dlog10_per_species": dex,
+        "n_samples": math.prod(x_true.shape[:-1]),
+    }
+
+
+LOSSES = {"astrochemnet": total_loss}

@@ -1,0 +1,132 @@
+"""Tied-weight autoencoder for scaled abundances (AstroChemNet's architecture, in Flax NNX).
+
+Encoder: for each hidden width h: Linear -> BatchNorm -> exact GELU -> Dropout; then Linear to the
+latent and a sigmoid, so latents live in (0, 1) and the Gaussian latent noise (std 0.1 by default,
+training mode only) has a fixed meaning relative to their range.
+
+Decoder: the mirror image. Its matrices ARE the encoder kernels, transposed at call time (the same
+`nnx.Param` objects are read, nothing is copied or stored twice); it owns only its biases and its
+BatchNorms. Hidden layers: z @ W_k^T + b -> BatchNorm -> exact GELU -> Dropout; the last one maps to
+the species and ends in a sigmoid, because scaled abundances are in [0, 1].
+
+Modes follow NNX: `model.train()` (BatchNorm uses batch statistics and updates its running
+averages, dropout and latent noise on) and `model.eval()` (running averages, deterministic). A new
+model starts in training mode, like `nnx.Dropout` / `nnx.BatchNorm`.
+
+Everything is float32 (params, computation, noise) regardless of `jax_enable_x64`.
+Random streams: `dropout` for dropout masks, `noise` for the latent noise (an `nnx.Rngs` without
+those names falls back to its `default` stream). The streams' keys and counters are NNX state, so
+`nnx.split(model)` carries them through `jax.jit` functionally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPE = jnp.float32
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as in PyTorch's default `nn.GELU()`."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class GaussianNoise(nnx.Module):
+    """Adds N(0, std^2) noise in training mode (`deterministic=False`), identity otherwise.
+
+    `deterministic` is toggled by `model.train()` / `model.eval()` like `nnx.Dropout`.
+    """
+
+    def __init__(
+        self,
+        std: float,
+        *,
+        deterministic: bool = False,
+        rng_collection: str = "noise",
+        rngs: nnx.Rngs,
+    ):
+        self.std = float(std)
+        self.deterministic = deterministic
+        self.rngs = rngs[rng_collection].fork()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.std == 0.0:
+            return x
+        noise = jax.random.normal(self.rngs(), x.shape, dtype=x.dtype)
+        return x + jnp.asarray(self.std, x.dtype) * noise
+
+
+class Autoencoder(nnx.Module):
+    """Tied-weight autoencoder: x [B, S] scaled abundances -> (x_hat [B, S], z [B, L])."""
+
+    def __init__(
+        self,
+        n_species: int,
+        hidden_dims: Sequence[int] = (160, 80),
+        latent_dim: int = 14,
+        dropout_rate: float = 0.0,
+        latent_noise_std: float = 0.1,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
+            raise ValueError(
+                "Autoencoder: n_species, latent_dim and hidden_dims must be positive; got "
+                f"n_species={n_species}, hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
+            )
+        self.n_species = int(n_species)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.latent_dim = int(latent_dim)
+        widths = (self.n_species, *self.hidden_dims, self.latent_dim)  # encoder layer widths
+
+        self.encoder_layers = nnx.List(
+            [
+                nnx.Linear(d_in, d_out, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
+                for d_in, d_out in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        self.encoder_norms = nnx.List(
+            [
+                nnx.BatchNorm(h, momentum=0.9, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
+                for h in self.hidden_dims
+            ]
+        )
+        # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed.
+        self.decoder_biases = nnx.List(
+            [nnx.Param(jnp.zeros((d,), DTYPE)) for d in reversed(widths[:-1])]
+        )
+        self.decoder_norms = nnx.List(
+            [
+                nnx.BatchNorm(h, momentum=0.9, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
+                for h in reversed(self.hidden_dims)
+            ]
+        )
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.latent_noise = GaussianNoise(latent_noise_std, rngs=rngs)
+
+    def encode(self, x: jax.Array) -> jax.Array:
+        """x [B, S] scaled abundances in [0, 1] -> z [B, L] in (0, 1)."""
+        h = jnp.asarray(x, DTYPE)
+        for layer, norm in zip(self.encoder_layers[:-1], self.encoder_norms, strict=True):
+            h = self.dropout(gelu_exact(norm(layer(h))))
+        return jax.nn.sigmoid(self.encoder_layers[-1](h))
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z [B, L] -> x_hat [B, S] in (0, 1). Uses the encoder kernels transposed (tied)."""
+        h = jnp.asarray(z, DTYPE)
+        n = len(self.encoder_layers)
+        for k in range(n):
+            kernel = self.encoder_layers[n - 1 - k].kernel[...]  # [d_in_enc, d_out_enc]
+            h = h @ kernel.T + self.decoder_biases[k][...]
+            if k < n - 1:
+                h = self.dropout(gelu_exact(self.decoder_norms[k](h)))
+        return jax.nn.sigmoid(h)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [B, S] -> (x_hat [B, S], z [B, L]); z is the clean latent (before the noise)."""
+        z = self.encode(x)
+        return self.decode(self.latent_noise(z)), z

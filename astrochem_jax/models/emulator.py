@@ -1,0 +1,123 @@
+"""Residual MLP emulator: next state = state + MLP([physical, state]) (Flax NNX), and rollouts.
+
+The same module serves the latent emulator (state = autoencoder latent, D = latent_dim) and the
+direct emulator (state = scaled abundances, D = n_species). Hidden layers: Linear -> exact GELU ->
+Dropout. The output layer starts small (kernel std ~ `OUTPUT_INIT_SCALE / sqrt(fan_in)`, zero bias)
+so an untrained emulator is close to the identity map and early rollouts stay on the data manifold.
+
+Everything is float32 regardless of `jax_enable_x64`. Dropout draws from the `dropout` stream of
+the `nnx.Rngs` (falling back to `default`); a new model starts in training mode (`model.eval()` for
+deterministic rollouts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from astrochem_jax.models.autoencoder import DTYPE, gelu_exact
+
+# Relative scale of the output layer's initial weights: small, not zero, so that every layer gets a
+# gradient from the first step while the initial update stays ~1e-2 of a default-initialised layer.
+OUTPUT_INIT_SCALE = 1e-2
+
+
+class Emulator(nnx.Module):
+    """physical [B, P], state [B, D] -> next state [B, D] = state + MLP(concat(physical, state))."""
+
+    def __init__(
+        self,
+        n_physical: int,
+        state_dim: int,
+        hidden_dims: Sequence[int] = (256, 256, 128),
+        dropout_rate: float = 0.0,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if n_physical < 0 or state_dim < 1 or any(int(h) < 1 for h in hidden_dims):
+            raise ValueError(
+                "Emulator: need n_physical >= 0, state_dim >= 1, positive hidden_dims; got "
+                f"n_physical={n_physical}, state_dim={state_dim}, hidden_dims={list(hidden_dims)}"
+            )
+        self.n_physical = int(n_physical)
+        self.state_dim = int(state_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        widths = (self.n_physical + self.state_dim, *self.hidden_dims)
+        self.hidden_layers = nnx.List(
+            [
+                nnx.Linear(d_in, d_out, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
+                for d_in, d_out in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        self.output_layer = nnx.Linear(
+            widths[-1],
+            self.state_dim,
+            dtype=DTYPE,
+            param_dtype=DTYPE,
+            kernel_init=nnx.initializers.variance_scaling(
+                OUTPUT_INIT_SCALE**2, "fan_in", "truncated_normal"
+            ),
+            rngs=rngs,
+        )
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+    def __call__(self, physical: jax.Array, state: jax.Array) -> jax.Array:
+        """physical [B, P] scaled conditions driving this step, state [B, D] -> [B, D]."""
+        physical = jnp.asarray(physical, DTYPE)
+        state = jnp.asarray(state, DTYPE)
+        if physical.shape[-1] != self.n_physical or state.shape[-1] != self.state_dim:
+            raise ValueError(
+                f"Emulator: expected physical [..., {self.n_physical}] and state "
+                f"[..., {self.state_dim}], got {physical.shape} and {state.shape}"
+            )
+        h = jnp.concatenate([physical, state], axis=-1)
+        for layer in self.hidden_layers:
+            h = self.dropout(gelu_exact(layer(h)))
+        return state + self.output_layer(h)
+
+
+def rollout(
+    step: Callable[[jax.Array, jax.Array], jax.Array],
+    state0: jax.Array,
+    physical_seq: jax.Array,
+) -> jax.Array:
+    """Autoregressive rollout with `jax.lax.scan` over time.
+
+    step: pure function (physical [B, P], state [B, D]) -> next state [B, D].
+    state0 [B, D]: state before the first step (the scan carry starts from it, so it keeps its
+    dtype and sharding). physical_seq [B, T, P]: the conditions driving each of the T steps.
+    Returns states [B, T, D]: the state after each step (states[:, t] = step^(t+1)(state0)).
+
+    `step` must not mutate NNX state (e.g. an `Emulator` in eval mode, or a function of
+    `nnx.merge(graphdef, state)` in eval mode); for training-mode dropout use `rollout_module`.
+    """
+
+    def body(state, physical):
+        next_state = step(physical, state)
+        return next_state, next_state
+
+    _, states = jax.lax.scan(body, state0, jnp.swapaxes(physical_seq, 0, 1))
+    return jnp.swapaxes(states, 0, 1)
+
+
+def rollout_module(model: nnx.Module, state0: jax.Array, physical_seq: jax.Array) -> jax.Array:
+    """`rollout` of an NNX module that may update its own state while stepping (dropout RNG
+    counters in training mode). The module's state is threaded through the scan carry and written
+    back into `model` afterwards, so this works eagerly and inside `jax.jit` (on a model obtained
+    with `nnx.merge` there). Shapes as in `rollout`."""
+    graphdef, model_state = nnx.split(model)
+
+    def body(carry, physical):
+        carried_model_state, state = carry
+        module = nnx.merge(graphdef, carried_model_state)
+        next_state = module(physical, state)
+        return (nnx.state(module), next_state), next_state
+
+    (final_model_state, _), states = jax.lax.scan(
+        body, (model_state, state0), jnp.swapaxes(physical_seq, 0, 1)
+    )
+    nnx.update(model, final_model_state)
+    return jnp.swapaxes(states, 0, 1)

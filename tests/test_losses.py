@@ -1,0 +1,169 @@
+"""Losses and validation metrics: zero iff equal, exact term definitions, conservation masking,
+finite float32 gradients with x64 on, metrics against direct numpy computation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from astrochem_jax.losses import (
+    conservation_term,
+    elementwise_loss,
+    total_loss,
+    unscale_in_dtype,
+    validation_metrics,
+)
+from astrochem_jax.scaling import scale_abundances, unscale_abundances
+
+CLIP = (1e-20, 1.0)
+WEIGHTS = {"power_weight": 20.0, "worst_weight": 2.0, "conservation_weight": 1.0}
+# Species H, H2, C, CO, <empty>; elements H, C, O, Si (Si absent -> all-zero column).
+SMAT = np.array(
+    [[1, 0, 0, 0], [2, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=np.float64
+)
+
+
+def _scaled(key=0, shape=(6, 5)):
+    return jax.random.uniform(jax.random.key(key), shape, jnp.float32, 0.05, 0.95)
+
+
+def _loss(pred, true, **overrides):
+    kw = dict(WEIGHTS, stoichiometric_matrix=SMAT, abundance_clip=CLIP)
+    kw.update(overrides)
+    return total_loss(pred, true, **kw)
+
+
+def test_zero_for_identical_inputs_and_float32():
+    assert jax.config.read("jax_enable_x64")
+    t = _scaled()
+    total, terms = _loss(t, t)
+    assert float(total) == 0.0
+    for v in terms.values():
+        assert v.dtype == jnp.float32 and float(v) == 0.0
+
+
+def test_positive_and_terms_match_definition():
+    t = _scaled()
+    o = _scaled(1)
+    total, terms = _loss(o, t)
+    assert float(total) > 0
+    l = 10.0 ** (20.0 * np.abs(np.asarray(o, np.float64) - np.asarray(t, np.float64))) - 1.0
+    np.testing.assert_allclose(terms["mean"], l.mean(), rtol=1e-4)
+    np.testing.assert_allclose(terms["worst"], l.max(axis=-1).mean(), rtol=1e-4)
+    x_t = unscale_abundances(np.asarray(t, np.float64), CLIP)
+    x_o = unscale_abundances(np.asarray(o, np.float64), CLIP)
+    present = SMAT.any(axis=0)
+    dlog = np.abs(np.log10(x_o @ SMAT[:, present]) - np.log10(x_t @ SMAT[:, present]))
+    np.testing.assert_allclose(terms["conservation"], dlog.mean(), rtol=1e-4)
+    expected = terms["mean"] + 2.0 * terms["worst"] + 1.0 * terms["conservation"]
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def test_leading_axes_are_samples():
+    t = _scaled(0, (3, 4, 5))
+    o = _scaled(1, (3, 4, 5))
+    a, ta = _loss(o, t)
+    b, tb = _loss(o.reshape(12, 5), t.reshape(12, 5))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    for k in ta:
+        np.testing.assert_allclose(ta[k], tb[k], rtol=1e-6)
+
+
+def test_elementwise_loss_small_differences_accurate():
+    d = jnp.asarray([0.0, 1e-7, 1e-3], jnp.float32)
+    l = elementwise_loss(d, jnp.zeros_like(d), 20.0)
+    np.testing.assert_allclose(l, 10.0 ** (20.0 * np.asarray([0.0, 1e-7, 1e-3])) - 1, rtol=1e-5)
+
+
+def test_conservation_zero_when_elements_match():
+    # Move abundance between species with the same composition per element column: H <-> H2
+    # (keeping 2 * x_H2 + x_H fixed) and leave C, CO untouched -> element totals unchanged.
+    x = np.array([[1e-2, 4e-1, 1e-4, 1e-4, 1e-20]])
+    y = x.copy()
+    y[0, 0] += 2e-2
+    y[0, 1] -= 1e-2
+    t = jnp.asarray(scale_abundances(x, CLIP), jnp.float32)
+    o = jnp.asarray(scale_abundances(y, CLIP), jnp.float32)
+    cons = conservation_term(o, t, SMAT, CLIP)
+    assert abs(float(cons)) < 1e-5  # float32 round trip of the scaling only
+    assert float(conservation_term(o, o, SMAT, CLIP)) == 0.0
+
+
+def test_masked_columns_no_nan_in_value_or_gradient():
+    t = _scaled()
+    o = _scaled(1)
+    only_empty = np.zeros((5, 2))  # every element column empty
+    cons = conservation_term(o, t, only_empty, CLIP)
+    assert float(cons) == 0.0
+    for smat in (SMAT, only_empty):
+        g = jax.grad(lambda p, s=smat: _loss(p, t, stoichiometric_matrix=s)[0])(o)
+        assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_gradients_finite_under_jit_even_at_bounds():
+    t = _scaled()
+    o = t.at[:, 0].set(0.0).at[:, 1].set(1.0)  # clip floor and ceiling
+    grad = jax.jit(jax.grad(lambda p: _loss(p, t)[0]))(o)
+    assert grad.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(grad)))
+    assert float(jnp.max(jnp.abs(grad))) > 0
+
+
+def test_conservation_weight_zero_needs_no_matrix():
+    t, o = _scaled(), _scaled(1)
+    total, terms = total_loss(
+        o,
+        t,
+        stoichiometric_matrix=None,
+        abundance_clip=CLIP,
+        power_weight=20.0,
+        worst_weight=2.0,
+        conservation_weight=0.0,
+    )
+    assert float(terms["conservation"]) == 0.0
+    np.testing.assert_allclose(total, terms["mean"] + 2.0 * terms["worst"], rtol=1e-6)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="same shape"):
+        _loss(_scaled(0, (4, 5)), _scaled(0, (4, 4)))
+    with pytest.raises(ValueError, match="stoichiometric_matrix"):
+        _loss(_scaled(), _scaled(1), stoichiometric_matrix=SMAT[:4])
+
+
+def test_unscale_in_dtype_stays_float32():
+    s = _scaled()
+    x = unscale_in_dtype(s, CLIP)
+    assert x.dtype == jnp.float32
+    np.testing.assert_allclose(x, unscale_abundances(np.asarray(s, np.float64), CLIP), rtol=1e-5)
+
+
+def test_validation_metrics_match_numpy():
+    t = _scaled(0, (2, 3, 5))
+    o = _scaled(1, (2, 3, 5))
+    m = validation_metrics(o, t, CLIP)
+    x_t = unscale_abundances(np.asarray(t, np.float64), CLIP).reshape(-1, 5)
+    x_o = unscale_abundances(np.asarray(o, np.float64), CLIP).reshape(-1, 5)
+    rel = (np.abs(x_t - x_o) / x_t).mean(axis=0)
+    dex = np.abs(np.log10(x_o) - np.log10(x_t)).mean(axis=0)
+    assert m["n_samples"] == 6
+    assert m["relative_error_per_species"].shape == (5,)
+    assert m["mean_relative_error"].dtype == jnp.float32
+    np.testing.assert_allclose(m["relative_error_per_species"], rel, rtol=1e-3)
+    np.testing.assert_allclose(m["abs_dlog10_per_species"], dex, rtol=1e-4)
+    np.testing.assert_allclose(m["mean_relative_error"], rel.mean(), rtol=1e-3)
+    np.testing.assert_allclose(m["mean_abs_dlog10"], dex.mean(), rtol=1e-4)
+    perfect = validation_metrics(t, t, CLIP)
+    assert float(perfect["mean_relative_error"]) == 0.0
+    assert float(perfect["mean_abs_dlog10"]) == 0.0
+
+
+def test_validation_metrics_one_percent_error():
+    # x_hat = 1.01 x everywhere -> relative error 1 %, |dlog10| = log10(1.01).
+    x = np.logspace(-15, -2, 5)[None, :].repeat(4, axis=0)
+    t = jnp.asarray(scale_abundances(x, CLIP), jnp.float32)
+    o = jnp.asarray(scale_abundances(1.01 * x, CLIP), jnp.float32)
+    m = validation_metrics(o, t, CLIP)
+    np.testing.assert_allclose(m["mean_relative_error"], 0.01, rtol=2e-3)
+    np.testing.assert_allclose(m["mean_abs_dlog10"], math.log10(1.01), rtol=2e-3)

@@ -1,0 +1,239 @@
+"""Flax NNX models: shapes, float32 under x64, tied weights, train/eval modes, functional RNG state
+through jit, near-identity emulator, rollout == Python loop."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from astrochem_jax.models import (
+    MODELS,
+    Autoencoder,
+    Emulator,
+    count_parameters,
+    rollout,
+    rollout_module,
+)
+
+S, HIDDEN, LATENT, B = 12, (10, 6), 4, 16
+P = 3
+
+
+def _x(key=0, shape=(B, S)):
+    return jax.random.uniform(jax.random.key(key), shape, jnp.float32)
+
+
+def _ae(dropout_rate=0.0, latent_noise_std=0.1, seed=0):
+    return Autoencoder(S, HIDDEN, LATENT, dropout_rate, latent_noise_std, rngs=nnx.Rngs(seed))
+
+
+def test_registry():
+    assert MODELS == {"autoencoder": Autoencoder, "emulator": Emulator}
+
+
+def test_autoencoder_shapes_range_and_float32():
+    assert jax.config.read("jax_enable_x64")
+    model = _ae()
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat)):
+        assert leaf.dtype == jnp.float32
+    # float64 input is computed in float32 too.
+    x = _x().astype(jnp.float64)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        x_hat, z = model(x)
+        assert x_hat.shape == (B, S) and z.shape == (B, LATENT)
+        assert x_hat.dtype == jnp.float32 and z.dtype == jnp.float32
+        assert bool(jnp.all((x_hat > 0) & (x_hat < 1)))
+        assert model.encode(x).shape == (B, LATENT)
+        assert model.decode(z).shape == (B, S)
+
+
+def test_tied_weights_are_shared():
+    model = _ae()
+    model.eval()
+    z = _x(1, (B, LATENT))
+    before = model.decode(z)
+    # The decoder reads the encoder kernels: changing one changes the decoder output ...
+    kernel = model.encoder_layers[0].kernel
+    kernel[...] = kernel[...] + 0.5
+    after = model.decode(z)
+    assert float(jnp.max(jnp.abs(after - before))) > 1e-3
+    # ... and there is no decoder kernel: counts are the untied count minus the decoder kernels.
+    widths = (S, *HIDDEN, LATENT)
+    pairs = list(zip(widths[:-1], widths[1:], strict=True))
+    kernels = sum(a * b for a, b in pairs)
+    enc_biases = sum(b for _, b in pairs)
+    dec_biases = sum(a for a, _ in pairs)
+    bn_params = 2 * 2 * sum(HIDDEN)  # scale + bias, encoder and decoder BatchNorms
+    untied = 2 * kernels + enc_biases + dec_biases + bn_params
+    assert count_parameters(model) == untied - kernels
+
+    # Rebuild decode by hand from the encoder kernels (eval mode) and compare with the module.
+    def batch_norm(h, norm):
+        h = (h - norm.mean[...]) / jnp.sqrt(norm.var[...] + norm.epsilon)
+        return h * norm.scale[...] + norm.bias[...]
+
+    n = len(model.encoder_layers)
+    h = z
+    for k in range(n):
+        h = h @ model.encoder_layers[n - 1 - k].kernel[...].T + model.decoder_biases[k][...]
+        if k < n - 1:
+            h = jax.nn.gelu(batch_norm(h, model.decoder_norms[k]), approximate=False)
+    np.testing.assert_allclose(jax.nn.sigmoid(h), model.decode(z), rtol=1e-5, atol=1e-6)
+
+
+def test_train_and_eval_modes():
+    model = _ae(dropout_rate=0.2)
+    x = _x()
+    model.eval()
+    e1, z1 = model(x)
+    e2, z2 = model(x)
+    np.testing.assert_array_equal(e1, e2)  # eval is deterministic
+    np.testing.assert_array_equal(z1, z2)
+    stats_before = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+    model.train()
+    t1, _ = model(x)
+    t2, _ = model(x)
+    assert float(jnp.max(jnp.abs(t1 - t2))) > 1e-4  # fresh dropout / noise each call
+    assert float(jnp.max(jnp.abs(t1 - e1))) > 1e-4
+    stats_after = nnx.state(model, nnx.BatchStat)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), stats_before, stats_after)
+    assert max(jax.tree.leaves(moved)) > 0  # running averages updated in training only
+    # Noise only (no dropout): training mode perturbs the latent before decoding; the returned z
+    # is the clean latent, so it matches the deterministic encoding under the same batch stats.
+    noisy = _ae(dropout_rate=0.0, latent_noise_std=0.1)
+    noisy.train()
+    x_hat, z = noisy(x)
+    assert float(jnp.max(jnp.abs(x_hat - noisy.decode(z)))) > 1e-4
+
+
+def test_functional_rng_through_jit():
+    model = _ae(dropout_rate=0.2)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+
+    @jax.jit
+    def forward(params, stats, rest, x):
+        m = nnx.merge(graphdef, params, stats, rest)
+        m.train()
+        x_hat, _ = m(x)
+        _, _, new_stats, new_rest = nnx.split(m, nnx.Param, nnx.BatchStat, ...)
+        return x_hat, new_stats, new_rest
+
+    x = _x()
+    a, stats1, rest1 = forward(params, stats, rest, x)
+    a_again, _, _ = forward(params, stats, rest, x)
+    b, _, _ = forward(params, stats1, rest1, x)
+    np.testing.assert_array_equal(a, a_again)  # same rng state -> same draw (pure function)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-4  # advanced rng state -> new draw
+    counts = [int(c) for c in jax.tree.leaves(rest1) if c.dtype == jnp.uint32]
+    assert counts and max(counts) > 0
+
+
+def test_gradients_finite_float32_in_jit_grad():
+    """The trainer's pattern: jit(grad(loss)) over params, with BatchNorm statistics and RNG state
+    carried functionally. Inside a differentiated function merge with `copy=True`, otherwise the
+    non-differentiated Variables belong to the outer trace and BatchNorm cannot update them."""
+    model = _ae(dropout_rate=0.1)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    x = _x()
+
+    def loss(params, stats, rest):
+        m = nnx.merge(graphdef, params, stats, rest, copy=True)
+        m.train()
+        x_hat, _ = m(x)
+        _, _, new_stats, new_rest = nnx.split(m, nnx.Param, nnx.BatchStat, ...)
+        return jnp.mean((x_hat - x) ** 2), (new_stats, new_rest)
+
+    step = jax.jit(jax.grad(loss, has_aux=True))
+    grads, (new_stats, new_rest) = step(params, stats, rest)
+    for g in jax.tree.leaves(grads):
+        assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+    # The tied kernels receive gradient from both the encoder and the decoder path.
+    assert float(jnp.max(jnp.abs(grads["encoder_layers"][0]["kernel"][...]))) > 0
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), stats, new_stats)
+    assert max(jax.tree.leaves(moved)) > 0
+    grads2, _ = step(params, new_stats, new_rest)
+    assert not np.allclose(
+        grads["encoder_layers"][0]["kernel"][...], grads2["encoder_layers"][0]["kernel"][...]
+    )
+
+
+def test_emulator_near_identity_and_float32():
+    model = Emulator(P, LATENT, hidden_dims=(32, 32, 16), rngs=nnx.Rngs(0))
+    model.eval()
+    phys = _x(2, (B, P))
+    state = _x(3, (B, LATENT)).astype(jnp.float64)
+    out = model(phys, state)
+    assert out.shape == (B, LATENT) and out.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(out - state))) < 0.05
+    assert float(jnp.max(jnp.abs(out - state))) > 0  # not exactly zero: all layers get gradients
+    for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+        assert leaf.dtype == jnp.float32
+    n_in = P + LATENT
+    expected = (n_in * 32 + 32) + (32 * 32 + 32) + (32 * 16 + 16) + (16 * LATENT + LATENT)
+    assert count_parameters(model) == expected
+    with pytest.raises(ValueError, match="expected physical"):
+        model(phys, _x(3, (B, LATENT + 1)))
+
+
+def test_direct_emulator_state_is_species():
+    model = Emulator(P, S, hidden_dims=(8,), rngs=nnx.Rngs(0))
+    assert model(_x(2, (B, P)), _x()).shape == (B, S)
+
+
+def test_rollout_matches_python_loop():
+    model = Emulator(P, LATENT, hidden_dims=(16, 16), rngs=nnx.Rngs(0))
+    model.eval()
+    T = 5
+    phys = _x(4, (B, T, P))
+    state0 = _x(5, (B, LATENT))
+    states = jax.jit(lambda s0, ps: rollout(model, s0, ps))(state0, phys)
+    assert states.shape == (B, T, LATENT) and states.dtype == jnp.float32
+    s = state0
+    for t in range(T):
+        s = model(phys[:, t], s)
+        np.testing.assert_allclose(states[:, t], s, rtol=1e-5, atol=1e-6)
+
+
+def test_rollout_module_with_dropout_in_jit():
+    model = Emulator(P, LATENT, hidden_dims=(16, 16), dropout_rate=0.3, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    T = 4
+    phys = _x(4, (B, T, P))
+    state0 = _x(5, (B, LATENT))
+
+    @jax.jit
+    def run(params, rest):
+        m = nnx.merge(graphdef, params, rest)
+        m.train()
+        states = rollout_module(m, state0, phys)
+        return states, nnx.split(m, nnx.Param, ...)[2]
+
+    states1, rest1 = run(params, rest)
+    states2, _ = run(params, rest1)
+    assert states1.shape == (B, T, LATENT)
+    assert float(jnp.max(jnp.abs(states1 - states2))) > 0  # rng state advanced
+    # Eager, eval mode: identical to the plain rollout.
+    model.eval()
+    np.testing.assert_allclose(
+        rollout_module(model, state0, phys), rollout(model, state0, phys), rtol=1e-6
+    )
+
+
+def test_count_parameters_ignores_batch_stats():
+    model = _ae()
+    n_all = sum(
+        math.prod(leaf.shape)
+        for leaf in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))
+    )
+    assert count_parameters(model) == n_all - 2 * 2 * sum(HIDDEN)
+
+
+def test_bad_dimensions_raise():
+    with pytest.raises(ValueError, match="latent_dim"):
+        Autoencoder(S, HIDDEN, 0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="state_dim"):
+        Emulator(P, 0, rngs=nnx.Rngs(0))
