@@ -1,0 +1,398 @@
+"""Float64 stiff integration of gas-phase networks along physical tracks (diffrax Kvaerno5).
+
+State: fractional abundances x [S] (fractions of H nuclei, linear space). For reaction r with
+kinetic reactants a, b, ... the flux per H nucleus is
+
+    f_r = k_r x_a x_b ... n_H^(p_r)      [s^-1],  p_r = order - 1 (h2_formation: p_r = 1)
+
+and dx/dt = sum_r nu[:, r] f_r, scattered with `segment_sum` over the nonzero net stoichiometric
+coefficients. Every reaction is element- and charge-balanced, so the RHS conserves elements and
+charge exactly up to round-off.
+
+The Jacobian is analytic and injected with `jax.custom_jvp`: df_r/dx_a = k_r n^p_r x_b ...
+(the product of the OTHER reactants, so no division by small abundances), assembled into a dense
+S x S matrix by one scatter-add at precomputed positions; the tangent is J @ v. When lineax
+materialises the Newton matrix (vmap of the linearised RHS over the identity), J is computed once
+per Jacobian evaluation and the tangent map is a single matmul. Shielded photo rates depend on
+x_H2, x_C, x_CO through column densities; that dependence is added as three extra columns.
+
+Physical conditions between track nodes are piecewise linear in log10 of each parameter versus
+time; the node times are passed to the step-size controller as `jump_ts`, so steps end at the
+kinks. Times are years at the interface, seconds inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+from astrochem_jax.chemistry import rates as rates_mod
+from astrochem_jax.chemistry.network import Network
+
+# Last axis of track arrays; units cm^-3, K, mag, Habing, 1.3e-17 s^-1.
+PHYSICAL_COLUMNS: tuple[str, ...] = ("Density", "gasTemp", "Av", "Radfield", "zeta")
+SECONDS_PER_YEAR = 3.15576e7  # Julian year
+MAX_KINETIC_REACTANTS = 3
+# Result codes: 0 = success, 1.. = diffrax RESULTS indices; NONFINITE = a finite-looking
+# "success" whose output holds NaN/inf (never accepted silently).
+RESULT_SUCCESS = 0
+RESULT_NONFINITE = 100
+
+SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "kvaerno5": diffrax.Kvaerno5,
+    "kvaerno4": diffrax.Kvaerno4,
+    "kvaerno3": diffrax.Kvaerno3,
+}
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Integration settings. rtol/atol apply to fractional abundances; atol <= 1e-30 was
+    measured to reject half the steps. pcoeff/icoeff: diffrax PID controller gains."""
+
+    rtol: float = 1e-6
+    atol: float = 1e-20
+    max_steps: int = 20_000
+    solver: str = "kvaerno5"
+    batch_size: int = 16
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    temperature_policy: str = "clamp"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SolveResult:
+    """abundances [B, T, S] float64; result_code, n_steps, n_accepted, n_rejected [B] int64."""
+
+    abundances: np.ndarray
+    result_code: np.ndarray
+    n_steps: np.ndarray
+    n_accepted: np.ndarray
+    n_rejected: np.ndarray
+    output_time_years: np.ndarray
+    species: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.result_code == RESULT_SUCCESS
+
+
+# --- network structure ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Kinetics:
+    """Index arrays of a network (numpy; static under jit).
+
+    kinetic_index [R, 3]: state positions of the reactants that enter the flux (pad = S, which
+    points at a constant 1.0 appended to the state); density_power [R];
+    entry_reaction, entry_species, entry_coeff [E]: nonzero net stoichiometric coefficients,
+    sorted by species; jac_flat [Ej], jac_entry [Ej], jac_slot [Ej]: Jacobian scatter plan,
+    J.flat[jac_flat] += entry_coeff[jac_entry] * partial[entry_reaction[jac_entry], jac_slot];
+    shield_index [3]: positions of H2, C, CO (pad = S).
+    """
+
+    n_species: int
+    n_reactions: int
+    kinetic_index: np.ndarray
+    density_power: np.ndarray
+    entry_reaction: np.ndarray
+    entry_species: np.ndarray
+    entry_coeff: np.ndarray
+    jac_flat: np.ndarray
+    jac_entry: np.ndarray
+    jac_slot: np.ndarray
+    shield_index: np.ndarray
+    has_shielding: bool
+
+
+def build_kinetics(network: Network, table: rates_mod.RateTable) -> Kinetics:
+    """Index arrays for the RHS and Jacobian; raises naming the reaction on unknown species."""
+    s_count = network.n_species
+    position = {name: i for i, name in enumerate(network.species)}
+
+    def locate(name: str, reaction) -> int:
+        if name in position:
+            return position[name]
+        try:
+            return network.index(name)
+        except KeyError:
+            raise ValueError(
+                f"{reaction.source or network.name}: species {name!r} of reaction "
+                f"{' + '.join(reaction.reactants)} -> {' + '.join(reaction.products)} is not in "
+                f"the network's species list") from None
+
+    kinetic = np.full((network.n_reactions, MAX_KINETIC_REACTANTS), s_count, dtype=np.int32)
+    power = np.zeros(network.n_reactions, dtype=np.float64)
+    entries: list[tuple[int, int, float]] = []
+    for r, reaction in enumerate(network.reactions):
+        reactant_idx = [locate(name, reaction) for name in reaction.reactants]
+        if reaction.rate_type == "h2_formation":
+            kinetic_idx, power[r] = reactant_idx[:1], 1.0
+        else:
+            kinetic_idx, power[r] = reactant_idx, len(reactant_idx) - 1.0
+        if not 1 <= len(kinetic_idx) <= MAX_KINETIC_REACTANTS:
+            raise ValueError(
+                f"{reaction.source or network.name}: 1..{MAX_KINETIC_REACTANTS} reactants "
+                f"expected, found {len(kinetic_idx)} ({reaction.reactants})")
+        kinetic[r, : len(kinetic_idx)] = kinetic_idx
+        net: dict[int, float] = {}
+        for i in reactant_idx:
+            net[i] = net.get(i, 0.0) - 1.0
+        for name in reaction.products:
+            i = locate(name, reaction)
+            net[i] = net.get(i, 0.0) + 1.0
+        entries.extend((r, i, c) for i, c in net.items() if c != 0.0)
+    entries.sort(key=lambda e: (e[1], e[0]))
+    entry_reaction = np.array([e[0] for e in entries], dtype=np.int32)
+    entry_species = np.array([e[1] for e in entries], dtype=np.int32)
+    entry_coeff = np.array([e[2] for e in entries], dtype=np.float64)
+
+    jac_flat, jac_entry, jac_slot = [], [], []
+    for e, (r, row) in enumerate(zip(entry_reaction, entry_species, strict=True)):
+        for slot in range(MAX_KINETIC_REACTANTS):
+            col = kinetic[r, slot]
+            if col < s_count:
+                jac_flat.append(row * s_count + col)
+                jac_entry.append(e)
+                jac_slot.append(slot)
+    shield = np.array([i if i >= 0 else s_count
+                       for i in (table.h2_index, table.c_index, table.co_index)], dtype=np.int32)
+    return Kinetics(
+        n_species=s_count, n_reactions=network.n_reactions, kinetic_index=kinetic,
+        density_power=power, entry_reaction=entry_reaction, entry_species=entry_species,
+        entry_coeff=entry_coeff, jac_flat=np.array(jac_flat, dtype=np.int64),
+        jac_entry=np.array(jac_entry, dtype=np.int32),
+        jac_slot=np.array(jac_slot, dtype=np.int32), shield_index=shield,
+        has_shielding=bool(rates_mod.SHIELDED_TYPES & set(table.type_rows)),
+    )
+
+
+# --- right-hand side and analytic Jacobian ---------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ChemistryModel:
+    """A network's rate table and index plan, with pure RHS/Jacobian functions.
+
+    `physical` is always [5] in `PHYSICAL_COLUMNS` order (linear values, not logs).
+    """
+
+    network: Network
+    table: rates_mod.RateTable
+    kinetics: Kinetics
+
+    def rate_coefficients(self, shield_abundances, physical) -> jax.Array:
+        """k_eff = k n^p [R] (per-H-nucleus flux = k_eff * product of reactant abundances)."""
+        n, tg, av, g0, zeta = (physical[i] for i in range(5))
+        column_h = rates_mod.NH_PER_AV_CM2 * av
+        c = rates_mod.Conditions(
+            density_cm3=n, gas_temperature_K=tg, av_mag=av, radfield_habing=g0, zeta=zeta,
+            dust_temperature_K=tg, column_h2_cm2=shield_abundances[0] * column_h,
+            column_c_cm2=shield_abundances[1] * column_h,
+            column_co_cm2=shield_abundances[2] * column_h)
+        k = rates_mod.coefficients_from_conditions(self.table, c)
+        return k * n ** jnp.asarray(self.kinetics.density_power)
+
+    def _shield(self, x):
+        return jnp.concatenate([x, jnp.zeros((1,), x.dtype)])[self.kinetics.shield_index]
+
+    def _reactants(self, x):
+        """Reactant abundances [R, 3] (1.0 in unused slots)."""
+        x_ext = jnp.concatenate([x, jnp.ones((1,), x.dtype)])
+        return x_ext[self.kinetics.kinetic_index]
+
+    def _scatter(self, per_reaction):
+        kin = self.kinetics
+        return jax.ops.segment_sum(
+            jnp.asarray(kin.entry_coeff) * per_reaction[kin.entry_reaction],
+            jnp.asarray(kin.entry_species), num_segments=kin.n_species, indices_are_sorted=True)
+
+    def rhs_plain(self, x, physical):
+        """dx/dt [S] (s^-1) without the custom derivative (reference for tests)."""
+        k_eff = self.rate_coefficients(self._shield(x), physical)
+        flux = k_eff * jnp.prod(self._reactants(x), axis=1)
+        return self._scatter(flux)
+
+    def jacobian(self, x, physical):
+        """Analytic d(dx/dt)/dx [S, S] (s^-1)."""
+        kin = self.kinetics
+        s_count = kin.n_species
+        shield = self._shield(x)
+        k_eff = self.rate_coefficients(shield, physical)
+        xr = self._reactants(x)
+        others = jnp.stack([xr[:, 1] * xr[:, 2], xr[:, 0] * xr[:, 2], xr[:, 0] * xr[:, 1]], axis=1)
+        partial = k_eff[:, None] * others  # [R, 3] d flux / d reactant slot
+        values = (jnp.asarray(kin.entry_coeff)[kin.jac_entry]
+                  * partial[kin.entry_reaction[kin.jac_entry], kin.jac_slot])
+        jac = jnp.zeros(s_count * s_count, x.dtype).at[jnp.asarray(kin.jac_flat)].add(values)
+        jac = jac.reshape(s_count, s_count)
+        if kin.has_shielding:
+            # Columns from k's dependence on x_H2, x_C, x_CO through shielding columns.
+            dk = jax.jacfwd(self.rate_coefficients, argnums=0)(shield, physical)  # [R, 3]
+            flux_per_k = jnp.prod(xr, axis=1)
+            cols = jax.vmap(lambda d: self._scatter(d * flux_per_k), in_axes=1, out_axes=1)(dk)
+            valid = kin.shield_index < s_count
+            idx = np.where(valid, kin.shield_index, 0)
+            jac = jac.at[:, idx].add(jnp.where(jnp.asarray(valid), cols, 0.0))
+        return jac
+
+    def make_rhs(self) -> Callable:
+        """rhs(x [S], physical [5]) -> dx/dt [S] with the analytic Jacobian as its JVP."""
+
+        @jax.custom_jvp
+        def rhs(x, physical):
+            return self.rhs_plain(x, physical)
+
+        def rhs_jvp(primals, tangents):
+            x, physical = primals
+            x_dot, physical_dot = tangents
+            y = self.rhs_plain(x, physical)
+            y_dot = jnp.zeros_like(y)
+            if not isinstance(x_dot, SymbolicZero):
+                y_dot = y_dot + self.jacobian(x, physical) @ x_dot
+            if not isinstance(physical_dot, SymbolicZero):
+                y_dot = y_dot + jax.jvp(lambda p: self.rhs_plain(x, p), (physical,),
+                                        (physical_dot,))[1]
+            return y, y_dot
+
+        rhs.defjvp(rhs_jvp, symbolic_zeros=True)
+        return rhs
+
+
+def build_model(network: Network, temperature_policy: str = "clamp") -> ChemistryModel:
+    table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy)
+    return ChemistryModel(network=network, table=table, kinetics=build_kinetics(network, table))
+
+
+# --- tracks ----------------------------------------------------------------------------------
+
+
+def interpolate_physical(t_s, node_time_s, node_log10_physical):
+    """Conditions [5] at time t_s: log10 of each parameter linear in time between nodes.
+
+    node_time_s [N] ascending, node_log10_physical [N, 5]; constant beyond the end nodes.
+    """
+    n_nodes = node_time_s.shape[0]
+    if n_nodes == 1:
+        return 10.0 ** node_log10_physical[0]
+    i = jnp.clip(jnp.searchsorted(node_time_s, t_s, side="right") - 1, 0, n_nodes - 2)
+    t_a, t_b = node_time_s[i], node_time_s[i + 1]
+    w = jnp.clip((t_s - t_a) / jnp.maximum(t_b - t_a, 1e-300), 0.0, 1.0)
+    log_p = node_log10_physical[i] + w * (node_log10_physical[i + 1] - node_log10_physical[i])
+    return 10.0 ** log_p
+
+
+def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -> Callable:
+    """Jitted, vmapped solve.
+
+    fn(initial_abundances [B, S], node_time_years [B, N], node_physical [B, N, 5],
+       output_time_years [T]) -> (abundances [B, T, S], result_code [B], n_steps [B],
+       n_accepted [B], n_rejected [B]). Integration runs from output_time_years[0] (where the
+    state equals initial_abundances) to output_time_years[-1]; failures never raise.
+    """
+    if settings.solver not in SOLVERS:
+        raise ValueError(f"SolverSettings.solver: expected one of {sorted(SOLVERS)}, "
+                         f"found {settings.solver!r}")
+    model = build_model(network, temperature_policy=settings.temperature_policy)
+    rhs = model.make_rhs()
+
+    def vector_field(t, y, args):
+        node_time_s, node_log10_physical = args
+        return rhs(y, interpolate_physical(t, node_time_s, node_log10_physical))
+
+    term = diffrax.ODETerm(vector_field)
+    solver = SOLVERS[settings.solver]()
+
+    def solve_one(x0, node_time_years, node_physical, output_time_years):
+        node_time_s = node_time_years * SECONDS_PER_YEAR
+        ts = output_time_years * SECONDS_PER_YEAR
+        controller = diffrax.PIDController(
+            rtol=settings.rtol, atol=settings.atol, pcoeff=settings.pcoeff,
+            icoeff=settings.icoeff, jump_ts=node_time_s)
+        sol = diffrax.diffeqsolve(
+            term, solver, t0=ts[0], t1=ts[-1], dt0=None, y0=x0,
+            args=(node_time_s, jnp.log10(node_physical)), saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=controller, max_steps=settings.max_steps, throw=False)
+        code = sol.result._value.astype(jnp.int64)
+        finite = jnp.all(jnp.isfinite(sol.ys))
+        code = jnp.where((code == RESULT_SUCCESS) & ~finite, RESULT_NONFINITE, code)
+        stats = sol.stats
+        return (sol.ys, code, stats["num_steps"], stats["num_accepted_steps"],
+                stats["num_rejected_steps"])
+
+    return jax.jit(jax.vmap(solve_one, in_axes=(0, 0, 0, None)))
+
+
+def _check_inputs(network, x0, node_time_years, node_physical, output_time_years):
+    s_count = network.n_species
+    if x0.ndim != 2 or x0.shape[1] != s_count:
+        raise ValueError(f"initial_abundances: expected [S] or [B, S] with S={s_count} "
+                         f"({network.name}), found shape {x0.shape}")
+    if node_time_years.ndim != 2:
+        raise ValueError(f"node_time_years: expected [B, N], found shape {node_time_years.shape}")
+    b, n = node_time_years.shape
+    if node_physical.shape != (b, n, len(PHYSICAL_COLUMNS)):
+        raise ValueError(f"node_physical: expected [B, N, 5] = {(b, n, 5)} "
+                         f"({', '.join(PHYSICAL_COLUMNS)}), found {node_physical.shape}")
+    if x0.shape[0] not in (1, b):
+        raise ValueError(f"initial_abundances: expected 1 or B={b} rows, found {x0.shape[0]}")
+    if np.any(np.diff(node_time_years, axis=1) < 0):
+        raise ValueError("node_time_years: expected non-decreasing times along each track")
+    if output_time_years.ndim != 1 or np.any(np.diff(output_time_years) <= 0):
+        raise ValueError("output_time_years: expected a strictly increasing 1-D array")
+    if not np.all(node_physical > 0) or not np.all(np.isfinite(node_physical)):
+        raise ValueError("node_physical: expected finite positive values (interpolated in log10)")
+
+
+def solve_tracks(network: Network, initial_abundances, node_time_years, node_physical,
+                 output_time_years, settings: SolverSettings = SolverSettings(),
+                 progress: bool = True, solver_fn: Callable | None = None) -> SolveResult:
+    """Integrate B tracers in vmapped batches of `settings.batch_size`; numpy out.
+
+    initial_abundances [S] or [B, S]; node_time_years [B, N]; node_physical [B, N, 5];
+    output_time_years [T]. Never raises for a failed tracer: see `result_code`. `solver_fn`:
+    a function from `make_solver` to reuse (avoids re-tracing).
+    """
+    from astrochem_jax.progress import Progress
+
+    x0 = np.atleast_2d(np.asarray(initial_abundances, dtype=np.float64))
+    node_time_years = np.asarray(node_time_years, dtype=np.float64)
+    node_physical = np.asarray(node_physical, dtype=np.float64)
+    output_time_years = np.asarray(output_time_years, dtype=np.float64)
+    _check_inputs(network, x0, node_time_years, node_physical, output_time_years)
+    b = node_time_years.shape[0]
+    x0 = np.broadcast_to(x0, (b, network.n_species))
+    fn = solver_fn if solver_fn is not None else make_solver(network, settings)
+    size = max(1, min(settings.batch_size, b))
+    outputs: list[tuple[np.ndarray, ...]] = []
+    bar = Progress(b, "solve", "tracers") if progress else None
+    try:
+        for start in range(0, b, size):
+            stop = min(start + size, b)
+            # Pad the last batch with copies of its last tracer: one compiled shape for all.
+            take = np.minimum(np.arange(start, start + size), stop - 1)
+            out = fn(x0[take], node_time_years[take], node_physical[take], output_time_years)
+            out = [np.asarray(o)[: stop - start] for o in out]
+            outputs.append(tuple(out))
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    ys, code, steps, accepted, rejected = (np.concatenate(parts) for parts in zip(*outputs,
+                                                                                     strict=True))
+    return SolveResult(
+        abundances=ys.astype(np.float64), result_code=code.astype(np.int64),
+        n_steps=steps.astype(np.int64), n_accepted=accepted.astype(np.int64),
+        n_rejected=rejected.astype(np.int64), output_time_years=output_time_years,
+        species=tuple(network.species))
