@@ -63,6 +63,10 @@ def get_config() -> ConfigDict:
     c.abundance_clip = (1e-20, 1.0)
     c.n_species = config_dict.placeholder(int)  # checked against the file when set
     c.train_split = 0.75
-    c.prepend_initial_abundances = False
-    c.shift_physical = True
+    c.prepend_initial_abundances = False  # our files start at t = 0 (row 0 = initial state)
+    c.shift_physical = True  # row t carries the conditions driving t -> t+1 (AstroChemNet)
+    c.negative_tolerance = 1e-14  # abundances in [-tol, 0) become 0; more negative is an error
+    c.physical_floor = {"Radfield": 1e-4}  # values below are raised (log10 scaling; AstroChemNet)
+    c.sort_species = False  # True: species columns in alphabetical order instead of file order
+    c.check_conservation = True  # record the worst element-total drift in the manifest
     return c

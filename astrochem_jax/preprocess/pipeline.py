@@ -1,0 +1,505 @@
+"""raw HDF5 -> validated, scaled float32 shards + manifest, streamed in chunks of whole tracers.
+
+Pass 1 reads only Time and the physical columns: tracer lengths, time order, physical validity,
+per-tracer physical ranges. Then the train/val split and the `Scaler` are fixed. Pass 2 reads every
+needed column chunk by chunk, checks abundances, applies the method and streams shards into a
+temporary directory that is renamed into place only when everything succeeded (nothing is left
+behind on failure). The dataset's static files go to `paths.utils_dir(name)` the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astrochem_jax import atomic, config_utils, paths
+from astrochem_jax.preprocess import cache
+from astrochem_jax.preprocess.errors import PreprocessError
+from astrochem_jax.preprocess.methods import PREPROCESSORS, Method, TracerBatch
+from astrochem_jax.preprocess.readers import RawTable, open_raw
+from astrochem_jax.preprocess.sinks import ShardWriter, ShuffleWriter
+from astrochem_jax.preprocess.stoichiometry import relative_drift, species_matrix
+from astrochem_jax.preprocess.validate import (
+    ColumnPlan,
+    check_abundances,
+    check_tracer_metadata,
+    floor_physical,
+    plan_columns,
+    read_chunk,
+    tracer_chunks,
+)
+from astrochem_jax.progress import Progress
+from astrochem_jax.scaling import Scaler
+from astrochem_jax.shards import FORMAT_VERSION, MANIFEST_NAME
+
+LENGTH_POLICIES = ("error", "crop", "drop")
+PROGRESS_MIN_ROWS = 200_000  # smaller files finish before a progress line would help
+
+
+# Configs ---------------------------------------------------------------------------------------
+def _load(config, kind: str):
+    return config_utils.load_config(config, kind) if isinstance(config, str | Path) else config
+
+
+def method_name(method_config) -> str:
+    name = method_config.get("method")
+    if name not in PREPROCESSORS:
+        raise PreprocessError(
+            f"method config: field method is {name!r}; expected one of {sorted(PREPROCESSORS)}"
+        )
+    return name
+
+
+def output_dirs(dataset_config, method_config) -> tuple[Path, Path]:
+    """(preprocessed dir, utils dir) of a dataset + method."""
+    dataset_config = _load(dataset_config, "datasets")
+    method_config = _load(method_config, "preprocessing")
+    return (paths.preprocessed_dir(dataset_config.name, method_name(method_config)),
+            paths.utils_dir(dataset_config.name))
+
+
+def cache_status(dataset_config, method_config) -> cache.CacheStatus:
+    """Whether the outputs for these configs are up to date (cheap: no re-hash when the raw
+    file's size and mtime are unchanged)."""
+    dataset_config = _load(dataset_config, "datasets")
+    method_config = _load(method_config, "preprocessing")
+    directory, utils = output_dirs(dataset_config, method_config)
+    return cache.check(directory, utils, Path(dataset_config.raw_path), dataset_config,
+                       method_config)
+
+
+def is_cached(dataset_config, method_config) -> bool:
+    return cache_status(dataset_config, method_config).hit
+
+
+# Pass 1 ----------------------------------------------------------------------------------------
+@dataclass
+class Scan:
+    """What pass 1 learned. Arrays are per tracer, in file order: lengths [T] (rows), first_time
+    [T], physical_min / physical_max [T, P] (after floors), time grid of each distinct length."""
+
+    lengths: np.ndarray
+    first_time: np.ndarray
+    physical_min: np.ndarray
+    physical_max: np.ndarray
+    grids: dict[int, np.ndarray] = field(default_factory=dict)
+    shared_grid: bool = True
+    n_floored: int = 0
+
+
+def _floors(dataset, plan: ColumnPlan) -> list[float | None]:
+    floors = dataset.get("physical_floor") or {}
+    floors = dict(floors)
+    unknown = sorted(set(floors) - set(plan.physical_names))
+    if unknown:
+        raise PreprocessError(
+            f"dataset.physical_floor names {unknown}, which are not in "
+            f"dataset.physical_parameters {list(plan.physical_names)}"
+        )
+    return [None if floors.get(p) is None else float(floors[p]) for p in plan.physical_names]
+
+
+def scan(table: RawTable, plan: ColumnPlan, floors, chunk_rows: int, label: str) -> Scan:
+    n = table.tracer_ids.size
+    n_phys = len(plan.physical)
+    out = Scan(np.zeros(n, np.int64), np.zeros(n), np.zeros((n, n_phys)), np.zeros((n, n_phys)))
+    columns = [plan.time, *plan.physical]
+    with _progress(table.n_rows, f"{label} scan") as progress:
+        for chunk in tracer_chunks(table, range(n), chunk_rows):
+            block, offsets = read_chunk(table, chunk, columns)
+            for j, k in enumerate(chunk):
+                rows = block[offsets[j] : offsets[j + 1]]
+                time = rows[:, 0]
+                physical, n_floored = floor_physical(rows[:, 1:].copy(), floors)
+                check_tracer_metadata(table, k, time, physical, plan.physical_names)
+                out.n_floored += n_floored
+                out.lengths[k] = time.size
+                out.first_time[k] = time[0]
+                out.physical_min[k] = physical.min(axis=0)
+                out.physical_max[k] = physical.max(axis=0)
+                grid = out.grids.setdefault(time.size, time.copy())
+                if out.shared_grid and (len(out.grids) > 1 or not np.allclose(
+                        grid, time, rtol=1e-9, atol=0)):
+                    out.shared_grid = False
+            progress.update(block.shape[0])
+    return out
+
+
+# Split, lengths, scaling ------------------------------------------------------------------------
+def select_tracers(table: RawTable, scan_result: Scan, method: Method, policy: str
+                   ) -> tuple[np.ndarray, int | None, list[int]]:
+    """(kept tracer indices, rows per tracer for sequential or None, dropped tracer ids)."""
+    everything = np.arange(table.tracer_ids.size)
+    if method.item != "tracer":
+        return everything, None, []
+    lengths = scan_result.lengths
+    distinct, counts = np.unique(lengths, return_counts=True)
+    if distinct.size == 1:
+        return everything, int(distinct[0]), []
+    if policy == "crop":
+        return everything, int(distinct.min()), []
+    if policy == "drop":
+        modal = int(distinct[np.argmax(counts)])
+        kept = everything[lengths == modal]
+        return kept, modal, table.tracer_ids[lengths != modal].tolist()
+    examples = {int(v): table.tracer_ids[lengths == v][:3].tolist() for v in distinct[:5]}
+    raise PreprocessError(
+        f"raw file {table.path}: tracers have different lengths (rows per tracer: "
+        f"{dict(zip(distinct.tolist(), counts.tolist(), strict=True))}; example tracer ids "
+        f"{examples}); sequential needs equal lengths. Set the method's length_policy to "
+        "'crop' (cut every tracer to the shortest) or 'drop' (keep the most common length)"
+    )
+
+
+def split_tracers(tracer_ids: np.ndarray, train_split: float, seed: int, where: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean train mask [T] over `tracer_ids`: a seeded permutation, the first
+    int(T * train_split) tracers are train (AstroChemNet's rule)."""
+    n = tracer_ids.size
+    n_train = int(n * float(train_split))
+    if not 0 < n_train < n:
+        raise PreprocessError(
+            f"{where}: {n} tracers with dataset.train_split = {train_split} give {n_train} train "
+            f"and {n - n_train} val tracers; expected at least one of each"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    train = np.zeros(n, dtype=bool)
+    train[order[:n_train]] = True
+    return train, ~train
+
+
+def make_scaler(dataset, plan: ColumnPlan, scan_result: Scan, kept: np.ndarray,
+                range_mask: np.ndarray) -> tuple[Scaler, dict[str, list[float]], str]:
+    """Scaler from dataset.physical_ranges, or from min/max over the tracers in range_mask."""
+    given = dataset.get("physical_ranges")
+    if given:
+        given = dict(given)
+        missing = [p for p in plan.physical_names if p not in given]
+        if missing:
+            raise PreprocessError(
+                f"dataset.physical_ranges lacks {missing}; expected [min, max] for each of "
+                f"{list(plan.physical_names)} (or leave physical_ranges unset to use the train "
+                "split's range)"
+            )
+        ranges = {p: [float(given[p][0]), float(given[p][1])] for p in plan.physical_names}
+        source = "config"
+    else:
+        rows = kept[range_mask]
+        lo = scan_result.physical_min[rows].min(axis=0)
+        hi = scan_result.physical_max[rows].max(axis=0)
+        ranges = {p: [float(lo[i]), float(hi[i])] for i, p in enumerate(plan.physical_names)}
+        source = "train split"
+    for p, (lo_v, hi_v) in ranges.items():
+        if not (lo_v > 0 and hi_v >= lo_v):
+            raise PreprocessError(
+                f"physical range of {p} is [{lo_v}, {hi_v}] ({source}); expected 0 < min <= max"
+            )
+    clip = tuple(float(v) for v in dataset.abundance_clip)
+    scaler = Scaler(
+        abundance_clip=clip,
+        physical_parameters=plan.physical_names,
+        physical_log10_min=tuple(float(np.log10(ranges[p][0])) for p in plan.physical_names),
+        physical_log10_max=tuple(float(np.log10(ranges[p][1])) for p in plan.physical_names),
+    )
+    return scaler, ranges, source
+
+
+# Pass 2 ----------------------------------------------------------------------------------------
+def initial_abundances(table: RawTable, plan: ColumnPlan) -> np.ndarray:
+    """[S] abundances at t = 0: the file's own vector, else row 0 of the first tracer."""
+    if table.initial_abundances is not None:
+        missing = [s for s in plan.species_names if s not in table.initial_abundances]
+        if missing:
+            raise PreprocessError(
+                f"raw file {table.path}: initial abundances ({table.initial_abundances_source}) "
+                f"lack species {missing[:5]}"
+            )
+        values = np.array([table.initial_abundances[s] for s in plan.species_names])
+    else:
+        start = int(table.starts[0])
+        values = table.read(start, start + 1, plan.species)[0]
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise PreprocessError(
+            f"raw file {table.path}: initial abundances ({table.initial_abundances_source}) must "
+            "be finite and >= 0"
+        )
+    return values
+
+
+@dataclass
+class Routing:
+    """Where the rows of pass 2 go: writers per split and the train membership."""
+
+    writers: dict[str, Any]
+    train_tracer: np.ndarray | None  # [T] bool, tracer-split methods
+    train_row: np.ndarray | None  # [total rows] bool, the row-split method
+    row_cursor: int = 0
+
+
+def _route(routing: Routing, method: Method, out: np.ndarray, tracers: list[int],
+           steps: int) -> None:
+    if method.split_by == "tracer":
+        member = routing.train_tracer[tracers]
+        if method.item == "row":
+            member = np.repeat(member, steps)
+    else:
+        member = routing.train_row[routing.row_cursor : routing.row_cursor + out.shape[0]]
+        routing.row_cursor += out.shape[0]
+    if member.any():
+        routing.writers["train"].append(out[member])
+    if not member.all():
+        routing.writers["val"].append(out[~member])
+
+
+def _batches(tracers: list[int], rows: list[np.ndarray]):
+    """Group consecutive tracers of equal length: yields (tracer indices, [B, T, C] array)."""
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end].shape[0] != rows[start].shape[0]:
+            yield tracers[start:end], np.stack(rows[start:end])
+            start = end
+
+
+def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: np.ndarray,
+              steps: int | None, floors, scaler: Scaler, initial: np.ndarray,
+              routing: Routing, chunk_rows: int, label: str) -> dict[str, Any]:
+    """Stream every kept tracer through validation, the method and the writers."""
+    n_phys = len(plan.physical)
+    prepend = bool(dataset.prepend_initial_abundances)
+    tolerance = float(dataset.get("negative_tolerance", 1e-14))
+    _, matrix, _ = species_matrix(plan.species_names)
+    drift = np.zeros(matrix.shape[1])
+    check_conservation = bool(dataset.get("check_conservation", True))
+    n_zeroed = 0
+    total = int((table.stops[kept] - table.starts[kept]).sum())
+    with _progress(total, f"{label} write") as progress:
+        for chunk in tracer_chunks(table, kept, chunk_rows):
+            block, offsets = read_chunk(table, chunk, plan.all)
+            time = block[:, 0]
+            abundances = block[:, 1 + n_phys :]
+            n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
+                                         time, tolerance)
+            per_tracer = []
+            for j in range(len(chunk)):
+                rows = block[offsets[j] : offsets[j + 1]]
+                if steps is not None:
+                    rows = rows[:steps]
+                if check_conservation and rows.shape[0] > 1:
+                    drift = np.maximum(drift, relative_drift(rows[:, 1 + n_phys :], matrix))
+                if prepend:
+                    first = np.concatenate([[0.0], rows[0, 1 : 1 + n_phys], initial])
+                    rows = np.concatenate([first[None], rows])
+                per_tracer.append(rows)
+            for tracers, stacked in _batches(chunk, per_tracer):
+                physical, _ = floor_physical(stacked[..., 1 : 1 + n_phys].copy(), floors)
+                batch = TracerBatch(
+                    tracer_ids=table.tracer_ids[tracers],
+                    time_years=stacked[..., 0],
+                    physical=physical,
+                    abundances=stacked[..., 1 + n_phys :],
+                )
+                out = method.transform(batch, scaler, bool(dataset.shift_physical))
+                _route(routing, method, out, tracers, stacked.shape[1])
+            progress.update(block.shape[0])
+    elements, _, _ = species_matrix(plan.species_names)
+    return {"element_drift": dict(zip(elements, drift.tolist(), strict=True)) if
+            check_conservation else None, "abundances_zeroed": n_zeroed}
+
+
+def _progress(total: int, label: str) -> Progress:
+    stream = sys.stderr if total >= PROGRESS_MIN_ROWS else _Null()
+    return Progress(total, label, unit="rows", stream=stream)
+
+
+class _Null:
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+# Utils dir -------------------------------------------------------------------------------------
+def write_utils(directory: Path, species: tuple[str, ...], initial: np.ndarray) -> None:
+    """species.txt, stoichiometric_matrix.npy float32 [S, E], charges.npy float32 [S],
+    initial_abundances.npy float64 [S], elements.json {elements, charge}."""
+    elements, matrix, charges = species_matrix(species)
+    with atomic.atomic_dir(directory) as tmp:
+        (tmp / "species.txt").write_text("\n".join(species) + "\n")
+        np.save(tmp / "stoichiometric_matrix.npy", matrix.astype(np.float32))
+        np.save(tmp / "charges.npy", charges.astype(np.float32))
+        np.save(tmp / "initial_abundances.npy", initial.astype(np.float64))
+        (tmp / "elements.json").write_text(json.dumps(
+            {"elements": elements, "n_elements": len(elements),
+             "charge": charges.astype(int).tolist()}, indent=2) + "\n")
+
+
+# Entry -----------------------------------------------------------------------------------------
+def preprocess(dataset_config, method_config, force: bool = False, verbose: bool = True) -> Path:
+    """Build (or reuse) `outputs/preprocessed/<dataset>/<method>/`; returns that directory.
+
+    dataset_config / method_config: ConfigDicts, config file paths or bare names (`grav`,
+    `sequential`). A cache hit returns at once; a changed raw file or config rebuilds; `force`
+    always rebuilds.
+    """
+    t0 = _time.perf_counter()
+    dataset = _load(dataset_config, "datasets")
+    method_cfg = _load(method_config, "preprocessing")
+    name = method_name(method_cfg)
+    method = PREPROCESSORS[name]
+    directory, utils = output_dirs(dataset, method_cfg)
+    label = f"preprocess {dataset.name}/{name}"
+    raw_path = Path(dataset.raw_path)
+    if not force:
+        status = cache.check(directory, utils, raw_path, dataset, method_cfg)
+        if status.hit:
+            _say(verbose, f"{label}: cache hit ({directory}, checked in "
+                          f"{_time.perf_counter() - t0:.3f} s)")
+            return directory
+        _say(verbose, f"{label}: rebuilding ({status.reason})")
+    else:
+        _say(verbose, f"{label}: rebuilding (--force)")
+    try:
+        _build(dataset, method_cfg, name, method, directory, utils, raw_path, label)
+    except BaseException:
+        _remove_empty_parents(directory)
+        raise
+    _say(verbose, f"{label}: wrote {directory} in {_time.perf_counter() - t0:.1f} s")
+    return directory
+
+
+def _build(dataset, method_cfg, name, method, directory, utils, raw_path, label) -> None:
+    policy = method_cfg.get("length_policy", "error")
+    if policy not in LENGTH_POLICIES:
+        raise PreprocessError(f"method config: length_policy is {policy!r}; expected one of "
+                              f"{list(LENGTH_POLICIES)}")
+    chunk_rows = int(method_cfg.get("chunk_rows", 65536))
+    with open_raw(raw_path, dataset.format, dataset.get("key", "")) as table:
+        if table.n_rows == 0 or table.tracer_ids.size == 0:
+            raise PreprocessError(f"raw file {raw_path}: no rows (empty file); expected tracers")
+        plan = plan_columns(table, dataset)
+        floors = _floors(dataset, plan)
+        scanned = scan(table, plan, floors, chunk_rows, label)
+        if dataset.prepend_initial_abundances and np.any(scanned.first_time <= 0):
+            tid = int(table.tracer_ids[np.argmax(scanned.first_time <= 0)])
+            raise PreprocessError(
+                f"raw file {raw_path}: tracer {tid} already starts at Time 0 and "
+                "dataset.prepend_initial_abundances is True; expected first times > 0 "
+                "(set --dataset.prepend_initial_abundances=False)"
+            )
+        kept, steps, dropped = select_tracers(table, scanned, method, policy)
+        ids = table.tracer_ids[kept]
+        where = f"raw file {raw_path}"
+        n_rows_kept = (np.full(kept.size, steps) if steps is not None
+                       else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
+        seed = int(dataset.seed)
+        if method.split_by == "tracer":
+            train_k, val_k = split_tracers(ids, dataset.train_split, seed, where)
+            train_tracer = np.zeros(table.tracer_ids.size, dtype=bool)
+            train_tracer[kept[train_k]] = True
+            train_row = None
+            counts = {"train": int(train_k.sum()), "val": int(val_k.sum())}
+            if method.item == "row":
+                counts = {"train": int(n_rows_kept[train_k].sum()),
+                          "val": int(n_rows_kept[val_k].sum())}
+            split_ids = {"train": ids[train_k].tolist(), "val": ids[val_k].tolist()}
+            range_mask = train_k
+        else:
+            total = int(n_rows_kept.sum())
+            n_train = int(total * float(dataset.train_split))
+            if not 0 < n_train < total:
+                raise PreprocessError(f"{where}: {total} rows with train_split "
+                                      f"{dataset.train_split} leave a split empty")
+            train_row = np.zeros(total, dtype=bool)
+            train_row[np.random.default_rng(seed).permutation(total)[:n_train]] = True
+            train_tracer = None
+            counts = {"train": n_train, "val": total - n_train}
+            split_ids = {"train": ids.tolist(), "val": ids.tolist()}
+            range_mask = np.ones(kept.size, dtype=bool)
+        scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept, range_mask)
+        initial = initial_abundances(table, plan)
+        n_p, n_s = len(plan.physical), len(plan.species)
+        if method.item == "tracer":
+            item_shape = (int(n_rows_kept[0]), n_p + n_s)
+        else:
+            item_shape = (n_s,)
+        max_shard_bytes = int(float(method_cfg.get("max_shard_mb", 256)) * 2**20)
+        time_grid = scanned.grids[int(scanned.lengths[kept[0]])]
+        if steps is not None:
+            time_grid = time_grid[:steps]
+        if dataset.prepend_initial_abundances:
+            time_grid = np.concatenate([[0.0], time_grid])
+
+        with atomic.atomic_dir(directory) as tmp:
+            rng = np.random.default_rng([seed, 1])
+            writers: dict[str, Any] = {}
+            for split in ("train", "val"):
+                writer = ShardWriter(tmp, split, counts[split], item_shape, max_shard_bytes)
+                if method.shuffle:
+                    bucket = int(float(method_cfg.get("shuffle_bucket_mb", 128)) * 2**20)
+                    writer = ShuffleWriter(writer, tmp / ".scratch", bucket, rng)
+                writers[split] = writer
+            routing = Routing(writers, train_tracer, train_row)
+            stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
+                              routing, chunk_rows, label)
+            splits = {split: writer.close() for split, writer in writers.items()}
+            shutil.rmtree(tmp / ".scratch", ignore_errors=True)
+            source = cache.source_identity(raw_path)
+            elements, _, _ = species_matrix(plan.species_names)
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "method": name,
+                "method_description": method.description,
+                "dataset": dataset.name,
+                "species": list(plan.species_names),
+                "elements": elements,
+                "physical_parameters": list(plan.physical_names),
+                "n_species": n_s,
+                "n_physical": n_p,
+                "scaling": scaler.to_dict(),
+                "physical_ranges": ranges,
+                "physical_ranges_source": ranges_source,
+                "splits": splits,
+                "split_unit": method.split_by,
+                "split_tracers": split_ids,
+                "dropped_tracers": dropped,
+                "time_years": time_grid.tolist(),
+                "time_grid_shared": bool(scanned.shared_grid),
+                "steps": int(item_shape[0]) if method.item == "tracer" else None,
+                "shift_physical": bool(dataset.shift_physical),
+                "prepend_initial_abundances": bool(dataset.prepend_initial_abundances),
+                "initial_abundances_source": table.initial_abundances_source,
+                "physical_values_floored": scanned.n_floored,
+                **stats,
+                "config": cache.config_snapshot(dataset, method_cfg),
+                "source": source,
+                "source_format": table.format,
+                "source_key": table.key,
+                "code_version": cache.code_version(),
+                "preprocess_version": cache.PREPROCESS_VERSION,
+                "cache_key": cache.cache_key(dataset, method_cfg, source["sha256"]),
+            }
+            write_utils(utils, plan.species_names, initial)
+            atomic.write_json(tmp / MANIFEST_NAME, manifest)
+
+
+def _remove_empty_parents(directory: Path) -> None:
+    """After a failure, drop the `<dataset>` folder that atomic_dir created if it is empty."""
+    parent = directory.parent
+    try:
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    except OSError:
+        pass
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, flush=True)

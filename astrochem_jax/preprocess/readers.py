@@ -1,0 +1,438 @@
+"""Streaming readers for the three raw layouts, chosen by `dataset.format`.
+
+Every reader returns a `RawTable`: canonical column names, the row range of every tracer and a
+`read(start, stop, columns)` that loads a block of rows for some columns as float64. Nothing is
+read eagerly beyond the tracer index, so memory does not grow with the file.
+
+Layouts
+- `astrochem_jax` (ours, docs/architecture.md): `/columns`, `/data` [rows, C], `/tracer_id`,
+  `/tracer_ptr` [T + 1] (CSR), `/initial_abundances` [S] (the last S columns' order).
+- `uclchem`: a pandas *fixed*-format HDF5 frame (`DataFrame.to_hdf(path, key="df")`), read with
+  h5py only: `<key>/axis0` column names, `<key>/axis1` row index, `<key>/block{i}_items` the
+  columns held by block i, `<key>/block{i}_values` its values, stored transposed by pandas
+  ([rows, columns in block]; attribute `transposed=1`). Tracers come from the `Tracer` column
+  (renamed `Model`); the rows of one tracer must be contiguous (true for UCLCHEM dumps), or the
+  reader stops with a message saying how to sort the frame. The initial abundances are row 0 of
+  the first tracer (UCLCHEM's starting abundances when the file starts at t = 0).
+- `carbox`: a group (`/large` or `/small`) with `columns`, `data` [rows, C], `tracer_id` and
+  `tracer_ptr`, either CSR [T + 1] or [T, 3] rows of (tracer id, first row, row count). Its
+  lower-case column names are mapped to ours (`time -> Time`, `density -> Density`,
+  `temperature -> gasTemp`, `av -> Av`, `rad_field -> Radfield`). Initial abundances from
+  `<group>/initial_abundances` when present, else row 0 of the first tracer.
+
+Column names are stripped and renamed with `COLUMN_RENAMES` (AstroChemNet's renames; see there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from astrochem_jax.preprocess.errors import PreprocessError
+
+# AstroChemNet renamed some UCLCHEM species to formula-like names and two metadata columns to its
+# own spelling. We apply the same map to whole names (the base name after a `#`/`@` ice prefix),
+# not as AstroChemNet's substring replacement, so `HCOOCH3` stays `HCOOCH3`. Every pair has the
+# same composition, so the stoichiometry is unchanged.
+SPECIES_RENAMES: dict[str, str] = {
+    "H2COH+": "H3CO+", "H2COH": "H3CO", "H2CSH+": "H3CS+", "SISH+": "HSIS+", "HOSO+": "HSO2+",
+    "OCSH+": "HOCS+", "HCOO": "HCO2", "HCOOH": "H2CO2", "CH2CO": "C2H2O", "CH2OH": "CH3O",
+    "CH3CCH": "C3H4", "CH3CHO": "C2H4O", "CH3CN": "C2H3N", "CH3CNH": "C2H4N", "CH3OH": "CH4O",
+    "CH3OH2+": "CH5O+", "CH3CNH+": "C2H4N+", "NH2CHO": "CH3NO", "HCO2H": "H2CO2",
+    "HCNH": "H2CN", "NCCN": "N2C2",
+}
+METADATA_RENAMES: dict[str, str] = {"Tracer": "Model", "radfield": "Radfield"}
+COLUMN_RENAMES: dict[str, str] = {**SPECIES_RENAMES, **METADATA_RENAMES}
+CARBOX_RENAMES: dict[str, str] = {
+    "time": "Time", "density": "Density", "temperature": "gasTemp", "av": "Av",
+    "rad_field": "Radfield", "tracer_id": "Model", "tracer": "Model",
+}
+MODEL_COLUMN = "Model"
+_TRACER_SCAN_ROWS = 1 << 20
+
+
+def canonical_column(name: str, renames: dict[str, str] | None = None) -> str:
+    """Strip a raw column name and apply the renames (ice prefixes `#`/`@` are kept)."""
+    renames = COLUMN_RENAMES if renames is None else renames
+    name = name.strip()
+    prefix = name[0] if name[:1] in ("#", "@") else ""
+    base = name[len(prefix):]
+    return prefix + renames.get(base, base)
+
+
+@dataclass
+class RawTable:
+    """An open raw file: canonical columns, tracer row ranges and a block reader.
+
+    columns [C] canonical names; raw_columns [C] as stored; tracer_ids / starts / stops int64 [T]
+    (rows of tracer k are `starts[k]:stops[k]`, ordered as in the file);
+    initial_abundances: {column name: abundance} or None when the file has none.
+    """
+
+    path: Path
+    format: str
+    key: str
+    columns: tuple[str, ...]
+    raw_columns: tuple[str, ...]
+    n_rows: int
+    tracer_ids: np.ndarray
+    starts: np.ndarray
+    stops: np.ndarray
+    initial_abundances: dict[str, float] | None
+    initial_abundances_source: str
+    _read: Callable[[int, int, Sequence[int]], np.ndarray] = field(repr=False)
+    _file: h5py.File = field(repr=False)
+
+    def read(self, start: int, stop: int, columns: Sequence[int]) -> np.ndarray:
+        """Rows [start, stop) of the given columns as float64 [stop - start, len(columns)]."""
+        return self._read(int(start), int(stop), list(columns))
+
+    def column_index(self, name: str) -> int:
+        return self.columns.index(name)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RawTable:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decode(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _open_file(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise PreprocessError(
+            f"raw file {path} does not exist; set --dataset.raw_path to the HDF5 file "
+            "(or generate it with `python -m astrochem_jax.generate`)"
+        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise PreprocessError(f"raw file {path} is not a readable HDF5 file: {exc}") from exc
+
+
+def _canonical_columns(path: Path, raw: Sequence[str], renames: dict[str, str]) -> tuple[str, ...]:
+    columns = tuple(canonical_column(c, renames) for c in raw)
+    seen: dict[str, int] = {}
+    for i, c in enumerate(columns):
+        if c in seen:
+            raise PreprocessError(
+                f"raw file {path}: columns {raw[seen[c]]!r} (#{seen[c]}) and {raw[i]!r} (#{i}) "
+                f"both become {c!r} after stripping and renaming; expected unique column names"
+            )
+        seen[c] = i
+    return columns
+
+
+def _require(path: Path, group: h5py.Group, names: Sequence[str], where: str) -> None:
+    missing = [n for n in names if n not in group]
+    if missing:
+        raise PreprocessError(
+            f"raw file {path}: {where} is missing {missing}; found {sorted(group.keys())}"
+        )
+
+
+def _ptr_ranges(path: Path, ids: np.ndarray, ptr: np.ndarray, n_rows: int, where: str):
+    """(ids, starts, stops) from a CSR pointer [T + 1] or a [T, 3] (id, start, length) table."""
+    ptr = np.asarray(ptr, dtype=np.int64)
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if ptr.ndim == 2 and ptr.shape[1] == 3:
+        ids, starts = ptr[:, 0], ptr[:, 1]
+        stops = starts + ptr[:, 2]
+    elif ptr.ndim == 1 and ptr.shape[0] == ids.shape[0] + 1:
+        starts, stops = ptr[:-1], ptr[1:]
+    else:
+        raise PreprocessError(
+            f"raw file {path}: {where}tracer_ptr has shape {ptr.shape}; expected "
+            f"[{ids.shape[0] + 1}] (CSR pointers for {ids.shape[0]} tracer ids) or [T, 3]"
+        )
+    bad = np.flatnonzero((starts < 0) | (stops > n_rows) | (stops < starts))
+    if bad.size:
+        k = int(bad[0])
+        raise PreprocessError(
+            f"raw file {path}: {where}tracer_ptr gives tracer {int(ids[k])} rows "
+            f"{int(starts[k])}:{int(stops[k])}, expected a range inside 0:{n_rows}"
+        )
+    if np.unique(ids).size != ids.size:
+        raise PreprocessError(f"raw file {path}: {where}tracer_id has duplicate tracer ids")
+    return ids, starts, stops
+
+
+def _dense_reader(dataset: h5py.Dataset) -> Callable[[int, int, Sequence[int]], np.ndarray]:
+    width = dataset.shape[1]
+
+    def read(start: int, stop: int, columns: Sequence[int]) -> np.ndarray:
+        if len(columns) * 8 < width and sorted(set(columns)) == list(columns):
+            # A few columns of a wide table: let HDF5 select them instead of reading rows.
+            return np.asarray(dataset[start:stop, list(columns)], dtype=np.float64)
+        block = dataset[start:stop]
+        return np.asarray(block[:, columns], dtype=np.float64)
+
+    return read
+
+
+def _initial_from_dataset(columns: tuple[str, ...], values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    return dict(zip(columns[len(columns) - values.size:], values.tolist(), strict=True))
+
+
+def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
+    f = _open_file(path)
+    try:
+        group = f[key] if key else f
+        _require(path, group, ["columns", "data", "tracer_id", "tracer_ptr"], "the file")
+        raw = tuple(c.strip() for c in _decode(group["columns"][()]))
+        columns = _canonical_columns(path, raw, COLUMN_RENAMES)
+        data = group["data"]
+        if data.ndim != 2 or data.shape[1] != len(columns):
+            raise PreprocessError(
+                f"raw file {path}: /data has shape {data.shape}, expected [rows, {len(columns)}] "
+                "(one column per /columns entry)"
+            )
+        ids, starts, stops = _ptr_ranges(
+            path, group["tracer_id"][()], group["tracer_ptr"][()], data.shape[0], "/"
+        )
+        initial, source = None, "none"
+        if "initial_abundances" in group:
+            initial = _initial_from_dataset(columns, group["initial_abundances"][()])
+            source = "/initial_abundances"
+        return RawTable(path, "astrochem_jax", key, columns, raw, int(data.shape[0]), ids, starts,
+                        stops, initial, source, _dense_reader(data), f)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _pick_carbox_group(path: Path, f: h5py.File, key: str) -> tuple[str, h5py.Group]:
+    if not key:
+        candidates = [k for k in ("large", "small") if k in f]
+        if len(candidates) != 1:
+            raise PreprocessError(
+                f"raw file {path}: set dataset.key to the Carbox group to read; expected one of "
+                f"'large'/'small', found groups {sorted(f.keys())}"
+            )
+        key = candidates[0]
+    if key not in f or not isinstance(f[key], h5py.Group):
+        raise PreprocessError(
+            f"raw file {path}: Carbox group {key!r} (dataset.key) not found; "
+            f"found {sorted(f.keys())}"
+        )
+    return key, f[key]
+
+
+def open_carbox(path: Path, key: str = "") -> RawTable:
+    f = _open_file(path)
+    try:
+        key, group = _pick_carbox_group(path, f, key)
+        _require(path, group, ["columns", "data", "tracer_id", "tracer_ptr"], f"group /{key}")
+        raw = tuple(c.strip() for c in _decode(group["columns"][()]))
+        columns = _canonical_columns(path, raw, {**COLUMN_RENAMES, **CARBOX_RENAMES})
+        data = group["data"]
+        if data.ndim != 2 or data.shape[1] != len(columns):
+            raise PreprocessError(
+                f"raw file {path}: /{key}/data has shape {data.shape}, expected "
+                f"[rows, {len(columns)}] (one column per /{key}/columns entry)"
+            )
+        ids, starts, stops = _ptr_ranges(
+            path, group["tracer_id"][()], group["tracer_ptr"][()], data.shape[0], f"/{key}/"
+        )
+        initial, source = None, "row 0 of the first tracer"
+        if "initial_abundances" in group:
+            initial = _initial_from_dataset(columns, group["initial_abundances"][()])
+            source = f"/{key}/initial_abundances"
+        return RawTable(path, "carbox", key, columns, raw, int(data.shape[0]), ids, starts, stops,
+                        initial, source, _dense_reader(data), f)
+    except BaseException:
+        f.close()
+        raise
+
+
+# UCLCHEM / pandas fixed format ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Block:
+    values: h5py.Dataset
+    transposed: bool
+
+    def rows(self, start: int, stop: int, columns: Sequence[int] | None = None) -> np.ndarray:
+        if self.transposed:
+            if columns is not None:
+                return self.values[start:stop, list(columns)]
+            return self.values[start:stop]
+        # Untransposed storage is [columns in block, rows].
+        if columns is not None:
+            return self.values[list(columns), start:stop].T
+        return self.values[:, start:stop].T
+
+
+def _pandas_blocks(path: Path, group: h5py.Group, key: str):
+    """[(block, [column names])] of a pandas fixed-format frame."""
+    nblocks = group.attrs.get("nblocks")
+    if nblocks is None:
+        nblocks = sum(1 for k in group if k.startswith("block") and k.endswith("_values"))
+    blocks = []
+    for i in range(int(nblocks)):
+        items, values = f"block{i}_items", f"block{i}_values"
+        _require(path, group, [items, values], f"pandas group /{key}")
+        ds = group[values]
+        transposed = bool(ds.attrs.get("transposed", 1))
+        names = _decode(group[items][()])
+        n_cols = ds.shape[1] if transposed else ds.shape[0]
+        if ds.ndim != 2 or n_cols != len(names):
+            raise PreprocessError(
+                f"raw file {path}: /{key}/{values} has shape {ds.shape}, expected "
+                f"{len(names)} columns (the length of /{key}/{items})"
+            )
+        blocks.append((_Block(ds, transposed), names))
+    return blocks
+
+
+def _check_pandas_group(path: Path, f: h5py.File, key: str) -> h5py.Group:
+    key = key or "df"
+    if key not in f:
+        raise PreprocessError(
+            f"raw file {path}: pandas key {key!r} (dataset.key) not found; found keys "
+            f"{sorted(f.keys())}"
+        )
+    group = f[key]
+    if "table" in group:
+        raise PreprocessError(
+            f"raw file {path}: key {key!r} is a pandas *table*-format frame; this reader needs the "
+            "fixed format. Convert it once with pandas: "
+            f'pd.read_hdf("{path}", key="{key}").to_hdf("<new>.h5", key="df", format="fixed")'
+        )
+    _require(path, group, ["axis0", "axis1"], f"pandas group /{key}")
+    kind = group.attrs.get("pandas_type", b"frame")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind != "frame":
+        raise PreprocessError(
+            f"raw file {path}: /{key} has pandas_type {kind!r}, expected 'frame' (a DataFrame "
+            "written with DataFrame.to_hdf(..., format='fixed'))"
+        )
+    return group
+
+
+def _tracer_runs(path: Path, key: str, n_rows: int, read_model) -> tuple[np.ndarray, ...]:
+    """(ids, starts, stops) of the runs of equal `Model` values; errors if a tracer recurs."""
+    ids, starts = [], []
+    previous = None
+    for a in range(0, n_rows, _TRACER_SCAN_ROWS):
+        b = min(n_rows, a + _TRACER_SCAN_ROWS)
+        model = read_model(a, b)
+        if not np.all(np.isfinite(model)):
+            bad = a + int(np.flatnonzero(~np.isfinite(model))[0])
+            raise PreprocessError(
+                f"raw file {path}: /{key} column Model (Tracer) is not finite at row {bad}"
+            )
+        model = model.astype(np.int64)
+        change = np.flatnonzero(np.diff(model) != 0) + 1
+        if previous is None or model[0] != previous:
+            change = np.concatenate([[0], change])
+        ids.extend(model[change].tolist())
+        starts.extend((a + change).tolist())
+        previous = model[-1]
+    ids_a = np.asarray(ids, dtype=np.int64)
+    starts_a = np.asarray(starts, dtype=np.int64)
+    stops_a = np.append(starts_a[1:], n_rows).astype(np.int64)
+    unique, counts = np.unique(ids_a, return_counts=True)
+    if np.any(counts > 1):
+        tracer = int(unique[np.argmax(counts > 1)])
+        runs = [f"{s}:{e}" for i, s, e in zip(ids_a, starts_a, stops_a, strict=True)
+                if i == tracer][:3]
+        raise PreprocessError(
+            f"raw file {path}: /{key} tracers are interleaved: tracer {tracer} (column Tracer) "
+            f"occupies rows {', '.join(runs)}; expected the rows of each tracer to be contiguous. "
+            "Sort the frame first: df.sort_values(['Tracer', 'Time']).to_hdf(p2, key='df')"
+        )
+    return ids_a, starts_a, stops_a
+
+
+def open_uclchem(path: Path, key: str = "df") -> RawTable:
+    f = _open_file(path)
+    try:
+        key = key or "df"
+        group = _check_pandas_group(path, f, key)
+        raw = tuple(c.strip() for c in _decode(group["axis0"][()]))
+        columns = _canonical_columns(path, raw, COLUMN_RENAMES)
+        n_rows = int(group["axis1"].shape[0])
+        position = {c: i for i, c in enumerate(columns)}
+        where: list[tuple[int, int] | None] = [None] * len(columns)
+        blocks = _pandas_blocks(path, group, key)
+        for b, (block, names) in enumerate(blocks):
+            n_block_rows = block.values.shape[0] if block.transposed else block.values.shape[1]
+            if n_block_rows != n_rows:
+                raise PreprocessError(
+                    f"raw file {path}: /{key}/block{b}_values has {n_block_rows} rows, "
+                    f"expected {n_rows} (the length of /{key}/axis1)"
+                )
+            for j, name in enumerate(names):
+                c = position.get(canonical_column(name))
+                if c is None:
+                    raise PreprocessError(
+                        f"raw file {path}: /{key}/block{b}_items lists {name!r}, "
+                        f"which is not in /{key}/axis0"
+                    )
+                where[c] = (b, j)
+        missing = [raw[i] for i, w in enumerate(where) if w is None]
+        if missing:
+            raise PreprocessError(
+                f"raw file {path}: columns {missing} of /{key}/axis0 are in no block"
+            )
+
+        def read(start: int, stop: int, cols: Sequence[int]) -> np.ndarray:
+            out = np.empty((stop - start, len(cols)), dtype=np.float64)
+            by_block: dict[int, list[tuple[int, int]]] = {}
+            for k, c in enumerate(cols):
+                b, j = where[c]
+                by_block.setdefault(b, []).append((k, j))
+            for b, pairs in by_block.items():
+                block = blocks[b][0]
+                width = len(blocks[b][1])
+                js = [j for _, j in pairs]
+                if len(js) * 8 < width and sorted(set(js)) == js:
+                    out[:, [k for k, _ in pairs]] = block.rows(start, stop, js)
+                else:
+                    out[:, [k for k, _ in pairs]] = block.rows(start, stop)[:, js]
+            return out
+
+        if MODEL_COLUMN not in position:
+            raise PreprocessError(
+                f"raw file {path}: /{key} has no Tracer/Model column; expected one of "
+                f"'Tracer' or 'Model' among {list(raw[:12])}..."
+            )
+        if n_rows == 0:
+            ids = starts = stops = np.zeros(0, dtype=np.int64)
+        else:
+            model = position[MODEL_COLUMN]
+            ids, starts, stops = _tracer_runs(
+                path, key, n_rows, lambda a, b: read(a, b, [model])[:, 0]
+            )
+        return RawTable(path, "uclchem", key, columns, raw, n_rows, ids, starts, stops, None,
+                        "row 0 of the first tracer", read, f)
+    except BaseException:
+        f.close()
+        raise
+
+
+READERS: dict[str, Callable[[Path, str], RawTable]] = {
+    "astrochem_jax": open_astrochem_jax,
+    "uclchem": open_uclchem,
+    "carbox": open_carbox,
+}
+
+
+def open_raw(path: str | Path, fmt: str, key: str = "") -> RawTable:
+    """Open a raw file with the reader of `fmt` (one of `READERS`)."""
+    if fmt not in READERS:
+        raise PreprocessError(
+            f"dataset.format is {fmt!r}; expected one of {sorted(READERS)} (raw file {path})"
+        )
+    return READERS[fmt](Path(path), key)
