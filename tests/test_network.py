@@ -288,7 +288,10 @@ def test_default_initial_abundances_neutral_and_normalised(default_network):
     assert totals[elements.index("HE")] == pytest.approx(0.1)
     assert totals[elements.index("C")] == pytest.approx(1.77e-4)
     assert abs(ia.total_charge(default_network, x)) < 1e-20
-    assert x[default_network.index("e-")] == pytest.approx(1.77e-4 + 3.51e-6)
+    assert x[default_network.index("e-")] == pytest.approx(1.77e-4 + 8.0e-8)
+    solar = ia.default_initial_abundances(default_network, preset="uclchem")
+    assert solar[default_network.index("S+")] == pytest.approx(3.51e-6)
+    assert abs(ia.total_charge(default_network, solar)) < 1e-20
     atomic = ia.default_initial_abundances(default_network, atomic_hydrogen=True)
     assert atomic[default_network.index("H")] == 1.0
     assert atomic[default_network.index("H2")] == 0.0
@@ -306,3 +309,15 @@ def test_initial_abundances_skip_missing_species():
     assert elements == ["H", "C"]
     np.testing.assert_allclose(totals, [1.0, 1.77e-4])
     assert x[net.index("e-")] == pytest.approx(1.77e-4)
+
+
+def test_abundances_from_mapping_errors(default_network):
+    with pytest.raises(KeyError, match="'Fe\\+' is not in network 'default'"):
+        ia.abundances_from_mapping(default_network, {"H2": 0.5, "Fe+": 1e-8}, missing="raise")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ia.abundances_from_mapping(default_network, {"H2": 0.5, "H3+": -1.0})
+    anion = nw.parse_umist_text(umist_line(1, "AD", "H-", "H", "H2", "e-"), "anion", "a.rates")
+    with pytest.raises(ValueError, match="net negative"):
+        ia.abundances_from_mapping(anion, {"H": 1.0, "H-": 1e-8})
+    with pytest.raises(ValueError, match="preset"):
+        ia.default_initial_abundances(default_network, preset="solar")
