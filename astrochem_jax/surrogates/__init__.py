@@ -1,0 +1,329 @@
+"""Surrogates: trained components composed into one jitted rollout in physical units.
+
+    surrogate = astrochem_jax.surrogates.load("ae_emulator_grav")   # configs/surrogates/<name>.py
+    abundances = surrogate(abundances_0, physical)   # [B, S], [B, T, P] -> [B, T + 1, S]
+    surrogate.species, surrogate.physical_parameters, surrogate.dataset, surrogate.components
+
+Registry `SURROGATES` (by config `type`): a builder `(config) -> Surrogate`.
+- "ae_emulator": encoder = autoencoder.encode then min-max scaling of the latent with the
+  autoencoder's `latents_minmax` (exactly as the emulator's trainer does), the latent emulator
+  steps, decoder = latent unscaling then autoencoder.decode.
+- "direct_emulator": the direct emulator steps on scaled abundances (encode/decode = identity).
+
+Components are found by name alone under `outputs/weights/<component>/` (via
+`astrochem_jax.training.checkpoints.load_component`); missing or incompatible ones raise
+`SurrogateError` naming the command that trains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from astrochem_jax import config_utils, paths
+from astrochem_jax.scaling import Scaler
+from astrochem_jax.surrogates.rollout import (
+    DTYPE,
+    SurrogateParts,
+    make_reconstruct,
+    make_rollout,
+    replicate,
+)
+
+
+class SurrogateError(ValueError):
+    """A surrogate whose components are missing or do not fit together."""
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """A callable surrogate with its metadata.
+
+    `surrogate(abundances_0 [B, S], physical [B, T, P]) -> abundances [B, T + 1, S]` calls the
+    jitted `rollout(params, abundances_0, physical)` with its own `params`. Physical parameters in
+    `physical_parameters` order and units (cm^-3, Habing, mag, K, ...), abundances relative to H
+    nuclei in `species` order.
+    """
+
+    name: str
+    type: str
+    species: tuple[str, ...]
+    physical_parameters: tuple[str, ...]
+    dataset: str
+    preprocessing_method: str
+    components: dict[str, str]
+    scaler: Scaler
+    parts: SurrogateParts
+    params: Any
+    rollout: Callable
+    reconstruct: Callable
+    info: dict = field(repr=False)  # the emulator's data facts (config.json["data_info"])
+    component_configs: dict = field(repr=False)
+
+    def __call__(self, abundances_0, physical):
+        return self.rollout(self.params, abundances_0, physical)
+
+    @property
+    def n_species(self) -> int:
+        return len(self.species)
+
+    @property
+    def n_physical(self) -> int:
+        return len(self.physical_parameters)
+
+
+# ------------------------------------------------------------------------------------------------
+# Component loading and checks
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    """A field of a config that may be a ConfigDict or a plain dict (JSON snapshot)."""
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return config[key] if key in config else default
+
+
+def train_command(component: str) -> str:
+    """The command that produces `outputs/weights/<component>/`."""
+    from astrochem_jax.training.checkpoints import training_command
+
+    return training_command(component)
+
+
+def load_checked_component(component: str, expected_types: tuple[str, ...], role: str):
+    """`training.checkpoints.load_component(component)` with errors that say which command
+    produces it; checks the component's type."""
+    from astrochem_jax.training.checkpoints import load_component
+
+    if not component:
+        raise SurrogateError(f"surrogate config: components.{role} is empty; name a component "
+                             f"of type {' or '.join(expected_types)}")
+    directory = paths.weights_dir(component)
+    if not (directory / "config.json").exists():
+        raise SurrogateError(
+            f"component {component!r} ({role}) not found: {directory}/config.json does not exist. "
+            f"Train it first: `{train_command(component)}`"
+        )
+    try:
+        loaded = load_component(component)
+    except Exception as err:  # a broken directory: say how to recreate it, keep the cause
+        raise SurrogateError(
+            f"component {component!r} ({role}) in {directory} could not be loaded "
+            f"({type(err).__name__}: {err}). Retrain it: `{train_command(component)}`"
+        ) from err
+    if loaded.type not in expected_types:
+        raise SurrogateError(
+            f"{directory}/config.json: field type is {loaded.type!r}, but the surrogate uses "
+            f"{component!r} as its {role}, which needs type {' or '.join(expected_types)}"
+        )
+    return loaded
+
+
+def _check_same(what: str, a_name: str, a_value, b_name: str, b_value, hint: str) -> None:
+    if a_value != b_value:
+        shown_a, shown_b = (
+            (f"{len(a_value)} entries", f"{len(b_value)} entries")
+            if isinstance(a_value, list) and len(str(a_value)) > 200 else (a_value, b_value))
+        raise SurrogateError(
+            f"incompatible components: {what} of {a_name!r} is {shown_a!r} but of {b_name!r} is "
+            f"{shown_b!r}. {hint}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Latent scaling: exactly the emulator trainer's (`training.components._latent_setup` / predict)
+
+
+def latent_min_span(latents_minmax) -> tuple[jax.Array, jax.Array]:
+    """latents_minmax [2, L] (row 0 min, row 1 max over the train split) -> (min [L], span [L]),
+    span = max - min where positive, else 1 (a constant latent is left unscaled)."""
+    minmax = np.asarray(latents_minmax, np.float32)
+    lo, hi = minmax[0], minmax[1]
+    span = np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)
+    return jnp.asarray(lo, DTYPE), jnp.asarray(span, DTYPE)
+
+
+def scale_latents(z: jax.Array, lo: jax.Array, span: jax.Array) -> jax.Array:
+    """Autoencoder latents z [B, L] -> the emulator's state (z - min) / span."""
+    return (z - lo) / span
+
+
+def unscale_latents(state: jax.Array, lo: jax.Array, span: jax.Array) -> jax.Array:
+    """The emulator's state [B, L] -> autoencoder latents state * span + min."""
+    return state * span + lo
+
+
+# ------------------------------------------------------------------------------------------------
+# Parts: models -> pure functions of one params pytree
+
+
+def _eval_split(model: nnx.Module):
+    """(graphdef, state) of a model switched to evaluation mode (deterministic dropout and
+    noise, BatchNorm running statistics)."""
+    model.eval()
+    return nnx.split(model)
+
+
+def ae_emulator_parts(encoder: nnx.Module, emulator: nnx.Module, decoder: nnx.Module,
+                      encoder_latents_minmax, decoder_latents_minmax
+                      ) -> tuple[SurrogateParts, dict]:
+    """Autoencoder + latent emulator as (parts, params). encoder/decoder: `Autoencoder`s (usually
+    the same one); latents_minmax [2, L] each. The emulator's state is the min-max scaled latent."""
+    enc_graph, enc_state = _eval_split(encoder)
+    dec_graph, dec_state = _eval_split(decoder)
+    emu_graph, emu_state = _eval_split(emulator)
+    enc_lo, enc_span = latent_min_span(encoder_latents_minmax)
+    dec_lo, dec_span = latent_min_span(decoder_latents_minmax)
+    params = {
+        "encoder": enc_state,
+        "decoder": dec_state,
+        "emulator": emu_state,
+        "encoder_latents": {"min": enc_lo, "span": enc_span},
+        "decoder_latents": {"min": dec_lo, "span": dec_span},
+    }
+
+    def encode(p, s):
+        z = nnx.merge(enc_graph, p["encoder"]).encode(s)
+        return scale_latents(z, p["encoder_latents"]["min"], p["encoder_latents"]["span"])
+
+    def step(p, physical, state):
+        return nnx.merge(emu_graph, p["emulator"])(physical, state)
+
+    def decode(p, state):
+        z = unscale_latents(state, p["decoder_latents"]["min"], p["decoder_latents"]["span"])
+        return nnx.merge(dec_graph, p["decoder"]).decode(z)
+
+    return SurrogateParts(encode, step, decode), params
+
+
+def direct_emulator_parts(emulator: nnx.Module) -> tuple[SurrogateParts, dict]:
+    """A direct emulator on scaled abundances as (parts, params); encode/decode are identities."""
+    graph, state = _eval_split(emulator)
+
+    def encode(p, s):
+        return jnp.asarray(s, DTYPE)
+
+    def step(p, physical, x):
+        return nnx.merge(graph, p["emulator"])(physical, x)
+
+    def decode(p, x):
+        return x
+
+    return SurrogateParts(encode, step, decode), {"emulator": state}
+
+
+# ------------------------------------------------------------------------------------------------
+# Builders
+
+
+def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
+            components: dict[str, str], loaded: dict) -> Surrogate:
+    info = emulator.info
+    scaler = Scaler.from_dict(info["scaling"])
+    # Replicated over every device, so batches sharded over the mesh's `data` axis just work.
+    params = replicate(jax.tree.map(jnp.asarray, params))
+    return Surrogate(
+        name=str(config.name),
+        type=str(config.type),
+        species=tuple(info["species"]),
+        physical_parameters=tuple(info.get("physical_parameters") or scaler.physical_parameters),
+        dataset=str(info["dataset"]),
+        preprocessing_method=str(info.get("preprocessing_method")
+                                 or emulator.config.get("preprocessing_method")),
+        components=components,
+        scaler=scaler,
+        parts=parts,
+        params=params,
+        rollout=make_rollout(parts, scaler),
+        reconstruct=make_reconstruct(parts, scaler),
+        info=info,
+        component_configs={role: config_utils.to_dict(c.config) for role, c in loaded.items()},
+    )
+
+
+def build_ae_emulator(config: ConfigDict) -> Surrogate:
+    """Autoencoder (encoder + decoder) around a latent emulator."""
+    names = {role: str(_get(config.components, role) or "")
+             for role in ("encoder", "emulator", "decoder")}
+    encoder = load_checked_component(names["encoder"], ("autoencoder",), "encoder")
+    decoder = (encoder if names["decoder"] == names["encoder"] else
+               load_checked_component(names["decoder"], ("autoencoder",), "decoder"))
+    emulator = load_checked_component(names["emulator"], ("emulator",), "emulator")
+
+    trained_on = emulator.info.get("autoencoder_component",
+                                   _get(emulator.config, "autoencoder_component"))
+    if trained_on is not None and trained_on != names["encoder"]:
+        raise SurrogateError(
+            f"incompatible components: emulator {names['emulator']!r} was trained on the latents "
+            f"of autoencoder {trained_on!r}, but the surrogate's encoder is {names['encoder']!r}. "
+            f"Set components.encoder = components.decoder = {trained_on!r}, or retrain the "
+            f"emulator on {names['encoder']!r}: `{train_command(names['emulator'])} "
+            f"--config.autoencoder_component={names['encoder']}`"
+        )
+    retrain = f"Retrain the emulator on this autoencoder: `{train_command(names['emulator'])}`"
+    for role, ae in (("encoder", encoder), ("decoder", decoder)):
+        _check_same("the latent size", names[role], int(ae.info["latent_dim"]),
+                    names["emulator"], int(emulator.info["state_dim"]), retrain)
+        _check_same("the species list", names[role], list(ae.info["species"]),
+                    names["emulator"], list(emulator.info["species"]), retrain)
+        _check_same("the dataset", names[role], ae.info["dataset"],
+                    names["emulator"], emulator.info["dataset"], retrain)
+        _check_same("the abundance clip", names[role],
+                    list(ae.info["scaling"]["abundance_clip"]), names["emulator"],
+                    list(emulator.info["scaling"]["abundance_clip"]), retrain)
+        expected = (2, int(ae.info["latent_dim"]))
+        if ae.latents_minmax is None or tuple(ae.latents_minmax.shape) != expected:
+            found = None if ae.latents_minmax is None else ae.latents_minmax.shape
+            raise SurrogateError(
+                f"{ae.directory}/latents_minmax.npy: expected shape {expected}, found {found}; "
+                f"retrain the autoencoder: `{train_command(names[role])}`")
+
+    parts, params = ae_emulator_parts(
+        encoder.model(train=False), emulator.model(train=False), decoder.model(train=False),
+        encoder.latents_minmax, decoder.latents_minmax)
+    loaded = {"encoder": encoder, "decoder": decoder, "emulator": emulator}
+    return _common(config, emulator, parts, params, names, loaded)
+
+
+def build_direct_emulator(config: ConfigDict) -> Surrogate:
+    """A direct emulator on scaled abundances (no autoencoder)."""
+    name = str(_get(config.components, "emulator") or "")
+    emulator = load_checked_component(name, ("direct_emulator",), "emulator")
+    _check_same("the state size", name, int(emulator.info["state_dim"]), "its species list",
+                len(emulator.info["species"]), f"Retrain it: `{train_command(name)}`")
+    parts, params = direct_emulator_parts(emulator.model(train=False))
+    return _common(config, emulator, parts, params, {"emulator": name}, {"emulator": emulator})
+
+
+SURROGATES: dict[str, Callable[[ConfigDict], Surrogate]] = {
+    "ae_emulator": build_ae_emulator,
+    "direct_emulator": build_direct_emulator,
+}
+
+
+def build(config: ConfigDict) -> Surrogate:
+    """The surrogate a config describes (`config.type` picks the builder)."""
+    kind = str(_get(config, "type"))
+    if kind not in SURROGATES:
+        raise SurrogateError(
+            f"surrogate config {_get(config, 'name')!r}: field type is {kind!r}, expected one of "
+            f"{sorted(SURROGATES)}")
+    return SURROGATES[kind](config)
+
+
+def load(name_or_config: str | ConfigDict) -> Surrogate:
+    """A surrogate by config name (`configs/surrogates/<name>.py`), path, or ConfigDict."""
+    config = (name_or_config if isinstance(name_or_config, ConfigDict)
+              else config_utils.load_config(str(name_or_config), "surrogates"))
+    return build(config)
+
+
+__all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateParts", "ae_emulator_parts",
+           "build", "direct_emulator_parts", "load"]

@@ -1,0 +1,135 @@
+"""The surrogate rollout: encode -> `lax.scan` over emulator steps -> decode every step.
+
+A surrogate is three pure functions of one parameter pytree (`SurrogateParts`); `make_rollout`
+wraps them with the dataset's `Scaler` into one jitted function whose interface is in physical
+units:
+
+    rollout(params, abundances_0 [B, S], physical [B, T, P]) -> abundances [B, T + 1, S]
+
+`abundances[:, 0]` is decode(encode(abundances_0)) (what the surrogate's state represents at t0),
+`abundances[:, t + 1]` the state after t + 1 emulator steps, the step t -> t + 1 driven by
+`physical[:, t]` (the preprocessing `shift_physical` convention). Everything inside is float32.
+
+Sharding: nothing here fixes a layout; put the batch axis of the inputs on the mesh's `data` axis
+(`shard_batch`) and `jit` propagates it through the scan (the carry is derived from the input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from astrochem_jax import scaling
+from astrochem_jax.models.emulator import rollout as scan_rollout
+from astrochem_jax.scaling import Scaler
+from astrochem_jax.training.mesh import (
+    batch_sharded,
+    make_mesh,
+    n_data_shards,
+    replicated,
+)
+
+DTYPE = jnp.float32
+
+Params = Any  # a pytree of arrays (nnx.State leaves and plain arrays)
+
+
+@dataclass(frozen=True)
+class SurrogateParts:
+    """Pure functions of the surrogate's parameter pytree.
+
+    encode: (params, s [B, S] scaled abundances) -> state [B, D]
+    step: (params, p [B, P] scaled physical parameters, state [B, D]) -> next state [B, D]
+    decode: (params, state [B, D]) -> s_hat [B, S] scaled abundances
+    """
+
+    encode: Callable[[Params, jax.Array], jax.Array]
+    step: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    decode: Callable[[Params, jax.Array], jax.Array]
+
+
+def rollout_scaled(parts: SurrogateParts, params: Params, s0: jax.Array,
+                   p_scaled: jax.Array) -> jax.Array:
+    """Scaled space rollout: s0 [B, S], p_scaled [B, T, P] -> s_hat [B, T + 1, S] (float32)."""
+    s0 = jnp.asarray(s0, DTYPE)
+    p_scaled = jnp.asarray(p_scaled, DTYPE)
+    z0 = parts.encode(params, s0)
+    states = scan_rollout(lambda p, z: parts.step(params, p, z), z0, p_scaled)  # [B, T, D]
+    states = jnp.concatenate([z0[:, None, :], states], axis=1)  # [B, T + 1, D]
+    # Decode per time step (vmap over the unsharded time axis keeps the batch axis intact).
+    decoded = jax.vmap(lambda z: parts.decode(params, z), in_axes=1, out_axes=1)(states)
+    return decoded.astype(DTYPE)
+
+
+def _clip_f32(scaler: Scaler) -> tuple[np.float32, np.float32]:
+    """The abundance clip as float32 scalars: `scaling` derives its log10 bounds from the clip's
+    type, and float64 bounds would promote float32 arrays to float64 when x64 is on (as in
+    `losses.unscale_in_dtype`)."""
+    return np.float32(scaler.abundance_clip[0]), np.float32(scaler.abundance_clip[1])
+
+
+def scale_abundances_f32(scaler: Scaler, x) -> jax.Array:
+    """x [..., S] abundances -> scaled [..., S], computed in float32."""
+    return scaling.scale_abundances(jnp.asarray(x, DTYPE), _clip_f32(scaler)).astype(DTYPE)
+
+
+def unscale_abundances_f32(scaler: Scaler, s) -> jax.Array:
+    """scaled [..., S] -> abundances [..., S], computed in float32."""
+    return scaling.unscale_abundances(jnp.asarray(s, DTYPE), _clip_f32(scaler)).astype(DTYPE)
+
+
+def rollout_physical(parts: SurrogateParts, scaler: Scaler, params: Params,
+                     abundances_0: jax.Array, physical: jax.Array) -> jax.Array:
+    """Physical units in and out: abundances_0 [B, S] (fractions of H nuclei), physical [B, T, P]
+    (the scaler's parameter order and units) -> abundances [B, T + 1, S], float32."""
+    s0 = scale_abundances_f32(scaler, abundances_0)
+    p_scaled = scaler.scale_physical(jnp.asarray(physical, DTYPE)).astype(DTYPE)
+    return unscale_abundances_f32(scaler, rollout_scaled(parts, params, s0, p_scaled))
+
+
+def make_rollout(parts: SurrogateParts, scaler: Scaler) -> Callable:
+    """The jitted `rollout(params, abundances_0 [B, S], physical [B, T, P]) -> [B, T + 1, S]`."""
+
+    def rollout(params, abundances_0, physical):
+        return rollout_physical(parts, scaler, params, abundances_0, physical)
+
+    return jax.jit(rollout)
+
+
+def make_reconstruct(parts: SurrogateParts, scaler: Scaler) -> Callable:
+    """Jitted decode(encode(x)) in physical units: x [N, S] -> x_hat [N, S] (the floor of any
+    rollout's accuracy: what the state space can represent at all)."""
+
+    def reconstruct(params, abundances):
+        s = scale_abundances_f32(scaler, abundances)
+        return unscale_abundances_f32(scaler, parts.decode(params, parts.encode(params, s)))
+
+    return jax.jit(reconstruct)
+
+
+# ------------------------------------------------------------------------------------------------
+# Device placement (the mesh itself comes from `astrochem_jax.training.mesh`)
+
+
+def shard_batch(array, mesh: Mesh | None = None) -> jax.Array:
+    """Put `array` [B, ...] on the mesh with its batch axis split over `data`.
+
+    A batch that does not divide the device count is replicated instead (e.g. B = 1), so every
+    batch size works; the caller decides which sizes to time.
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    if array.shape[0] % n_data_shards(mesh) == 0:
+        return jax.device_put(array, batch_sharded(mesh, ndim=array.ndim))
+    return jax.device_put(array, replicated(mesh))
+
+
+def replicate(tree: Params, mesh: Mesh | None = None) -> Params:
+    """Every leaf of `tree` replicated over the mesh (parameters)."""
+    mesh = make_mesh() if mesh is None else mesh
+    return jax.device_put(tree, replicated(mesh))
