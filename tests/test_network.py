@@ -71,6 +71,23 @@ def test_default_network_text_round_trip(default_network):
     assert text.lstrip().startswith("#") and "demonstration" in text.lower()
 
 
+def _physics(reaction):
+    """A reaction without its source line, for round-trip comparisons."""
+    return nw.replace(reaction, source="")
+
+
+def test_format_umist_text_round_trip(default_network):
+    text = nw.format_umist_text(default_network, header="round trip\nof the default network")
+    assert text.startswith("# round trip\n# of the default network\n")
+    again = nw.parse_umist_text(text, "again", "again.rates")
+    assert again.species == default_network.species
+    assert [_physics(r) for r in again.reactions] == [
+        _physics(r) for r in default_network.reactions]
+    grain = nw.Reaction(("CO",), ("#CO",), "grain:FREEZE", 1.0, 0.0, 0.0)
+    with pytest.raises(nw.NetworkError, match="grain:FREEZE"):
+        nw.format_umist_text(nw.Network("g", ("CO", "#CO"), (grain,)))
+
+
 # ------------------------------------------------------------------------------------------------
 # UMIST parser on small inline texts
 
@@ -247,6 +264,9 @@ def test_umist22_parses_fully(shared_dir):
     hminus = [r for r in net.reactions if r.reactants == ("H-", "H") and r.products == ("H2", "e-")]
     assert len(hminus) == 2 and hminus[0].source == hminus[1].source
     assert hminus[0].t_max_K < hminus[1].t_min_K
+    # A block repeated verbatim within one line is kept once.
+    ch4_cn = [r for r in net.reactions if r.reactants == ("CH4", "CN")]
+    assert len(ch4_cn) == 1
 
 
 def test_uclchem_full_and_gas_subset(shared_dir):
@@ -261,6 +281,10 @@ def test_uclchem_full_and_gas_subset(shared_dir):
     assert all(nw.is_gas_phase_type(r.rate_type) for r in gas.reactions)
     assert sum(r.rate_type == "h2_formation" for r in gas.reactions) == 1
     assert "E-" in gas.species
+    again = nw.parse_umist_text(nw.format_umist_text(gas), "again", "again.rates")
+    assert set(again.species) == set(gas.species)
+    assert sorted(map(_physics, again.reactions), key=repr) == sorted(
+        map(_physics, gas.reactions), key=repr)
 
 
 def test_makerates_selection_34_species(shared_dir):

@@ -23,8 +23,14 @@ Readers (all return a validated `Network`; see `validate_network` for the checks
 - `read_umist_rates(path)` / `parse_umist_text(text, name, source_label)`: UMIST RATE22 `.rates`.
   Extension type code `H2FORM` (ours; UMIST has no grain chemistry) -> "h2_formation".
 - `read_uclchem_network(reactions_csv, species_csv)`: UCLCHEM `reactions.csv` + `species.csv`.
+  Its `extrapolate` and `reduced_mass` columns are not kept.
 - `gas_phase_subset(network)`, `select_reactions(source, species, name)` (UCLCHEM MakeRates),
-  `read_species_list(csv_path)`, `load_default_network()`.
+  `read_species_list(csv_path)`, `load_default_network()`, `default_network_text()`.
+- `format_umist_text(network)`: write any gas-phase network back as RATE22 text.
+
+Temperature ranges: a reaction may come as several rows (same reactants, products, rate_type).
+Disjoint ranges are alternatives (pick the row whose range holds T); overlapping ranges, found
+in both RATE22 (H + CH2 -> CH + H2, C + S -> CS) and UCLCHEM, are additive terms of one fit.
 
 Species order (the state vector order):
 - UMIST files: by nominal mass (integer mass numbers, `species_mass_amu`), then neutral before
@@ -385,8 +391,12 @@ def _umist_line(fields: list[str], where: str) -> list[Reaction]:
             _float(v, where, f"{f}[{k + 1}]")
             for v, f in zip(block, ("alpha", "beta", "gamma", "Tlow", "Thigh"), strict=True)
         )
-        out.append(Reaction(tuple(reactants), products, rate_type, alpha, beta, gamma,
-                            t_lo, t_hi, where))
+        reaction = Reaction(tuple(reactants), products, rate_type, alpha, beta, gamma,
+                            t_lo, t_hi, where)
+        # RATE22 sometimes repeats one fit within a line (two references, "single fit across
+        # both data sets"); summing overlapping rows is right for distinct terms, so keep one.
+        if reaction not in out:
+            out.append(reaction)
     return out
 
 
@@ -398,7 +408,10 @@ def parse_umist_text(
     Lines: `id:type:R1:R2:P1:P2:P3:P4:NE:` then NE blocks
     `alpha:beta:gamma:Tlow:Thigh:clem:accuracy:ref:refname` (references may be quoted and contain
     ':'). `#` lines and blank lines are comments. Each temperature range becomes its own Reaction
-    with `source="<source_label>:<line>"`. `PHOTON` in a product column (radiative association)
+    with `source="<source_label>:<line>"` (a block repeating an earlier block of the same line
+    exactly is skipped). Rows of one reaction whose ranges overlap (on different lines) are
+    additive terms of one fit (e.g. H + CH2 -> CH + H2 in RATE22): rate code should sum the rows
+    whose range contains T. `PHOTON` in a product column (radiative association)
     is dropped; CRP / CRPHOT / PHOTON in R2 select the rate type and are not species.
     Type `H2FORM` (our extension): `n:H2FORM:H:H:H2:::::1:alpha:0:0:Tlow:Thigh` -> "h2_formation".
     """
@@ -429,6 +442,57 @@ def read_umist_rates(
     path = Path(path)
     text = path.read_text(encoding="utf-8", errors="replace")
     return parse_umist_text(text, name or path.stem, path.name, on_unbalanced)
+
+
+# rate_type -> (UMIST type code, R2 keyword or None) for writing; two_body codes are chosen below.
+_UMIST_CODE_FOR: dict[str, tuple[str, str | None]] = {
+    "cosmic_ray": ("CP", "CRP"),
+    "cr_photon": ("CR", "CRPHOT"),
+    "photo": ("PH", "PHOTON"),
+    "h2_photodissociation": ("PH", "PHOTON"),
+    "co_photodissociation": ("PH", "PHOTON"),
+    "c_photoionisation": ("PH", "PHOTON"),
+    "h2_formation": ("H2FORM", None),
+}
+
+
+def _two_body_code(r: Reaction) -> str:
+    if any(is_electron(s) for s in r.reactants):
+        return "DR" if len(r.products) > 1 else "RR"
+    if any(_composition(s).charge for s in r.reactants):
+        return "IN"
+    return "NN"
+
+
+def format_umist_text(network: Network, header: str = "") -> str:
+    """The network as UMIST RATE22 text that `parse_umist_text` reads back to the same reactions.
+
+    One line per Reaction (NE = 1), numbered from 1; two-body code DR/RR/IN/NN from the
+    reactants (all read back as "two_body"); `source` goes to the reference field. `header` lines
+    are written as `#` comments. Raises `NetworkError` for what RATE22 cannot hold: grain
+    processes, ion-polar rows, more than 2 reactants (3 for none) or 4 products.
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for n, r in enumerate(network.reactions, start=1):
+        where = format_reaction(r)
+        if r.rate_type == "two_body":
+            code, keyword = _two_body_code(r), None
+        elif r.rate_type in _UMIST_CODE_FOR:
+            code, keyword = _UMIST_CODE_FOR[r.rate_type]
+        else:
+            raise NetworkError(f"rate_type {r.rate_type!r} has no UMIST RATE22 form: {where}")
+        reactants = [*r.reactants, keyword] if keyword else list(r.reactants)
+        if len(reactants) != 2 or len(r.products) > 4:
+            raise NetworkError(
+                f"UMIST RATE22 holds 2 reactant columns and 4 products; found {len(reactants)} "
+                f"and {len(r.products)}: {where}"
+            )
+        products = [*r.products, *[""] * (4 - len(r.products))]
+        numbers = [f"{v!r}" for v in (r.alpha, r.beta, r.gamma, r.t_min_K, r.t_max_K)]
+        source = r.source.replace('"', "'")
+        lines.append(":".join(
+            [str(n), code, *reactants, *products, "1", *numbers, "", "", '""', f'"{source}"', ""]))
+    return "\n".join(lines) + "\n"
 
 
 def default_network_text() -> str:
