@@ -6,7 +6,7 @@ from ml_collections import ConfigDict
 def get_config() -> ConfigDict:
     c = ConfigDict()
     c.method = "timeless"
-    c.max_shard_mb = 256
+    c.max_shard_mb = 256.0
     c.chunk_rows = 65536
-    c.shuffle_bucket_mb = 128  # external shuffle: rows go to random buckets of about this size
+    c.shuffle_bucket_mb = 128.0  # external shuffle: rows go to random buckets of about this size
     return c

@@ -1,0 +1,283 @@
+"""Preprocessing: round trips through every raw layout and method, the real UCLCHEM file, the CLI,
+and the cache (hit / miss / force)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from astrochem_jax import config_utils, paths, shards
+from astrochem_jax.preprocess import PREPROCESSORS, is_cached, preprocess
+from astrochem_jax.preprocess import synthetic as syn
+from astrochem_jax.scaling import Scaler
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLIP = (1e-20, 1.0)
+# Trajectories' physical order is (Density, gasTemp, Av, Radfield, zeta); configs want
+# (Density, Radfield, Av, gasTemp).
+PHYS_ORDER = [0, 3, 2, 1]
+
+
+def dataset_config(raw_path, fmt, name="synth", key=""):
+    c = config_utils.load_config("grav", "datasets")
+    c.name = name
+    c.raw_path = str(raw_path)
+    c.format = fmt
+    c.key = key
+    return c
+
+
+def method_config(method, **overrides):
+    c = config_utils.load_config(method, "preprocessing")
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+WRITERS = {
+    "astrochem_jax": lambda p, t: (syn.write_astrochem_jax(p, t), ""),
+    "uclchem": lambda p, t: (syn.write_uclchem_fixed(p, t), "df"),
+    "carbox": lambda p, t: (syn.write_carbox(p, t), "large"),
+    "carbox_triple": lambda p, t: (syn.write_carbox(p, t, key="small", triple_ptr=True), ""),
+}
+
+
+def _write(tmp_path, layout, traj):
+    path, key = WRITERS[layout](tmp_path / f"{layout}.h5", traj)
+    return dataset_config(path, layout.replace("_triple", ""), key=key)
+
+
+def _expected_sequential(traj, ids, shift=True):
+    index = {int(t): i for i, t in enumerate(traj.tracer_ids)}
+    rows = [index[int(t)] for t in ids]
+    physical = traj.physical[rows][..., PHYS_ORDER]
+    if shift:
+        physical = np.concatenate([physical[:, 1:], physical[:, -1:]], axis=1)
+    return physical, np.clip(traj.abundances[rows], *CLIP)
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_sequential_round_trip_every_layout(tmp_path, layout):
+    traj = syn.make_trajectories(6, 12, seed=1)
+    ds = _write(tmp_path, layout, traj)
+    # Tiny shards and chunks so several shards and chunks are exercised.
+    out = preprocess(ds, method_config("sequential", max_shard_mb=0.0015, chunk_rows=30),
+                     verbose=False)
+    manifest = shards.read_manifest(out)
+    assert manifest["species"] == list(syn.DEMO_SPECIES)
+    assert manifest["physical_parameters"] == ["Density", "Radfield", "Av", "gasTemp"]
+    assert manifest["n_species"] == 10 and manifest["n_physical"] == 4
+    assert len(manifest["split_tracers"]["train"]) == 4
+    assert len(manifest["split_tracers"]["val"]) == 2
+    assert not set(manifest["split_tracers"]["train"]) & set(manifest["split_tracers"]["val"])
+    np.testing.assert_allclose(manifest["time_years"], traj.time_years[0])
+    scaler = Scaler.from_dict(manifest["scaling"])
+    for split in ("train", "val"):
+        data = shards.load_split(out, split)
+        assert data.dtype == np.float32 and data.shape[1:] == (12, 14)
+        assert data.min() >= 0.0 and data.max() <= 1.0 + 1e-6 or split == "val"
+        physical, abundances = _expected_sequential(traj, manifest["split_tracers"][split])
+        np.testing.assert_allclose(scaler.unscale_physical(data[..., :4].astype(np.float64)),
+                                   physical, rtol=2e-5)
+        np.testing.assert_allclose(scaler.unscale_abundances(data[..., 4:].astype(np.float64)),
+                                   abundances, rtol=2e-5)
+    assert len(manifest["splits"]["train"]["shards"]) > 1
+    utils = paths.utils_dir("synth")
+    assert (utils / "species.txt").read_text().split() == list(syn.DEMO_SPECIES)
+    matrix = np.load(utils / "stoichiometric_matrix.npy")
+    assert matrix.shape == (10, len(manifest["elements"]))
+    np.testing.assert_allclose(np.load(utils / "initial_abundances.npy"), traj.abundances[0, 0])
+
+
+def test_physical_ranges_come_from_train_split(tmp_path):
+    traj = syn.make_trajectories(8, 5, seed=2)
+    ds = _write(tmp_path, "astrochem_jax", traj)
+    manifest = shards.read_manifest(preprocess(ds, "sequential", verbose=False))
+    train = [list(traj.tracer_ids).index(t) for t in manifest["split_tracers"]["train"]]
+    lo = np.log10(traj.physical[train][..., PHYS_ORDER].min(axis=(0, 1)))
+    hi = np.log10(traj.physical[train][..., PHYS_ORDER].max(axis=(0, 1)))
+    np.testing.assert_allclose(manifest["scaling"]["physical_log10_min"], lo)
+    np.testing.assert_allclose(manifest["scaling"]["physical_log10_max"], hi)
+    assert manifest["physical_ranges_source"] == "train split"
+    # Given ranges win.
+    ds.physical_ranges = {"Density": [1e2, 1e7], "Radfield": [1e-2, 1e2], "Av": [0.1, 100.0],
+                          "gasTemp": [5.0, 50.0]}
+    manifest = shards.read_manifest(preprocess(ds, "sequential", verbose=False))
+    assert manifest["scaling"]["physical_log10_min"] == pytest.approx([2, -2, -1, np.log10(5)])
+
+
+@pytest.mark.parametrize("method", ["timeless", "random"])
+def test_row_methods_round_trip_and_shuffle(tmp_path, method):
+    traj = syn.make_trajectories(8, 25, seed=3)
+    ds = _write(tmp_path, "uclchem", traj)
+    out = preprocess(ds, method_config(method, shuffle_bucket_mb=0.004, chunk_rows=60),
+                     verbose=False)
+    manifest = shards.read_manifest(out)
+    scaler = Scaler.from_dict(manifest["scaling"])
+    train, val = shards.load_split(out, "train"), shards.load_split(out, "val")
+    assert train.shape[1:] == val.shape[1:] == (10,)
+    assert train.shape[0] + val.shape[0] == 8 * 25
+    everything = np.clip(traj.abundances.reshape(-1, 10), *CLIP)
+    if method == "timeless":
+        assert manifest["split_unit"] == "tracer"
+        assert train.shape[0] == 6 * 25
+        index = {int(t): i for i, t in enumerate(traj.tracer_ids)}
+        rows = [index[t] for t in manifest["split_tracers"]["train"]]
+        expected = np.clip(traj.abundances[rows].reshape(-1, 10), *CLIP)
+    else:
+        assert manifest["split_unit"] == "row"
+        assert train.shape[0] == int(200 * 0.75)
+        expected = everything
+    got = scaler.unscale_abundances(np.concatenate([train, val]).astype(np.float64))
+    if method == "timeless":
+        got = scaler.unscale_abundances(train.astype(np.float64))
+    # Same multiset of values per species, in a different (shuffled) row order.
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0), rtol=2e-5)
+    assert not np.allclose(got[:, 0], expected[:, 0], rtol=1e-3)
+
+
+def test_registry_names_and_leakage_documented():
+    assert set(PREPROCESSORS) == {"sequential", "timeless", "random"}
+    assert "leakage" in PREPROCESSORS["random"].description
+    assert PREPROCESSORS["random"].split_by == "row"
+
+
+def test_prepend_initial_abundances_and_crop(tmp_path):
+    traj = syn.make_trajectories(4, 6, seed=4, start_at_zero=False)
+    initial = np.full(10, 1e-6)
+    path = syn.write_astrochem_jax(tmp_path / "ours.h5", traj, initial=initial)
+    ds = dataset_config(path, "astrochem_jax")
+    ds.prepend_initial_abundances = True
+    out = preprocess(ds, "sequential", verbose=False)
+    manifest = shards.read_manifest(out)
+    assert manifest["time_years"][0] == 0.0 and len(manifest["time_years"]) == 7
+    data = shards.load_split(out, "train")
+    assert data.shape[1] == 7
+    scaler = Scaler.from_dict(manifest["scaling"])
+    np.testing.assert_allclose(scaler.unscale_abundances(data[:, 0, 4:].astype(np.float64)),
+                               np.broadcast_to(initial, (data.shape[0], 10)), rtol=2e-5)
+    # Row 0 (t = 0) carries the conditions that drive it to the first output (shifted).
+    physical, _ = _expected_sequential(traj, manifest["split_tracers"]["train"], shift=False)
+    np.testing.assert_allclose(scaler.unscale_physical(data[:, 0, :4].astype(np.float64)),
+                               physical[:, 0], rtol=2e-5)
+
+
+def test_real_uclchem_file_preprocesses(shared_dir):
+    raw = shared_dir / "data" / "uclchem_grav_small.h5"
+    if not raw.exists():
+        pytest.skip(f"{raw} not present")
+    ds = config_utils.load_config("uclchem_grav", "datasets")
+    ds.raw_path = str(raw)
+    out = preprocess(ds, "sequential", verbose=False)
+    manifest = shards.read_manifest(out)
+    assert manifest["n_species"] == 333
+    assert "H3CO+" in manifest["species"] and "H2COH+" not in manifest["species"]
+    assert manifest["splits"]["train"]["shape"] == [2, 61, 337]
+    assert manifest["splits"]["val"]["shape"] == [1, 61, 337]
+    worst = max(manifest["element_drift"].values())
+    print(f"uclchem_grav_small worst element drift per element: {manifest['element_drift']}")
+    assert worst < 1e-6
+    data = shards.load_split(out, "train")
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+
+
+def test_real_uclchem_examples_need_point_dropped_and_crop(shared_dir):
+    raw = shared_dir / "data" / "uclchem_examples.h5"
+    if not raw.exists():
+        pytest.skip(f"{raw} not present")
+    ds = config_utils.load_config("uclchem_grav", "datasets")
+    ds.name = "uclchem_examples"
+    ds.raw_path = str(raw)
+    ds.n_species = None
+    ds.train_split = 0.5
+    from astrochem_jax.preprocess import PreprocessError
+
+    with pytest.raises(PreprocessError, match="'point'"):
+        preprocess(ds, "timeless", verbose=False)
+    ds.columns_to_drop = [*ds.columns_to_drop, "point"]
+    with pytest.raises(PreprocessError, match="different lengths"):
+        preprocess(ds, "sequential", verbose=False)
+    out = preprocess(ds, method_config("sequential", length_policy="crop"), verbose=False)
+    assert shards.read_manifest(out)["steps"] == 90
+    assert shards.read_manifest(out)["time_grid_shared"] is False
+    out = preprocess(ds, "timeless", verbose=False)
+    sizes = [shards.read_manifest(out)["splits"][s]["shape"][0] for s in ("train", "val")]
+    assert sorted(sizes) == [90, 283]
+
+
+def test_cli_bare_names_and_override(tmp_path):
+    traj = syn.make_trajectories(4, 5, seed=5)
+    raw = syn.write_uclchem_fixed(tmp_path / "u.h5", traj)
+    env = {**os.environ, "ASTROCHEM_JAX_OUTPUTS": str(tmp_path / "outputs"),
+           "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "astrochem_jax.preprocess", "--dataset=uclchem_grav",
+           "--method", "timeless", f"--dataset.raw_path={raw}", "--dataset.n_species=10",
+           "--dataset.name=cli"]
+    first = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "outputs" / "preprocessed" / "cli" / "timeless" / "manifest.json").exists()
+    second = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 0 and "cache hit" in second.stdout
+    bad = subprocess.run(cmd[:-2] + ["--dataset.n_species=7"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "n_species = 7" in bad.stderr
+
+
+def test_cache_hit_miss_and_force(tmp_path, capsys):
+    traj = syn.make_trajectories(4, 8, seed=6)
+    path = syn.write_uclchem_fixed(tmp_path / "u.h5", traj)
+    ds = dataset_config(path, "uclchem", key="df")
+    method = method_config("sequential")
+    out = preprocess(ds, method)
+    manifest_path = out / shards.MANIFEST_NAME
+    built = manifest_path.stat().st_mtime_ns
+    assert is_cached(ds, method)
+
+    start = time.perf_counter()
+    preprocess(ds, method)
+    assert time.perf_counter() - start < 1.0
+    assert "cache hit" in capsys.readouterr().out
+    assert manifest_path.stat().st_mtime_ns == built
+
+    # Touched but identical: re-hashed, still a hit.
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    preprocess(ds, method)
+    assert "cache hit" in capsys.readouterr().out
+
+    # A config change rebuilds.
+    ds.train_split = 0.5
+    assert not is_cached(ds, method)
+    preprocess(ds, method)
+    assert "config" in capsys.readouterr().out
+    assert len(shards.read_manifest(out)["split_tracers"]["train"]) == 2
+
+    # Changed raw content rebuilds.
+    with h5py.File(path, "r+") as f:
+        f["df/block0_values"][0, 10] *= 2
+    assert not is_cached(ds, method)
+    preprocess(ds, method)
+    assert "changed" in capsys.readouterr().out
+
+    preprocess(ds, method, force=True)
+    assert "--force" in capsys.readouterr().out
+    assert is_cached(ds, method)
+
+
+@pytest.mark.slow
+def test_end_to_end_with_generated_dataset(tmp_path):
+    fixtures = pytest.importorskip("fixtures")
+    raw = fixtures.make_tiny_raw_dataset(tmp_path / "tiny.h5", n_tracers=4, n_steps=10)
+    ds = fixtures.tiny_dataset_config(raw, n_tracers=4, n_steps=10)
+    out = preprocess(ds, "sequential", verbose=False)
+    manifest = shards.read_manifest(out)
+    assert manifest["splits"]["train"]["shape"][:2] == [3, 10]
+    assert max(manifest["element_drift"].values()) < 1e-5
