@@ -243,6 +243,21 @@ def test_uclchem_small_and_gas_subset(tmp_path):
     assert gas.index("e-") == gas.n_species - 1
 
 
+def test_uclchem_headerless_extra_reactions_respelled():
+    text = ("! extra rows, no header\n"
+            "HE,H2,NAN,HE,H2,NAN,NAN,1e-12,0,0,,,,\n"
+            "H,H,H2FORM,H2,NAN,NAN,NAN,1,0,0\n")
+    extra = nw.parse_uclchem_reactions(text, "extra.csv")
+    assert [r.source for r in extra] == ["extra.csv:2", "extra.csv:3"]
+    assert extra[0].t_min_K == 10.0 and extra[0].t_max_K == 41000.0
+    source = nw.parse_umist_text(umist_line(1, "CE", "He+", "H", "He", "H+"), "src", "src.rates")
+    net = nw.select_reactions(source, ["H", "H+", "HE", "HE+", "H2"], "x", extra_reactions=extra)
+    assert net.species == ("H", "H+", "He", "He+", "H2")
+    assert net.reactions[1].reactants == ("He", "H2")
+    with pytest.raises(nw.NetworkError, match="bad.csv:1: expected at least 10 columns"):
+        nw.parse_uclchem_reactions("H,H,H2FORM,H2\n", "bad.csv")
+
+
 def test_uclchem_missing_species_is_named(tmp_path):
     (tmp_path / "r.csv").write_text(UCL_HEADER + UCL_ROWS)
     (tmp_path / "s.csv").write_text(UCL_SPECIES.replace("HCO+,29\n", ""))
@@ -298,6 +313,12 @@ def test_makerates_selection_34_species(shared_dir):
     upper = {s.upper() for s in wanted} | {"E-"}
     assert all(s.upper() in upper for r in small.reactions for s in (*r.reactants, *r.products))
     assert 300 <= small.n_reactions <= 500
+    # MakeRates also merges UCLCHEM's extra list: H2 formation and H2 photodissociation rows.
+    extra = nw.read_uclchem_reactions(d / "uclchem_small_chemistry_grain_reactions.csv")
+    merged = nw.select_reactions(umist, wanted, "small", extra_reactions=extra)
+    assert merged.species == small.species
+    assert merged.n_reactions == small.n_reactions + 2
+    assert {"h2_formation", "h2_photodissociation"} <= {r.rate_type for r in merged.reactions}
 
 
 # ------------------------------------------------------------------------------------------------

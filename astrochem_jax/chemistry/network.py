@@ -512,6 +512,7 @@ def load_default_network() -> Network:
 _UCL_REACTANTS = ("Reactant 1", "Reactant 2", "Reactant 3")
 _UCL_PRODUCTS = ("Product 1", "Product 2", "Product 3", "Product 4")
 _UCL_NUMBERS = ("Alpha", "Beta", "Gamma")
+_UCL_POSITIONAL = (*_UCL_REACTANTS, *_UCL_PRODUCTS, *_UCL_NUMBERS, "T_min", "T_max")
 
 
 def _uclchem_row(row: dict[str, str], where: str) -> Reaction:
@@ -545,25 +546,40 @@ def _uclchem_row(row: dict[str, str], where: str) -> Reaction:
 
 
 def parse_uclchem_reactions(text: str, source_label: str = "<reactions>") -> list[Reaction]:
-    """Rows of a UCLCHEM reactions CSV (header row with `Reactant 1`, ..., `Alpha`, ...).
+    """Rows of a UCLCHEM reactions CSV.
 
-    `NAN`/empty cells are absent; keyword reactants pick the rate type (module docstring);
-    `PHOTON` products are dropped; `!` lines are comments.
+    With a header row (`Reactant 1, ..., Alpha, Beta, Gamma, T_min, T_max, ...`) columns are
+    found by name; without one (UCLCHEM's extra reaction lists) they are positional in that
+    order. `NAN`/empty cells are absent (empty T_min/T_max take the Reaction defaults); keyword
+    reactants pick the rate type (module docstring); `PHOTON` products are dropped; `!` lines are
+    comments.
     """
-    lines = text.splitlines()
-    reader = csv.DictReader(lines)
-    header = reader.fieldnames or []
-    required = (*_UCL_REACTANTS[:2], *_UCL_PRODUCTS[:1], *_UCL_NUMBERS)
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise NetworkError(f"{source_label}:1: missing columns {missing}; header is {header}")
+    reader = csv.reader(text.splitlines())
+    header: list[str] | None = None
     reactions = []
     for row in reader:
-        lineno = reader.line_num
-        first = (row.get(header[0]) or "").strip()
-        if first.startswith("!") or not any((v or "").strip() for v in row.values() if v):
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("!"):
             continue
-        reactions.append(_uclchem_row(row, f"{source_label}:{lineno}"))
+        if header is None:
+            if "Reactant 1" in cells:
+                header = cells
+                required = (*_UCL_REACTANTS[:2], *_UCL_PRODUCTS[:1], *_UCL_NUMBERS)
+                missing = [c for c in required if c not in header]
+                if missing:
+                    raise NetworkError(
+                        f"{source_label}:{reader.line_num}: missing columns {missing}; "
+                        f"header is {header}"
+                    )
+                continue
+            header = list(_UCL_POSITIONAL)
+        where = f"{source_label}:{reader.line_num}"
+        if len(cells) < len(_UCL_POSITIONAL) - 2 and header == list(_UCL_POSITIONAL):
+            raise NetworkError(
+                f"{where}: expected at least {len(_UCL_POSITIONAL) - 2} columns "
+                f"({', '.join(_UCL_POSITIONAL[:-2])}), found {len(cells)}"
+            )
+        reactions.append(_uclchem_row(dict(zip(header, cells, strict=False)), where))
     return reactions
 
 
@@ -667,13 +683,17 @@ def select_reactions(
     species: Sequence[str],
     name: str = "selected",
     on_unbalanced: str = "raise",
+    extra_reactions: Sequence[Reaction] = (),
 ) -> Network:
-    """Keep the reactions of `reactions_source` whose reactants and products are all in `species`.
+    """Keep the reactions of `reactions_source` (then `extra_reactions`, e.g. UCLCHEM's H2FORM
+    and H2 photodissociation rows from `read_uclchem_reactions`) whose reactants and products
+    are all in `species` (UCLCHEM MakeRates).
 
     Matching is case-insensitive; the result uses the source's spelling (so UMIST `Si` for a
-    UCLCHEM list entry `SI`) in the order of `species`; the electron is always allowed and is
-    appended last when used. Requested species that no selected reaction uses are dropped and
-    logged (UCLCHEM lists carry grain-only species such as H3 that UMIST does not know).
+    UCLCHEM list entry `SI`; extra reactions are respelled the same way, species the source
+    lacks keep the list's spelling) in the order of `species`; the electron is always allowed
+    and is appended last when used. Requested species that no selected reaction uses are dropped
+    and logged (UCLCHEM lists carry grain-only species such as H3 that UMIST does not know).
     """
     by_upper: dict[str, str] = {}
     for s in reactions_source.species:
@@ -687,15 +707,30 @@ def select_reactions(
     dupes = sorted({s for s in wanted_upper if wanted_upper.count(s) > 1})
     if dupes:
         raise NetworkError(f"select_reactions({name!r}): duplicate species in the list {dupes}")
+    for s in species:
+        by_upper.setdefault(s.strip().upper(), s.strip())
+    by_upper.setdefault(_ELECTRON.upper(), _ELECTRON)
     allowed = set(wanted_upper) | {_ELECTRON.upper()}
+
+    def respell(r: Reaction) -> Reaction:
+        return replace(r, reactants=tuple(by_upper[s.upper()] for s in r.reactants),
+                       products=tuple(by_upper[s.upper()] for s in r.products))
+
     reactions = tuple(
-        r for r in reactions_source.reactions
+        respell(r) for r in (*reactions_source.reactions, *extra_reactions)
         if all(s.upper() in allowed for s in (*r.reactants, *r.products))
     )
     used = {s.upper() for s in _used_species(reactions)}
     order = [by_upper[s] for s in wanted_upper if s in used and not is_electron(s)]
-    order += [s for s in reactions_source.species if is_electron(s) and s.upper() in used]
+    order += [by_upper[_ELECTRON.upper()]] if _ELECTRON.upper() in used else []
     unused = [s for s in species if s.strip().upper() not in used]
     if unused:
         logger.warning("select_reactions(%r): species without reactions dropped: %s", name, unused)
     return validate_network(Network(name, tuple(order), reactions), on_unbalanced)
+
+
+def read_uclchem_reactions(reactions_csv: str | Path) -> tuple[Reaction, ...]:
+    """Reactions of a UCLCHEM reactions CSV without a species file (e.g. the extra grain /
+    custom reaction lists that MakeRates merges into a UMIST selection)."""
+    path = Path(reactions_csv)
+    return tuple(parse_uclchem_reactions(path.read_text(encoding="utf-8"), path.name))
