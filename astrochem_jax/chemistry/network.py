@@ -180,7 +180,8 @@ def is_gas_phase_type(rate_type: str) -> bool:
 
 
 def photo_rate_type(reactant: str, products: Sequence[str]) -> str:
-    """"photo" or the shielded special case for H2 -> H + H, CO -> C + O, C -> C+ + e-."""
+    """Rate type of a photoreaction: shielded special cases H2 -> H + H, CO -> C + O,
+    C -> C+ + e-, otherwise "photo"."""
     key = (reactant.upper(), tuple(sorted(p.upper() for p in products)))
     return _SPECIAL_PHOTO.get(key, "photo")
 
