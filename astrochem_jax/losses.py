@@ -76,12 +76,22 @@ def conservation_term(
             f"elements]; got shape {smat.shape}"
         )
     present = jnp.any(smat != 0, axis=0)  # [E]
+    # The log-ratio of element totals is formed from x_hat - x = x * (10^(span (o - t)) - 1), which
+    # is exactly 0 where o == t (two separate unscale/log evaluations may round differently under
+    # jit, e.g. vectorised vs scalar lanes) and has no cancellation for small differences.
+    span_dex = math.log10(abundance_clip[1]) - math.log10(abundance_clip[0])
     x_true = unscale_in_dtype(true_scaled, abundance_clip, dtype)
+    rel_change = jnp.expm1((span_dex * _LN10) * (pred_scaled - true_scaled))  # x_hat / x - 1
+    # Masked columns are replaced by safe values *before* any log/division: no NaN value or grad.
+    tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)  # [..., E]
+    ratio = jnp.where(present, ((x_true * rel_change) @ smat) / tot_true, 0.0)  # x_hat S / x S - 1
+    near = jnp.abs(ratio) < 0.5
+    dlog_near = jnp.log1p(jnp.where(near, ratio, 0.0)) / _LN10
+    # Far from the truth use the totals themselves (log1p would lose the tail as ratio -> -1).
     x_pred = unscale_in_dtype(pred_scaled, abundance_clip, dtype)
-    # Masked columns are replaced by 1 *before* the log so that neither value nor gradient is NaN.
-    tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)
-    tot_pred = jnp.where(present, jnp.maximum(x_pred @ smat, floor), 1.0)
-    dlog = jnp.abs(jnp.log10(tot_pred) - jnp.log10(tot_true))  # [..., E], 0 where masked
+    tot_pred = jnp.where(present & ~near, jnp.maximum(x_pred @ smat, floor), 1.0)
+    dlog_far = jnp.log10(tot_pred) - jnp.log10(jnp.where(near, 1.0, tot_true))
+    dlog = jnp.abs(jnp.where(near, dlog_near, dlog_far))  # [..., E], 0 where masked
     n_samples = math.prod(pred_scaled.shape[:-1])
     n_present = jnp.maximum(jnp.sum(present), 1).astype(dtype)
     return jnp.sum(dlog) / (n_samples * n_present)

@@ -29,10 +29,18 @@ def _scaled(key=0, shape=(6, 5)):
     return jax.random.uniform(jax.random.key(key), shape, jnp.float32, 0.05, 0.95)
 
 
-def _loss(pred, true, **overrides):
-    kw = dict(WEIGHTS, stoichiometric_matrix=SMAT, abundance_clip=CLIP)
-    kw.update(overrides)
-    return total_loss(pred, true, **kw)
+@jax.jit
+def _jit_loss(pred, true, smat):
+    return total_loss(pred, true, stoichiometric_matrix=smat, abundance_clip=CLIP, **WEIGHTS)
+
+
+_jit_conservation = jax.jit(lambda o, t, smat: conservation_term(o, t, smat, CLIP))
+
+
+def _loss(pred, true, stoichiometric_matrix=SMAT):
+    """total_loss under jit (one compile per shape instead of op-by-op dispatch), with the
+    stoichiometric matrix as a traced argument."""
+    return _jit_loss(pred, true, jnp.asarray(stoichiometric_matrix, jnp.float32))
 
 
 def test_zero_for_identical_inputs_and_float32():
@@ -86,19 +94,19 @@ def test_conservation_zero_when_elements_match():
     y[0, 1] -= 1e-2
     t = jnp.asarray(scale_abundances(x, CLIP), jnp.float32)
     o = jnp.asarray(scale_abundances(y, CLIP), jnp.float32)
-    cons = conservation_term(o, t, SMAT, CLIP)
+    cons = _jit_conservation(o, t, SMAT)
     assert abs(float(cons)) < 1e-5  # float32 round trip of the scaling only
-    assert float(conservation_term(o, o, SMAT, CLIP)) == 0.0
+    assert float(_jit_conservation(o, o, SMAT)) == 0.0
 
 
 def test_masked_columns_no_nan_in_value_or_gradient():
     t = _scaled()
     o = _scaled(1)
     only_empty = np.zeros((5, 2))  # every element column empty
-    cons = conservation_term(o, t, only_empty, CLIP)
+    cons = _jit_conservation(o, t, only_empty)
     assert float(cons) == 0.0
     for smat in (SMAT, only_empty):
-        g = jax.grad(lambda p, s=smat: _loss(p, t, stoichiometric_matrix=s)[0])(o)
+        g = jax.jit(jax.grad(lambda p, s=smat: _loss(p, t, stoichiometric_matrix=s)[0]))(o)
         assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
 
 
@@ -167,3 +175,20 @@ def test_validation_metrics_one_percent_error():
     m = validation_metrics(o, t, CLIP)
     np.testing.assert_allclose(m["mean_relative_error"], 0.01, rtol=2e-3)
     np.testing.assert_allclose(m["mean_abs_dlog10"], math.log10(1.01), rtol=2e-3)
+
+
+def _conservation_reference(o, t):
+    """float64 numpy |log10(x_hat S) - log10(x S)| averaged over samples and present elements."""
+    x_t = unscale_abundances(np.asarray(t, np.float64), CLIP)
+    x_o = unscale_abundances(np.asarray(o, np.float64), CLIP)
+    present = SMAT.any(axis=0)
+    return np.abs(np.log10(x_o @ SMAT[:, present]) - np.log10(x_t @ SMAT[:, present])).mean()
+
+
+@pytest.mark.parametrize("offset", [1e-5, 1e-3, 0.05, -0.3])
+def test_conservation_accurate_near_and_far(offset):
+    # Small offsets take the log1p branch, large ones the direct-log branch; both match float64.
+    t = _scaled()
+    o = jnp.clip(t + offset, 0.0, 1.0)
+    expected = _conservation_reference(o, t)
+    np.testing.assert_allclose(_jit_conservation(o, t, SMAT), expected, rtol=2e-4)

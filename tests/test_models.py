@@ -192,6 +192,10 @@ def test_rollout_matches_python_loop():
     state0 = _x(5, (B, LATENT))
     states = jax.jit(lambda s0, ps: rollout(model, s0, ps))(state0, phys)
     assert states.shape == (B, T, LATENT) and states.dtype == jnp.float32
+    # float64 inputs (x64 on) still give a float32 carry and the same result.
+    states64 = rollout(model, state0.astype(jnp.float64), phys.astype(jnp.float64))
+    assert states64.dtype == jnp.float32
+    np.testing.assert_allclose(states64, states, rtol=1e-5, atol=1e-6)
     s = state0
     for t in range(T):
         s = model(phys[:, t], s)
@@ -237,3 +241,30 @@ def test_bad_dimensions_raise():
         Autoencoder(S, HIDDEN, 0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="state_dim"):
         Emulator(P, 0, rngs=nnx.Rngs(0))
+
+
+def test_train_mode_is_independent_of_batch_sharding():
+    """BatchNorm statistics are global-batch statistics under jit and dropout / noise draws do not
+    depend on how the batch is laid out, so 1 device and 8 devices agree (data parallel parity)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.array(jax.devices())
+    if devices.size < 2:
+        pytest.skip("needs several (CPU) devices")
+    mesh = Mesh(devices, ("data",))
+    model = _ae(dropout_rate=0.2)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        m = nnx.merge(graphdef, state, copy=True)
+        m.train()
+        x_hat, z = m(x)
+        return x_hat, z, nnx.state(m, nnx.BatchStat)
+
+    x = _x(7, (8 * devices.size, S))
+    single = forward(state, x)
+    replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    sharded = forward(replicated, jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))))
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

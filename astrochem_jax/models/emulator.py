@@ -99,6 +99,10 @@ def rollout(
         next_state = step(physical, state)
         return next_state, next_state
 
+    # The carry keeps state0's sharding but takes the step's output dtype (e.g. float64 data into a
+    # float32 model), which scan requires to be fixed.
+    out = jax.eval_shape(step, physical_seq[:, 0], state0)
+    state0 = jnp.asarray(state0).astype(out.dtype)
     _, states = jax.lax.scan(body, state0, jnp.swapaxes(physical_seq, 0, 1))
     return jnp.swapaxes(states, 0, 1)
 
@@ -109,6 +113,13 @@ def rollout_module(model: nnx.Module, state0: jax.Array, physical_seq: jax.Array
     back into `model` afterwards, so this works eagerly and inside `jax.jit` (on a model obtained
     with `nnx.merge` there). Shapes as in `rollout`."""
     graphdef, model_state = nnx.split(model)
+    out = jax.eval_shape(
+        lambda ms, p, s: nnx.merge(graphdef, ms, copy=True)(p, s),
+        model_state,
+        physical_seq[:, 0],
+        state0,
+    )
+    state0 = jnp.asarray(state0).astype(out.dtype)
 
     def body(carry, physical):
         carried_model_state, state = carry
