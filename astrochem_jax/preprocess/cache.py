@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,21 @@ CACHE_IGNORED_DATASET_FIELDS = ("raw_path", "generator")
 _HASH_BLOCK_BYTES = 8 * 2**20
 
 
-def file_sha256(path: str | Path) -> str:
-    """Streamed sha256 of a file (8 MiB blocks)."""
+def file_sha256(path: str | Path, stop: threading.Event | None = None) -> str:
+    """Streamed sha256 of a file (8 MiB blocks); returns "" early once `stop` is set."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_HASH_BLOCK_BYTES):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(block)
     return digest.hexdigest()
 
 
-def source_identity(path: str | Path, previous: dict | None = None) -> dict[str, Any]:
+def source_identity(path: str | Path, previous: dict | None = None,
+                    stop: threading.Event | None = None) -> dict[str, Any]:
     """{path, size_bytes, mtime (s), mtime_ns, sha256}; reuses `previous["sha256"]` when size and
-    mtime_ns match it, so a cache check does not re-read the file."""
+    mtime_ns match it, so a cache check does not re-read the file. `stop` aborts the hash."""
     path = Path(path)
     stat = path.stat()
     same = (previous is not None and previous.get("size_bytes") == stat.st_size
@@ -50,7 +54,7 @@ def source_identity(path: str | Path, previous: dict | None = None) -> dict[str,
         "size_bytes": int(stat.st_size),
         "mtime": stat.st_mtime,
         "mtime_ns": int(stat.st_mtime_ns),
-        "sha256": previous["sha256"] if same else file_sha256(path),
+        "sha256": previous["sha256"] if same else file_sha256(path, stop),
     }
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time as _time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,18 +288,27 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
             abundances = block[:, 1 + n_phys :]
             n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
                                          time, tolerance)
-            per_tracer = []
-            for j in range(len(chunk)):
-                rows = block[offsets[j] : offsets[j + 1]]
-                if steps is not None:
-                    rows = rows[:steps]
-                if check_conservation and rows.shape[0] > 1:
-                    drift = np.maximum(drift, relative_drift(rows[:, 1 + n_phys :], matrix))
-                if prepend:
-                    first = np.concatenate([[0.0], rows[0, 1 : 1 + n_phys], initial])
-                    rows = np.concatenate([first[None], rows])
-                per_tracer.append(rows)
-            for tracers, stacked in _batches(chunk, per_tracer):
+            lengths = np.diff(offsets)
+            if not prepend and np.all(lengths == lengths[0]) and steps in (None, lengths[0]):
+                # The common case: equal-length tracers, one reshape, no copies.
+                batches = [(chunk, block.reshape(len(chunk), int(lengths[0]), -1))]
+                if check_conservation and lengths[0] > 1:
+                    drift = np.maximum(drift, relative_drift(batches[0][1][..., 1 + n_phys :],
+                                                             matrix))
+            else:
+                per_tracer = []
+                for j in range(len(chunk)):
+                    rows = block[offsets[j] : offsets[j + 1]]
+                    if steps is not None:
+                        rows = rows[:steps]
+                    if check_conservation and rows.shape[0] > 1:
+                        drift = np.maximum(drift, relative_drift(rows[:, 1 + n_phys :], matrix))
+                    if prepend:
+                        first = np.concatenate([[0.0], rows[0, 1 : 1 + n_phys], initial])
+                        rows = np.concatenate([first[None], rows])
+                    per_tracer.append(rows)
+                batches = _batches(chunk, per_tracer)
+            for tracers, stacked in batches:
                 physical, _ = floor_physical(stacked[..., 1 : 1 + n_phys].copy(), floors)
                 batch = TracerBatch(
                     tracer_ids=table.tracer_ids[tracers],
@@ -380,7 +391,22 @@ def _build(dataset, method_cfg, name, method, directory, utils, raw_path, label)
     if policy not in LENGTH_POLICIES:
         raise PreprocessError(f"method config: length_policy is {policy!r}; expected one of "
                               f"{list(LENGTH_POLICIES)}")
-    chunk_rows = int(method_cfg.get("chunk_rows", 65536))
+    chunk_rows = int(method_cfg.get("chunk_rows", 8192))
+    # Hash the raw file in a thread while the stage reads it (hashlib releases the GIL): the
+    # content hash of a multi-GB file would otherwise add seconds.
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = (pool.submit(cache.source_identity, raw_path, None, stop)
+                   if raw_path.is_file() else None)
+        try:
+            _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, label,
+                        policy, chunk_rows, hashing)
+        finally:
+            stop.set()  # a failed build does not wait for the hash of a large file
+
+
+def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, label, policy,
+                chunk_rows, hashing) -> None:
     with open_raw(raw_path, dataset.format, dataset.get("key", "")) as table:
         if table.n_rows == 0 or table.tracer_ids.size == 0:
             raise PreprocessError(f"raw file {raw_path}: no rows (empty file); expected tracers")
@@ -451,7 +477,7 @@ def _build(dataset, method_cfg, name, method, directory, utils, raw_path, label)
                               routing, chunk_rows, label)
             splits = {split: writer.close() for split, writer in writers.items()}
             shutil.rmtree(tmp / ".scratch", ignore_errors=True)
-            source = cache.source_identity(raw_path)
+            source = hashing.result()
             elements, _, _ = species_matrix(plan.species_names)
             manifest = {
                 "format_version": FORMAT_VERSION,

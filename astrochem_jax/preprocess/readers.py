@@ -104,6 +104,20 @@ class RawTable:
         self.close()
 
 
+def copy_columns(out: np.ndarray, out_columns: Sequence[int], data: np.ndarray,
+                 data_columns: Sequence[int]) -> None:
+    """out[:, out_columns] = data[:, data_columns], as slice copies over runs where both index
+    lists step by one (a column gather on a row-major block is several times slower)."""
+    ks, js = list(out_columns), list(data_columns)
+    i = 0
+    while i < len(ks):
+        n = 1
+        while i + n < len(ks) and ks[i + n] == ks[i] + n and js[i + n] == js[i] + n:
+            n += 1
+        out[:, ks[i] : ks[i] + n] = data[:, js[i] : js[i] + n]
+        i += n
+
+
 def _decode(values) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
@@ -174,8 +188,9 @@ def _dense_reader(dataset: h5py.Dataset) -> Callable[[int, int, Sequence[int]], 
         if len(columns) * 8 < width and sorted(set(columns)) == list(columns):
             # A few columns of a wide table: let HDF5 select them instead of reading rows.
             return np.asarray(dataset[start:stop, list(columns)], dtype=np.float64)
-        block = dataset[start:stop]
-        return np.asarray(block[:, columns], dtype=np.float64)
+        out = np.empty((stop - start, len(columns)), dtype=np.float64)
+        copy_columns(out, range(len(columns)), dataset[start:stop], columns)
+        return out
 
     return read
 
@@ -396,11 +411,11 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
             for b, pairs in by_block.items():
                 block = blocks[b][0]
                 width = len(blocks[b][1])
-                js = [j for _, j in pairs]
+                ks, js = [k for k, _ in pairs], [j for _, j in pairs]
                 if len(js) * 8 < width and sorted(set(js)) == js:
-                    out[:, [k for k, _ in pairs]] = block.rows(start, stop, js)
+                    out[:, ks] = block.rows(start, stop, js)
                 else:
-                    out[:, [k for k, _ in pairs]] = block.rows(start, stop)[:, js]
+                    copy_columns(out, ks, block.rows(start, stop), js)
             return out
 
         if MODEL_COLUMN not in position:

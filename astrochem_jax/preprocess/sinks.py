@@ -97,14 +97,16 @@ class ShuffleWriter:
         item_bytes = max(1, int(np.prod(writer.item_shape, dtype=np.int64)) * 4)
         self.n_buckets = max(1, -(-writer.total * item_bytes // max(1, int(bucket_bytes))))
         self.rng = rng
+        # A split that fits in one bucket is shuffled in memory (no scratch file round trip).
+        self._memory: list[np.ndarray] | None = [] if self.n_buckets == 1 else None
         self._paths = [self.scratch / f"{writer.split}-bucket-{b:05d}.f32"
-                       for b in range(self.n_buckets)]
+                       for b in range(self.n_buckets if self._memory is None else 0)]
         self._files = [open(p, "wb") for p in self._paths]  # noqa: SIM115 - closed in close()
 
     def append(self, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array, dtype="<f4")
-        if self.n_buckets == 1:
-            array.tofile(self._files[0])
+        if self._memory is not None:
+            self._memory.append(array.copy() if array.base is not None else array)
             return
         bucket = self.rng.integers(0, self.n_buckets, size=array.shape[0])
         order = np.argsort(bucket, kind="stable")
@@ -115,6 +117,12 @@ class ShuffleWriter:
                 grouped[bounds[b] : bounds[b + 1]].tofile(self._files[b])
 
     def close(self) -> dict:
+        if self._memory is not None:
+            block = (np.concatenate(self._memory) if self._memory
+                     else np.zeros((0, *self.writer.item_shape), dtype="<f4"))
+            self._memory = None
+            self.writer.append(block[self.rng.permutation(block.shape[0])])
+            return self.writer.close()
         for f in self._files:
             f.close()
         for path in self._paths:

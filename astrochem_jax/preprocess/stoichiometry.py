@@ -36,7 +36,9 @@ def element_totals(abundances: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def relative_drift(abundances: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Worst |total(t) / total(0) - 1| per element along one trajectory [T, S] -> [E]."""
+    """Worst |total(t) / total(0) - 1| per element over trajectories [..., T, S] -> [E]."""
     totals = element_totals(np.asarray(abundances, dtype=np.float64), matrix)
-    reference = np.where(totals[0] > 0, totals[0], 1.0)
-    return np.max(np.abs(totals / reference - 1.0), axis=0)
+    first = totals[..., :1, :]
+    reference = np.where(first > 0, first, 1.0)
+    drift = np.abs(totals / reference - 1.0)
+    return drift.reshape(-1, drift.shape[-1]).max(axis=0)

@@ -182,3 +182,48 @@ def write_carbox(path: str | Path, traj: Trajectories, key: str = "large",
             ptr = np.append(starts, n_b * n_t)
         g.create_dataset("tracer_ptr", data=ptr.astype(np.int64))
     return path
+
+
+def synthetic_species(n: int) -> list[str]:
+    """`n` distinct parseable species names (CcHh in gas, ion, surface and bulk forms)."""
+    bases = [f"C{c}H{h}" for c in range(1, 11) for h in range(1, 11)]
+    names = [*bases, *(b + "+" for b in bases), *("#" + b for b in bases),
+             *("@" + b for b in bases)]
+    if n > len(names):
+        raise ValueError(f"at most {len(names)} synthetic species, asked for {n}")
+    return names[:n]
+
+
+def write_uclchem_fixed_streamed(path: str | Path, n_tracers: int, n_steps: int,
+                                 species: Sequence[str], seed: int = 0, key: str = "df",
+                                 rows_per_write: int = 32768) -> Path:
+    """A large UCLCHEM-layout (pandas fixed format) file generated block by block, so writing a
+    multi-GB benchmark file needs little memory. Values are random but valid."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    n_rows = n_tracers * n_steps
+    float_names = ["Time", *UCLCHEM_PHYSICAL, *species]
+    grid = np.linspace(0.0, 1.5e6, n_steps)
+    with h5py.File(path, "w") as f:
+        g = f.create_group(key)
+        for name, value in (("pandas_type", b"frame"), ("encoding", b"UTF-8"),
+                            ("axis0_variety", b"regular"), ("axis1_variety", b"regular")):
+            g.attrs[name] = np.bytes_(value)
+        g.attrs["nblocks"] = np.int64(2)
+        _carray(g, "axis0", _string_array(["Index", *float_names, "Tracer"]))
+        _carray(g, "axis1", np.arange(n_rows, dtype=np.int64))
+        _carray(g, "block0_items", _string_array(float_names))
+        values = _carray(g, "block0_values", shape=(n_rows, len(float_names)), dtype=np.float64)
+        for a in range(0, n_rows, rows_per_write):
+            b = min(n_rows, a + rows_per_write)
+            block = np.empty((b - a, len(float_names)))
+            block[:, 0] = grid[np.arange(a, b) % n_steps]
+            block[:, 1 : 1 + len(UCLCHEM_PHYSICAL)] = rng.uniform(
+                1.0, 100.0, (b - a, len(UCLCHEM_PHYSICAL)))
+            block[:, 1 + len(UCLCHEM_PHYSICAL) :] = 10.0 ** rng.uniform(-25, -0.5,
+                                                                         (b - a, len(species)))
+            values[a:b] = block
+        _carray(g, "block1_items", _string_array(["Index", "Tracer"]))
+        ints = np.stack([np.arange(n_rows), np.arange(n_rows) // n_steps], axis=1)
+        _carray(g, "block1_values", ints.astype(np.int64))
+    return path
