@@ -220,6 +220,19 @@ def test_rollout_module_with_dropout_in_jit():
     states2, _ = run(params, rest1)
     assert states1.shape == (B, T, LATENT)
     assert float(jnp.max(jnp.abs(states1 - states2))) > 0  # rng state advanced
+    # Differentiable with the RNG state carried functionally (the emulator training step).
+
+    def loss(params, rest):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        m.train()
+        states = rollout_module(m, state0, phys)
+        return jnp.mean(states**2), nnx.split(m, nnx.Param, ...)[2]
+
+    grads, rest2 = jax.jit(jax.grad(loss, has_aux=True))(params, rest)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert float(jnp.max(jnp.abs(grads["hidden_layers"][0]["kernel"][...]))) > 0
+    counts = [int(c) for c in jax.tree.leaves(rest2) if c.dtype == jnp.uint32]
+    assert max(counts) >= T * 2  # one dropout draw per hidden layer per step
     # Eager, eval mode: identical to the plain rollout.
     model.eval()
     np.testing.assert_allclose(

@@ -88,7 +88,8 @@ def rollout(
 
     step: pure function (physical [B, P], state [B, D]) -> next state [B, D].
     state0 [B, D]: state before the first step (the scan carry starts from it, so it keeps its
-    dtype and sharding). physical_seq [B, T, P]: the conditions driving each of the T steps.
+    sharding; it is cast to the step's output dtype).
+    physical_seq [B, T, P]: the conditions driving each of the T steps.
     Returns states [B, T, D]: the state after each step (states[:, t] = step^(t+1)(state0)).
 
     `step` must not mutate NNX state (e.g. an `Emulator` in eval mode, or a function of
