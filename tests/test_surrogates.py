@@ -5,6 +5,7 @@ reproduces the trainer's validation numbers."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -167,3 +168,53 @@ def test_load_by_name_resolves_the_shipped_config():
     # The shipped config resolves; its components are not trained in this private outputs dir.
     with pytest.raises(SurrogateError, match="autoencoder_grav_large"):
         load("ae_emulator_grav")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaded from disk (tiny components trained once per session; see surrogate_helpers.py)
+
+
+@pytest.fixture()
+def trained(monkeypatch):
+    from surrogate_helpers import tiny_trained_outputs
+
+    outputs = tiny_trained_outputs()
+    monkeypatch.setenv("ASTROCHEM_JAX_OUTPUTS", str(outputs))
+    return outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ae_emulator", "direct_emulator"])
+def test_loaded_surrogate_reproduces_trainer_validation(trained, kind):
+    from surrogate_helpers import HORIZON, N_STEPS, surrogate_config
+
+    from astrochem_jax.benchmark import trainer_check
+
+    surrogate = build(surrogate_config(kind))
+    assert surrogate.type == kind
+    assert surrogate.dataset == "tiny"
+    assert surrogate.physical_parameters == ("Density", "Radfield", "Av", "gasTemp")
+    check = trainer_check(surrogate)
+    assert check["available"], check
+    assert check["surrogate"]["horizon"] == HORIZON
+    assert check["surrogate"]["n_windows"] == N_STEPS - HORIZON  # one validation tracer
+    for key in ("mean_relative_error", "mean_abs_dlog10"):
+        assert check["relative_difference"][key] < 1e-4, check
+
+
+@pytest.mark.slow
+def test_incompatible_components_are_refused(trained):
+    from surrogate_helpers import AE, DIRECT, EMULATOR, surrogate_config
+
+    wrong_type = surrogate_config()
+    wrong_type.components.encoder = wrong_type.components.decoder = DIRECT
+    with pytest.raises(SurrogateError, match="needs type autoencoder"):
+        build(wrong_type)
+    # An emulator trained on AE's latents cannot run with another autoencoder.
+    other = paths.weights_dir("ae_other")
+    shutil.copytree(paths.weights_dir(AE), other)
+    config = surrogate_config()
+    config.components.encoder = config.components.decoder = "ae_other"
+    with pytest.raises(SurrogateError, match=f"trained on the latents of autoencoder '{AE}'"):
+        build(config)
+    assert EMULATOR in config.components.emulator

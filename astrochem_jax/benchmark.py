@@ -1,0 +1,553 @@
+"""Benchmark a surrogate: closed-loop accuracy on the validation tracers and speed versus the
+ground-truth solver on the same tracks.
+
+    python -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py \
+        [--config.benchmark.batch_sizes="(1, 64, 256)" --config.benchmark.solver.enabled=False]
+
+Thin absl main around `run_benchmark(config) -> dict`, which writes
+`outputs/benchmarks/<config.name>/report.json` (atomically) and PNG plots there, prints a summary
+table and returns the report.
+
+Protocol:
+- Accuracy: each validation tracer starts from its true t0 abundances and is rolled out closed loop
+  over its whole trajectory, driven by the stored physical conditions (the preprocessed
+  `sequential` split, unscaled to physical units). Steps 1..T-1 are scored against the truth
+  (error vs step includes step 0, the reconstruction of the initial state).
+- Speed: the jitted rollout is compiled first (compile time reported separately), warmed up once,
+  then timed over repeats with `block_until_ready`; batches replicate the validation tracks. The
+  solver re-solves the same validation tracks from the raw file's network text, initial
+  abundances and nodes (only for `astrochem_jax`-format datasets that carry `network_rates`),
+  compile excluded the same way. FLOPs are the rollout's matrix-product FLOPs counted from its
+  jaxpr (`surrogates.flops`); the peak is a warm float32 `jnp.dot` timed in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from astrochem_jax import runtime
+
+if __name__ == "__main__":
+    runtime.setup_entry_point()  # before numpy/jax load: one BLAS thread, x64, compile cache
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from astrochem_jax import atomic, config_utils, metrics, paths, shards  # noqa: E402
+from astrochem_jax.surrogates import Surrogate, build, plots, speed  # noqa: E402
+from astrochem_jax.surrogates import evaluation as ev  # noqa: E402
+from astrochem_jax.surrogates import flops as flops_lib  # noqa: E402
+from astrochem_jax.surrogates.rollout import rollout_physical, shard_batch  # noqa: E402
+
+# Fraction of the measured matmul peak the rollout should reach at batch >= PEAK_TARGET_BATCH.
+PEAK_TARGET_FRACTION = 0.5
+PEAK_TARGET_BATCH = 256
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot run on this surrogate / dataset (message says why and what to do)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationData:
+    """Validation tracers in physical units.
+
+    tracer_ids [N]; time_years [T]; abundances [N, T, S] (float64, clipped at the scaling floor as
+    in training); physical [N, T, P] (row t drives step t -> t + 1).
+    """
+
+    tracer_ids: np.ndarray
+    time_years: np.ndarray
+    abundances: np.ndarray
+    physical: np.ndarray
+
+
+def load_validation(surrogate: Surrogate, n_tracers: int | None) -> ValidationData:
+    """The scored validation tracers from the emulator's preprocessed `sequential` split."""
+    directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
+    manifest = shards.read_manifest(directory)
+    val = np.asarray(shards.load_split(directory, "val"), np.float64)
+    n_p = surrogate.n_physical
+    if val.ndim != 3 or val.shape[-1] != n_p + surrogate.n_species:
+        raise BenchmarkError(
+            f"{directory}: split 'val' has shape {val.shape}, expected [tracers, steps, "
+            f"{n_p} physical + {surrogate.n_species} species] (a 'sequential' preprocessing)"
+        )
+    ids = np.asarray(manifest.get("split_tracers", {}).get("val", range(val.shape[0])))
+    if ids.shape[0] != val.shape[0]:
+        ids = np.arange(val.shape[0])
+    if n_tracers is not None:
+        val, ids = val[: int(n_tracers)], ids[: int(n_tracers)]
+    if val.shape[0] == 0 or val.shape[1] < 2:
+        raise BenchmarkError(f"{directory}: split 'val' {val.shape} has no trajectory to score")
+    time_years = np.asarray(manifest.get("time_years") or np.arange(val.shape[1]), np.float64)
+    if time_years.shape[0] != val.shape[1]:
+        time_years = np.arange(val.shape[1], dtype=np.float64)
+    scaler = surrogate.scaler
+    return ValidationData(
+        tracer_ids=ids.astype(np.int64),
+        time_years=time_years,
+        abundances=np.asarray(scaler.unscale_abundances(val[..., n_p:]), np.float64),
+        physical=np.asarray(scaler.unscale_physical(val[..., :n_p]), np.float64),
+    )
+
+
+def stoichiometry_for(surrogate: Surrogate) -> tuple[list[str], np.ndarray]:
+    """(elements [E], matrix [S, E]): preprocessing's utils file, else from the species formulae."""
+    path = paths.utils_dir(surrogate.dataset) / "stoichiometric_matrix.npy"
+    elements = surrogate.info.get("elements")
+    if path.exists() and elements:
+        matrix = np.load(path)
+        if matrix.shape == (surrogate.n_species, len(elements)):
+            return list(elements), np.asarray(matrix, np.float64)
+    from astrochem_jax.chemistry.formula import stoichiometry
+
+    elements, matrix, _ = stoichiometry(list(surrogate.species))
+    return list(elements), np.asarray(matrix, np.float64).reshape(surrogate.n_species, -1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Accuracy
+
+
+def predict(surrogate: Surrogate, data: ValidationData) -> np.ndarray:
+    """Closed-loop rollout of every validation tracer from its t0: [N, T, S] float64."""
+    x0 = shard_batch(np.asarray(data.abundances[:, 0], np.float32))
+    phys = shard_batch(np.asarray(data.physical[:, :-1], np.float32))
+    return np.asarray(surrogate(x0, phys), np.float64)
+
+
+def accuracy_section(surrogate: Surrogate, data: ValidationData, pred: np.ndarray,
+                     elements: list[str], matrix: np.ndarray, n_worst: int) -> dict:
+    report = ev.accuracy_report(data.abundances[:, 1:], pred[:, 1:], surrogate.species,
+                                data.tracer_ids, matrix, elements)
+    report["relative_error"]["worst"] = report["relative_error"]["worst"][:n_worst]
+    report["error_vs_step"] = {"time_years": data.time_years.tolist(),
+                               **ev.error_vs_step(data.abundances, pred)}
+    report["scored_steps"] = "1..T-1 (closed loop from the true t0 abundances)"
+    return report
+
+
+def reconstruction_floor(surrogate: Surrogate, data: ValidationData) -> dict:
+    """decode(encode(x)) on every validation row: the best any rollout can do."""
+    flat = data.abundances.reshape(-1, surrogate.n_species)
+    x_hat = np.asarray(surrogate.reconstruct(surrogate.params, shard_batch(
+        np.asarray(flat, np.float32))), np.float64)
+    per_species = ev.species_mean_relative_error(flat, x_hat)
+    summary = ev.summarize_species_errors(per_species, surrogate.species, n_worst=5)
+    summary.pop("per_species")
+    return {"relative_error": summary, "abs_dlog10": ev.dlog10_summary(flat, x_hat),
+            "what": "decode(encode(x)) on every validation row (identity + clipping for direct "
+                    "emulators)"}
+
+
+def window_validation_metrics(surrogate: Surrogate, data: ValidationData, horizon: int,
+                              chunk: int = 1024) -> dict:
+    """The emulator trainer's validation protocol, run through the surrogate: every stride-1
+    window of `horizon` steps of every tracer, rolled out from the true state at its start;
+    mean relative error and mean |dlog10| over windows, steps 1..horizon and species."""
+    n, t, _ = data.abundances.shape
+    starts = [(k, s) for k in range(n) for s in range(t - horizon)]
+    if not starts:
+        raise BenchmarkError(f"no validation window: trajectories of {t} steps, horizon {horizon}")
+    k_idx, s_idx = (np.asarray(v) for v in zip(*starts, strict=True))
+    steps = s_idx[:, None] + np.arange(horizon)[None, :]  # [W, H]
+    rel_sum = dex_sum = 0.0
+    count = 0
+    for lo in range(0, len(starts), chunk):
+        k, st, win = k_idx[lo:lo + chunk], s_idx[lo:lo + chunk], steps[lo:lo + chunk]
+        x0 = np.asarray(data.abundances[k, st], np.float32)
+        phys = np.asarray(data.physical[k[:, None], win], np.float32)
+        truth = np.asarray(data.abundances[k[:, None], win + 1], np.float32)
+        pred = np.asarray(surrogate(shard_batch(x0), shard_batch(phys)))[:, 1:]
+        rel_sum += float(np.sum(metrics.relative_error(truth, pred), dtype=np.float64))
+        dex_sum += float(np.sum(metrics.abs_dlog10(truth, pred), dtype=np.float64))
+        count += truth.size
+    return {"horizon": int(horizon), "n_windows": len(starts),
+            "mean_relative_error": rel_sum / count, "mean_abs_dlog10": dex_sum / count}
+
+
+def trainer_check(surrogate: Surrogate) -> dict:
+    """The emulator's validation numbers recomputed through the surrogate (all validation
+    tracers, the trainer's windows) next to those in its summary.json."""
+    horizon = surrogate.info.get("horizon")
+    summary_path = paths.weights_dir(surrogate.components["emulator"]) / "summary.json"
+    if horizon is None or not summary_path.exists():
+        return {"available": False, "reason": f"no horizon in the emulator's data_info or no "
+                                              f"{summary_path}"}
+    trainer = json.loads(summary_path.read_text()).get("best_val_metrics", {})
+    ours = window_validation_metrics(surrogate, load_validation(surrogate, None), int(horizon))
+    out = {"available": True, "surrogate": ours,
+           "trainer": {k: trainer.get(k) for k in ("mean_relative_error", "mean_abs_dlog10")}}
+    out["relative_difference"] = {
+        k: abs(ours[k] - v) / max(abs(v), 1e-30) for k, v in out["trainer"].items()
+        if v is not None}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed
+
+
+def rollout_flops(surrogate: Surrogate, n_steps: int) -> dict:
+    """Matrix-product FLOPs of one trajectory of `n_steps` steps (batch of one), with the
+    per-sample cost of each part."""
+    s = jax.ShapeDtypeStruct((1, surrogate.n_species), np.float32)
+    p = jax.ShapeDtypeStruct((1, n_steps, surrogate.n_physical), np.float32)
+    parts, params = surrogate.parts, surrogate.params
+    total = flops_lib.count_dot_flops(
+        functools.partial(rollout_physical, parts, surrogate.scaler), params, s, p)
+    z = jax.eval_shape(parts.encode, params, s)
+    p1 = jax.ShapeDtypeStruct((1, surrogate.n_physical), np.float32)
+    return {
+        "per_trajectory": int(total),
+        "n_steps": int(n_steps),
+        "encode_per_sample": flops_lib.count_dot_flops(parts.encode, params, s),
+        "step_per_sample": flops_lib.count_dot_flops(parts.step, params, p1, z),
+        "decode_per_sample": flops_lib.count_dot_flops(parts.decode, params, z),
+        "counted": "2 * multiply-adds of every dot_general (dense layers); encode once, "
+                   "T-1 emulator steps, decode T times",
+    }
+
+
+def replicate_tracks(data: ValidationData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x0 [B, S], physical [B, T-1, P]) float32, validation tracks repeated to fill B."""
+    idx = np.arange(batch_size) % data.abundances.shape[0]
+    return (np.asarray(data.abundances[idx, 0], np.float32),
+            np.asarray(data.physical[idx, :-1], np.float32))
+
+
+def time_rollout(surrogate: Surrogate, x0: np.ndarray, phys: np.ndarray, repeats: int,
+                 min_total_s: float) -> tuple[float, list[float]]:
+    """(compile seconds, warm timed seconds per call) of the rollout on one batch."""
+    x0, phys = shard_batch(x0), shard_batch(phys)
+    compile_s = speed.time_compile(surrogate.rollout, surrogate.params, x0, phys)
+    times = speed.time_calls(surrogate.rollout, surrogate.params, x0, phys, repeats=repeats,
+                             warmup=1, min_total_s=min_total_s)
+    return compile_s, times
+
+
+def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
+                  log) -> dict:
+    n_steps = data.abundances.shape[1] - 1
+    flops = rollout_flops(surrogate, n_steps)
+    log(f"matmul peak: timing a float32 [{bench.matmul_size}]^2 jnp.dot ...")
+    peak = speed.matmul_peak_gflops(int(bench.matmul_size))
+    repeats, min_s = int(bench.timing_repeats), float(bench.min_timing_s)
+
+    n_val = data.abundances.shape[0]
+    compile_s, times = time_rollout(surrogate, *replicate_tracks(data, n_val), repeats, min_s)
+    same = ev.throughput_entry(n_val, times, flops["per_trajectory"], peak["gflops"])
+    same["compile_s"] = compile_s
+    log(f"surrogate on the {n_val} validation tracks: {same['trajectories_per_s']:.4g} traj/s "
+        f"(compile {compile_s:.2f} s)")
+
+    throughput = []
+    for b in sorted({int(b) for b in bench.batch_sizes}):
+        c_s, t = time_rollout(surrogate, *replicate_tracks(data, b), repeats, min_s)
+        entry = ev.throughput_entry(b, t, flops["per_trajectory"], peak["gflops"])
+        entry["compile_s"] = c_s
+        throughput.append(entry)
+        log(f"batch {b:5d}: {entry['trajectories_per_s']:10.4g} traj/s, "
+            f"{entry['achieved_gflops']:8.3g} GFLOP/s ({100 * entry['fraction_of_peak']:.1f}% of "
+            f"peak), compile {c_s:.2f} s")
+    best = max(throughput, key=lambda e: e["trajectories_per_s"]) if throughput else same
+    large = [e["fraction_of_peak"] for e in throughput if e["batch_size"] >= PEAK_TARGET_BATCH]
+    return {
+        "device": speed.device_summary(),
+        "flops": flops,
+        "matmul_peak": peak,
+        "same_tracks": same,
+        "throughput": throughput,
+        "best": {"batch_size": best["batch_size"],
+                 "trajectories_per_s": best["trajectories_per_s"],
+                 "achieved_gflops": best["achieved_gflops"],
+                 "fraction_of_peak": best["fraction_of_peak"]},
+        "peak_target": {
+            "fraction": PEAK_TARGET_FRACTION,
+            "at_batch_size_ge": PEAK_TARGET_BATCH,
+            "best_fraction_at_large_batch": max(large) if large else None,
+            "met": bool(large) and max(large) >= PEAK_TARGET_FRACTION,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Ground-truth solver on the same tracks
+
+
+def solver_unavailable(reason: str) -> dict:
+    return {"available": False, "reason": f"solver: not available for this dataset ({reason})"}
+
+
+def _raw_path(surrogate: Surrogate) -> Path | None:
+    """The raw file the emulator's dataset was preprocessed from (its config, else the
+    manifest's `source.path`)."""
+    dataset = surrogate.component_configs.get("emulator", {}).get("dataset") or {}
+    raw = dataset.get("raw_path")
+    if not raw:
+        directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
+        raw = shards.read_manifest(directory).get("source", {}).get("path")
+    return Path(raw) if raw else None
+
+
+def solver_settings_for(raw: dict, overrides: ConfigDict):
+    """The raw file's solver settings (those that generated it), with benchmark overrides."""
+    from astrochem_jax.chemistry.solver import SolverSettings
+
+    stored = dict((raw.get("solver_settings") or {}).get("settings") or {})
+    known = {f.name for f in dataclasses.fields(SolverSettings)}
+    values = {k: v for k, v in stored.items() if k in known}
+    for key in ("rtol", "atol", "max_steps", "batch_size"):
+        if key in known and overrides.get(key) is not None:
+            values[key] = overrides.get(key)
+    return SolverSettings(**values)
+
+
+def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
+                      log) -> dict:
+    """Re-solve the scored validation tracks with the float64 solver; time it warm."""
+    if not bench.solver.enabled:
+        return solver_unavailable("disabled by config benchmark.solver.enabled=False")
+    raw_path = _raw_path(surrogate)
+    fmt = surrogate.component_configs.get("emulator", {}).get("dataset", {}).get("format")
+    if fmt not in (None, "astrochem_jax"):
+        return solver_unavailable(f"raw format {fmt!r} stores no solvable network; only "
+                                  "'astrochem_jax' files written by generate do")
+    if raw_path is None or not raw_path.is_file():
+        return solver_unavailable(f"raw file {raw_path} not found")
+    from astrochem_jax import rawio
+
+    try:
+        raw = rawio.read_raw_dataset(raw_path)
+    except (rawio.RawFormatError, OSError, KeyError) as err:
+        return solver_unavailable(f"{raw_path} is not a raw file written by generate: {err}")
+    if not raw.get("network_rates"):
+        return solver_unavailable(f"{raw_path} has no 'network_rates' attribute")
+
+    from astrochem_jax.chemistry.network import parse_umist_text
+    from astrochem_jax.chemistry.solver import solve_tracks
+
+    network = parse_umist_text(raw["network_rates"], raw.get("network_name") or "raw",
+                               f"{raw_path}:network_rates")
+    if list(network.species) != list(raw["species"]):
+        return solver_unavailable("the network text's species order differs from the file's")
+    rows = {int(t): k for k, t in enumerate(raw["tracer_ids"])}
+    missing = [int(t) for t in data.tracer_ids if int(t) not in rows]
+    if missing:
+        return solver_unavailable(f"validation tracers {missing[:5]} are not in {raw_path}")
+    n = data.tracer_ids.shape[0] if bench.solver.n_tracers is None else min(
+        int(bench.solver.n_tracers), data.tracer_ids.shape[0])
+    idx = np.asarray([rows[int(t)] for t in data.tracer_ids[:n]])
+    settings = solver_settings_for(raw, bench.solver)
+    batch = max(1, int(getattr(settings, "batch_size", n) or n))
+    # Whole batches of the generator's batch size (one compiled shape, usually already in the
+    # persistent compile cache); tracks repeat to fill the last one, all of them are timed.
+    n_solved = -(-n // batch) * batch
+    sel = idx[np.arange(n_solved) % n]
+    node_time, node_phys = raw["node_time_years"][sel], raw["node_physical"][sel]
+    output_time = raw["time_years"][idx[0]]
+    x0 = raw["initial_abundances"]
+
+    def solve(k):
+        part = slice(k * batch, (k + 1) * batch)
+        res = solve_tracks(network, x0, node_time[part], node_phys[part], output_time,
+                           settings=settings, progress=False)
+        return np.asarray(res.abundances), np.asarray(res.result_code).reshape(-1)
+
+    log(f"solver: compiling, then solving {n_solved} tracks ({n} validation tracers, batches of "
+        f"{batch}) ...")
+    start = time.perf_counter()
+    solve(0)
+    first_call_s = time.perf_counter() - start
+    start = time.perf_counter()
+    pieces = [solve(k) for k in range(n_solved // batch)]
+    solve_s = time.perf_counter() - start
+    solved = np.concatenate([p[0] for p in pieces])[:n]
+    codes = np.concatenate([p[1] for p in pieces])[:n]
+    stored = raw["abundances"][idx]
+    big = stored > 1e-12
+    dex = np.abs(np.log10(np.maximum(solved, 1e-30)) - np.log10(np.maximum(stored, 1e-30)))
+    log(f"solver: {n_solved / solve_s:.4g} traj/s ({solve_s:.2f} s for {n_solved}; first call "
+        f"incl. compile {first_call_s:.1f} s)")
+    return {
+        "available": True,
+        "n_tracers": int(n),
+        "n_solved": int(n_solved),
+        "trajectories_per_s": n_solved / solve_s,
+        "seconds": solve_s,
+        "first_call_s_incl_compile": first_call_s,
+        "batch_size": int(batch),
+        "device": speed.device_summary()["device_kind"],
+        "settings": config_utils.to_dict(dataclasses.asdict(settings)),
+        "failed": int(np.count_nonzero(codes != 0)),
+        "max_abs_dlog10_vs_stored_above_1e-12": float(dex[big].max()) if big.any() else 0.0,
+        "network": {"name": network.name, "n_species": network.n_species,
+                    "n_reactions": network.n_reactions},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots and summary
+
+
+def write_plots(out_dir: Path, surrogate: Surrogate, data: ValidationData, pred: np.ndarray,
+                report: dict, bench: ConfigDict) -> dict:
+    acc = report["accuracy"]
+    floor = report.get("reconstruction_floor", {}).get("relative_error", {}).get("mean")
+    files = {
+        "error_vs_step": plots.plot_error_vs_step(
+            out_dir / "error_vs_step.png", data.time_years, acc["error_vs_step"], floor),
+        "worst_species": plots.plot_worst_species(
+            out_dir / "worst_species.png", acc["relative_error"]["worst"]),
+    }
+    wanted = [*bench.plot_species, acc["relative_error"]["worst_species"]]
+    indices = plots.match_species(wanted, surrogate.species)
+    files["example_trajectories"] = plots.plot_example_trajectories(
+        out_dir / "example_trajectories.png", data.time_years, data.abundances[0], pred[0],
+        surrogate.species, indices, f"{surrogate.name}: tracer {int(data.tracer_ids[0])}")
+    if report["speed"]["throughput"]:
+        files["throughput"] = plots.plot_throughput(
+            out_dir / "throughput.png", report["speed"]["throughput"],
+            report["solver"].get("trajectories_per_s"),
+            report["speed"]["device"]["device_kind"])
+    return {k: str(v) for k, v in files.items()}
+
+
+def format_summary(report: dict) -> str:
+    """The human-readable table printed at the end of a benchmark."""
+    acc, sp, solver = report["accuracy"], report["speed"], report["solver"]
+    rel, dex = acc["relative_error"], acc["abs_dlog10"]
+    floor = report["reconstruction_floor"]
+    rows = [
+        ("surrogate", f"{report['surrogate']} ({report['type']}) on {report['dataset']}"),
+        ("validation", f"{acc['n_tracers']} tracers x {acc['n_steps']} scored steps, closed loop"),
+        ("mean relative error", f"{rel['mean']:.4g} (std over species {rel['std']:.3g}; worst "
+                                f"{rel['worst_species']} {rel['worst_value']:.3g})"),
+        ("|dlog10| mean / median / p99", f"{dex['mean']:.3g} / {dex['median']:.3g} / "
+                                         f"{dex['p99']:.3g} dex"),
+        ("reconstruction floor", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
+                                 f"{floor['abs_dlog10']['mean']:.3g} dex"),
+    ]
+    if "element_conservation" in acc:
+        worst_el = max(acc["element_conservation"].items(), key=lambda kv: kv[1]["mean"])
+        rows.append(("element conservation", f"worst element {worst_el[0]}: mean "
+                                             f"{worst_el[1]['mean']:.3g}, max "
+                                             f"{worst_el[1]['max']:.3g} (relative)"))
+    rows += [
+        ("device", f"{sp['device']['device_kind']} x{sp['device']['n_devices']} "
+                   f"({sp['device']['backend']})"),
+        ("FLOPs / trajectory", f"{sp['flops']['per_trajectory']:.4g}"),
+        ("matmul peak (fp32)", f"{sp['matmul_peak']['gflops']:.4g} GFLOP/s"),
+        ("surrogate, same tracks", f"{sp['same_tracks']['trajectories_per_s']:.4g} traj/s "
+                                   f"(batch {sp['same_tracks']['batch_size']}, compile "
+                                   f"{sp['same_tracks']['compile_s']:.2f} s)"),
+        ("surrogate, best batch", f"{sp['best']['trajectories_per_s']:.4g} traj/s at batch "
+                                  f"{sp['best']['batch_size']}, {sp['best']['achieved_gflops']:.3g}"
+                                  f" GFLOP/s = {100 * (sp['best']['fraction_of_peak'] or 0):.1f}%"
+                                  " of peak"),
+    ]
+    if solver["available"]:
+        rows.append(("solver, same tracks", f"{solver['trajectories_per_s']:.4g} traj/s "
+                                            f"({solver['n_tracers']} tracks)"))
+        su = report["speedup"]
+        rows.append(("speedup", f"{su['same_tracks']:.4g}x same tracks and batch; "
+                                f"{su['best_batch']:.4g}x at the best batch"))
+    else:
+        rows.append(("solver", solver["reason"]))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    bar = "-" * max(len(line) for line in lines)
+    return "\n".join([bar, *lines, bar])
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry
+
+
+def run_benchmark(config: ConfigDict, *, log=None) -> dict:
+    """Benchmark the surrogate a config describes; write report.json + plots; return the report."""
+    log = log or (lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True))
+    wall_start = time.perf_counter()
+    bench = config.benchmark
+    surrogate = build(config)
+    log(f"surrogate {surrogate.name}: {surrogate.type} {surrogate.components}, "
+        f"{surrogate.n_species} species, physical {list(surrogate.physical_parameters)}")
+    data = load_validation(surrogate, bench.n_val_tracers)
+    elements, matrix = stoichiometry_for(surrogate)
+    out_dir = paths.benchmarks_dir(str(config.name))
+
+    # Speed first, so each batch shape's compile time is measured before anything compiled it.
+    speed_report = speed_section(surrogate, data, bench, log)
+    pred = predict(surrogate, data)
+    if not np.isfinite(pred).all():
+        log("WARNING: the rollout produced non-finite abundances")
+    report: dict = {
+        "surrogate": surrogate.name,
+        "type": surrogate.type,
+        "components": surrogate.components,
+        "dataset": surrogate.dataset,
+        "preprocessing_method": surrogate.preprocessing_method,
+        "species": list(surrogate.species),
+        "physical_parameters": list(surrogate.physical_parameters),
+        "elements": elements,
+        "validation_tracers": data.tracer_ids.tolist(),
+        "accuracy": accuracy_section(surrogate, data, pred, elements, matrix,
+                                     int(bench.n_worst_species)),
+        "reconstruction_floor": reconstruction_floor(surrogate, data),
+        "trainer_check": trainer_check(surrogate),
+    }
+    log(f"accuracy: mean relative error {report['accuracy']['relative_error']['mean']:.4g}, "
+        f"mean |dlog10| {report['accuracy']['abs_dlog10']['mean']:.3g} dex")
+    report["speed"] = speed_report
+    report["solver"] = solve_same_tracks(surrogate, data, bench, log)
+    if report["solver"]["available"]:
+        solver_rate = report["solver"]["trajectories_per_s"]
+        report["speedup"] = {
+            "same_tracks": report["speed"]["same_tracks"]["trajectories_per_s"] / solver_rate,
+            "best_batch": report["speed"]["best"]["trajectories_per_s"] / solver_rate,
+            "note": "surrogate trajectories/s over solver trajectories/s on the same tracks "
+                    "(solver: float64 on CPU, vmapped batches; both warm, compile excluded)",
+        }
+    else:
+        report["speedup"] = None
+    report["plots"] = write_plots(out_dir, surrogate, data, pred, report, bench)
+    report["config"] = config_utils.to_dict(config)
+    report["wall_time_s"] = time.perf_counter() - wall_start
+    atomic.write_json(out_dir / "report.json", report)
+    summary = format_summary(report)
+    print(summary)
+    print(f"report: {out_dir / 'report.json'}")
+    for name, path in report["plots"].items():
+        print(f"plot {name}: {path}")
+    return report
+
+
+def main(argv) -> None:
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run_benchmark(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    config_utils.ensure_configs_importable()
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "surrogate config file, e.g. configs/surrogates/ae_emulator_grav.py",
+        lock_config=True)
+    app.run(main)

@@ -1,0 +1,151 @@
+"""Benchmark: report aggregation on known errors, throughput arithmetic, solver availability, and
+(slow) a full benchmark of a tiny trained surrogate whose report holds every required metric."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from astrochem_jax.surrogates import evaluation as ev
+from astrochem_jax.surrogates.plots import match_species
+
+SPECIES = ["H2", "CO", "E-", "HCO+"]
+ELEMENTS = ["H", "C", "O"]
+# [S, E] atom counts of SPECIES (E- carries no atoms).
+STOICH = np.array([[2, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1]], np.float64)
+
+
+def _truth(n=3, t=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return 10.0 ** rng.uniform(-10, -1, size=(n, t, len(SPECIES)))
+
+
+def test_perfect_prediction_scores_zero():
+    x = _truth()
+    report = ev.accuracy_report(x, x.copy(), SPECIES, [7, 8, 9], STOICH, ELEMENTS)
+    assert report["relative_error"]["mean"] == 0.0
+    assert report["abs_dlog10"]["p99"] == 0.0
+    assert all(v["max"] == 0.0 for v in report["element_conservation"].values())
+    assert [e["tracer"] for e in report["per_tracer"]] == [7, 8, 9]
+
+
+def test_known_errors_are_reported_exactly():
+    x = _truth()
+    pred = x * 1.1
+    pred[..., 1] = x[..., 1] * 2.0  # CO is the worst species: relative error 1
+    report = ev.accuracy_report(x, pred, SPECIES, [0, 1, 2], STOICH, ELEMENTS)
+    rel = report["relative_error"]
+    assert rel["worst_species"] == "CO"
+    assert math.isclose(rel["worst_value"], 1.0, rel_tol=1e-12)
+    assert math.isclose(rel["per_species"]["H2"], 0.1, rel_tol=1e-9)
+    assert math.isclose(rel["mean"], (3 * 0.1 + 1.0) / 4, rel_tol=1e-9)
+    assert [w["species"] for w in rel["worst"]][0] == "CO"
+    assert math.isclose(report["abs_dlog10"]["max"], math.log10(2.0), rel_tol=1e-9)
+    assert math.isclose(report["abs_dlog10"]["median"], math.log10(1.1), rel_tol=1e-9)
+    # H is carried by H2 and HCO+, both 10% high: the H total is 10% high.
+    assert math.isclose(report["element_conservation"]["H"]["mean"], 0.1, rel_tol=1e-9)
+    tracer = report["per_tracer"][0]
+    assert tracer["species_of_max_abs_dlog10"] == "CO"
+    assert math.isclose(tracer["max_abs_dlog10"], math.log10(2.0), rel_tol=1e-9)
+
+
+def test_error_vs_step_grows_where_the_prediction_drifts():
+    x = _truth(t=6)
+    drift = 1.0 + 0.1 * np.arange(6)[None, :, None]
+    curve = ev.error_vs_step(x, x * drift)
+    np.testing.assert_allclose(curve["mean_relative_error"], 0.1 * np.arange(6), atol=1e-12)
+    assert len(curve["p99_abs_dlog10"]) == 6
+
+
+def test_throughput_arithmetic():
+    entry = ev.throughput_entry(256, [2.0, 1.0, 3.0], flops_per_trajectory=10**9,
+                                peak_gflops=512.0)
+    assert entry["median_s"] == 2.0 and entry["repeats"] == 3
+    assert entry["trajectories_per_s"] == 128.0
+    assert entry["achieved_gflops"] == 128.0
+    assert entry["fraction_of_peak"] == 0.25
+
+
+def test_species_matching_is_case_insensitive():
+    species = ["H2", "CO", "HCO+", "E-", "H2O"]
+    assert match_species(["co", "h2o", "e-", "N2H+", "CO"], species) == [1, 4, 3]
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="shapes differ"):
+        ev.accuracy_report(_truth(), _truth()[:, :2], SPECIES, [0, 1, 2])
+    with pytest.raises(ValueError, match="stoichiometric matrix"):
+        ev.element_conservation_summary(_truth(), _truth(), STOICH[:2], ELEMENTS)
+
+
+def test_solver_unavailable_for_foreign_formats():
+    from astrochem_jax import benchmark
+
+    class FakeSurrogate:
+        component_configs = {"emulator": {"dataset": {"format": "uclchem",
+                                                      "raw_path": "x.h5"}}}
+
+    bench = ConfigDict({"solver": {"enabled": True}})
+    out = benchmark.solve_same_tracks(FakeSurrogate(), None, bench, log=lambda m: None)
+    assert out["available"] is False
+    assert out["reason"].startswith("solver: not available for this dataset")
+    assert "uclchem" in out["reason"]
+    bench.solver.enabled = False
+    assert "disabled" in benchmark.solve_same_tracks(FakeSurrogate(), None, bench,
+                                                     log=lambda m: None)["reason"]
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end on tiny trained components
+
+REQUIRED = [
+    "accuracy.relative_error.mean", "accuracy.relative_error.std",
+    "accuracy.relative_error.worst_species", "accuracy.relative_error.worst",
+    "accuracy.abs_dlog10.mean", "accuracy.abs_dlog10.median", "accuracy.abs_dlog10.p99",
+    "accuracy.error_vs_step.mean_relative_error", "accuracy.per_tracer",
+    "accuracy.element_conservation", "reconstruction_floor.relative_error.mean",
+    "reconstruction_floor.abs_dlog10.mean", "trainer_check",
+    "speed.device.device_kind", "speed.flops.per_trajectory", "speed.matmul_peak.gflops",
+    "speed.same_tracks.trajectories_per_s", "speed.same_tracks.compile_s", "speed.throughput",
+    "speed.best.achieved_gflops", "speed.best.fraction_of_peak",
+    "speed.peak_target.best_fraction_at_large_batch", "solver.available", "speedup", "plots",
+]
+
+
+def _lookup(report: dict, dotted: str):
+    node = report
+    for key in dotted.split("."):
+        assert isinstance(node, dict) and key in node, f"report lacks {dotted!r}"
+        node = node[key]
+    return node
+
+
+@pytest.mark.slow
+def test_benchmark_report_has_every_metric(monkeypatch):
+    from surrogate_helpers import surrogate_config, tiny_trained_outputs
+
+    from astrochem_jax import paths
+    from astrochem_jax.benchmark import run_benchmark
+
+    monkeypatch.setenv("ASTROCHEM_JAX_OUTPUTS", str(tiny_trained_outputs()))
+    config = surrogate_config(name="tiny_bench")
+    config.benchmark.solver.enabled = False  # the tiny dataset's stiff solve costs ~30 s here
+    report = run_benchmark(config, log=lambda m: None)
+    for key in REQUIRED:
+        _lookup(report, key)
+    on_disk = json.loads((paths.benchmarks_dir("tiny_bench") / "report.json").read_text())
+    assert on_disk["accuracy"]["relative_error"]["mean"] == report["accuracy"]["relative_error"][
+        "mean"]
+    for name in ("error_vs_step", "worst_species", "example_trajectories", "throughput"):
+        path = paths.benchmarks_dir("tiny_bench") / f"{name}.png"
+        assert path.stat().st_size > 1000, path
+    assert [e["batch_size"] for e in report["speed"]["throughput"]] == [1, 8]
+    assert all(e["trajectories_per_s"] > 0 for e in report["speed"]["throughput"])
+    assert report["speed"]["flops"]["per_trajectory"] > 0
+    assert report["solver"]["reason"].startswith("solver: not available")
+    assert report["speedup"] is None
+    assert report["trainer_check"]["relative_difference"]["mean_abs_dlog10"] < 1e-4
