@@ -28,11 +28,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 DTYPE = jnp.float32
+# Running-average decay of BatchNorm statistics: flax's 0.9 is PyTorch's default momentum 0.1, which
+# AstroChemNet trains with.
+BATCHNORM_MOMENTUM = 0.9
 
 
 def gelu_exact(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, as in PyTorch's default `nn.GELU()`."""
     return jax.nn.gelu(x, approximate=False)
+
+
+def _batch_norm(n_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(
+        n_features, momentum=BATCHNORM_MOMENTUM, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs
+    )
 
 
 class GaussianNoise(nnx.Module):
@@ -89,22 +98,12 @@ class Autoencoder(nnx.Module):
                 for d_in, d_out in zip(widths[:-1], widths[1:], strict=True)
             ]
         )
-        self.encoder_norms = nnx.List(
-            [
-                nnx.BatchNorm(h, momentum=0.9, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
-                for h in self.hidden_dims
-            ]
-        )
+        self.encoder_norms = nnx.List([_batch_norm(h, rngs) for h in self.hidden_dims])
         # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed.
         self.decoder_biases = nnx.List(
             [nnx.Param(jnp.zeros((d,), DTYPE)) for d in reversed(widths[:-1])]
         )
-        self.decoder_norms = nnx.List(
-            [
-                nnx.BatchNorm(h, momentum=0.9, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
-                for h in reversed(self.hidden_dims)
-            ]
-        )
+        self.decoder_norms = nnx.List([_batch_norm(h, rngs) for h in reversed(self.hidden_dims)])
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.latent_noise = GaussianNoise(latent_noise_std, rngs=rngs)
 
