@@ -149,3 +149,49 @@ def test_benchmark_report_has_every_metric(monkeypatch):
     assert report["solver"]["reason"].startswith("solver: not available")
     assert report["speedup"] is None
     assert report["trainer_check"]["relative_difference"]["mean_abs_dlog10"] < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# scripts/compare_runs.py
+
+
+def _compare_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(name: str, best: float, epochs: int = 3) -> None:
+    from astrochem_jax import paths
+
+    directory = paths.weights_dir(name)
+    directory.mkdir(parents=True)
+    history = [{"epoch": e + 1, "train_loss": best * (3 - e), "val_loss": best * (3 - e) + 0.1}
+               for e in range(epochs)]
+    (directory / "metrics.json").write_text(json.dumps(history))
+    (directory / "summary.json").write_text(json.dumps({
+        "best_val_loss": best, "best_epoch": epochs, "final_epoch": epochs,
+        "component_type": "autoencoder", "parameter_count": 10,
+        "best_val_metrics": {"mean_relative_error": best / 10, "mean_abs_dlog10": best / 100},
+    }))
+
+
+def test_compare_runs_sorts_by_best_val_loss_and_plots():
+    from astrochem_jax import paths
+
+    compare_runs = _compare_module()
+    _fake_run("ae_b", 2.0)
+    _fake_run("sweep/lr=1e-3", 0.5)
+    _fake_run("sweep/lr=1e-4", 3.0)
+    table, plot = compare_runs.compare(["ae_b", "sweep"])
+    lines = table.splitlines()[2:]
+    assert [line.split()[1] for line in lines] == ["sweep/lr=1e-3", "ae_b", "sweep/lr=1e-4"]
+    assert plot == paths.outputs_dir() / "comparison.png" and plot.stat().st_size > 1000
+    with pytest.raises(compare_runs.RunNotFoundError, match="python -m astrochem_jax.train"):
+        compare_runs.compare(["missing_run"])
+    assert compare_runs.main(["missing_run"]) == 1
