@@ -77,14 +77,14 @@ class Scaler:
 
 def scale_abundances(x, clip=DEFAULT_ABUNDANCE_CLIP):
     xp = _xp(x)
-    lo, hi = np.log10(clip[0]), np.log10(clip[1])
+    lo, hi = float(np.log10(clip[0])), float(np.log10(clip[1]))
     x = xp.clip(x, clip[0], clip[1])
     return (xp.log10(x) - lo) / (hi - lo)
 
 
 def unscale_abundances(s, clip=DEFAULT_ABUNDANCE_CLIP):
     xp = _xp(s)
-    lo, hi = np.log10(clip[0]), np.log10(clip[1])
+    lo, hi = float(np.log10(clip[0])), float(np.log10(clip[1]))
     return xp.power(10.0, s * (hi - lo) + lo)
 
 
