@@ -89,6 +89,9 @@ def test_sequential_round_trip_every_layout(tmp_path, layout):
         np.testing.assert_allclose(scaler.unscale_abundances(data[..., 4:].astype(np.float64)),
                                    abundances, rtol=2e-5)
     assert len(manifest["splits"]["train"]["shards"]) > 1
+    # Row 0 of tracer 0 is the recorded initial state; the other tracers start elsewhere.
+    if layout == "astrochem_jax":
+        assert len(manifest["tracers_not_starting_from_initial_abundances"]) == 5
     utils = paths.utils_dir("synth")
     assert (utils / "species.txt").read_text().split() == list(syn.DEMO_SPECIES)
     matrix = np.load(utils / "stoichiometric_matrix.npy")
@@ -181,6 +184,8 @@ def test_real_uclchem_file_preprocesses(shared_dir):
     assert "H3CO+" in manifest["species"] and "H2COH+" not in manifest["species"]
     assert manifest["splits"]["train"]["shape"] == [2, 61, 337]
     assert manifest["splits"]["val"]["shape"] == [1, 61, 337]
+    assert manifest["tracers_not_starting_from_initial_abundances"] == []
+    assert manifest["tracer_length_counts"] == {"61": 3}
     worst = max(manifest["element_drift"].values())
     print(f"uclchem_grav_small worst element drift per element: {manifest['element_drift']}")
     assert worst < 1e-6

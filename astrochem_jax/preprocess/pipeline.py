@@ -116,19 +116,32 @@ def scan(table: RawTable, plan: ColumnPlan, floors, chunk_rows: int, label: str)
     with _progress(table.n_rows, f"{label} scan") as progress:
         for chunk in tracer_chunks(table, range(n), chunk_rows):
             block, offsets = read_chunk(table, chunk, columns)
-            for j, k in enumerate(chunk):
-                rows = block[offsets[j] : offsets[j + 1]]
-                time = rows[:, 0]
-                physical, n_floored = floor_physical(rows[:, 1:].copy(), floors)
-                check_tracer_metadata(table, k, time, physical, plan.physical_names)
-                out.n_floored += n_floored
-                out.lengths[k] = time.size
-                out.first_time[k] = time[0]
-                out.physical_min[k] = physical.min(axis=0)
-                out.physical_max[k] = physical.max(axis=0)
-                grid = out.grids.setdefault(time.size, time.copy())
-                if out.shared_grid and (len(out.grids) > 1 or not np.allclose(
-                        grid, time, rtol=1e-9, atol=0)):
+            lengths = np.diff(offsets)
+            if np.any(lengths == 0):
+                k = chunk[int(np.argmax(lengths == 0))]
+                check_tracer_metadata(table, k, block[:0, 0], block[:0, 1:], plan.physical_names)
+            time = block[:, 0]
+            physical, n_floored = floor_physical(block[:, 1:].copy(), floors)
+            # Vectorised over the chunk; the per-tracer check only runs to word an error.
+            steps = np.diff(time)
+            steps[offsets[1:-1] - 1] = 1.0  # tracer boundaries are not steps
+            if not (np.all(np.isfinite(time)) and np.all(steps > 0)
+                    and np.all(np.isfinite(physical)) and np.all(physical > 0)):
+                for j, k in enumerate(chunk):
+                    rows = slice(offsets[j], offsets[j + 1])
+                    check_tracer_metadata(table, k, time[rows], physical[rows],
+                                          plan.physical_names)
+            chunk_index = np.asarray(chunk)
+            out.n_floored += n_floored
+            out.lengths[chunk_index] = lengths
+            out.first_time[chunk_index] = time[offsets[:-1]]
+            out.physical_min[chunk_index] = np.minimum.reduceat(physical, offsets[:-1], axis=0)
+            out.physical_max[chunk_index] = np.maximum.reduceat(physical, offsets[:-1], axis=0)
+            for j in range(len(chunk)):
+                tracer_time = time[offsets[j] : offsets[j + 1]]
+                grid = out.grids.setdefault(tracer_time.size, tracer_time.copy())
+                if out.shared_grid and (len(out.grids) > 1 or not np.array_equal(
+                        grid, tracer_time)):
                     out.shared_grid = False
             progress.update(block.shape[0])
     return out
@@ -280,6 +293,8 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
     drift = np.zeros(matrix.shape[1])
     check_conservation = bool(dataset.get("check_conservation", True))
     n_zeroed = 0
+    # Do the tracers that start at t = 0 all start from the recorded initial abundances?
+    initial_mismatch: list[int] = []
     total = int((table.stops[kept] - table.starts[kept]).sum())
     with _progress(total, f"{label} write") as progress:
         for chunk in tracer_chunks(table, kept, chunk_rows):
@@ -288,6 +303,12 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
             abundances = block[:, 1 + n_phys :]
             n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
                                          time, tolerance)
+            starts_at_zero = time[offsets[:-1]] == 0
+            if starts_at_zero.any():
+                first = abundances[offsets[:-1]][starts_at_zero]
+                same = np.all(np.isclose(first, initial, rtol=1e-6, atol=1e-30), axis=1)
+                initial_mismatch += table.tracer_ids[np.asarray(chunk)[starts_at_zero][~same]
+                                                     ].tolist()
             lengths = np.diff(offsets)
             if not prepend and np.all(lengths == lengths[0]) and steps in (None, lengths[0]):
                 # The common case: equal-length tracers, one reshape, no copies.
@@ -321,7 +342,8 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
             progress.update(block.shape[0])
     elements, _, _ = species_matrix(plan.species_names)
     return {"element_drift": dict(zip(elements, drift.tolist(), strict=True)) if
-            check_conservation else None, "abundances_zeroed": n_zeroed}
+            check_conservation else None, "abundances_zeroed": n_zeroed,
+            "tracers_not_starting_from_initial_abundances": initial_mismatch[:100]}
 
 
 def _progress(total: int, label: str) -> Progress:
@@ -498,6 +520,8 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 "dropped_tracers": dropped,
                 "time_years": time_grid.tolist(),
                 "time_grid_shared": bool(scanned.shared_grid),
+                "tracer_length_counts": {int(v): int(c) for v, c in zip(
+                    *np.unique(scanned.lengths, return_counts=True), strict=True)},
                 "steps": int(item_shape[0]) if method.item == "tracer" else None,
                 "shift_physical": bool(dataset.shift_physical),
                 "prepend_initial_abundances": bool(dataset.prepend_initial_abundances),

@@ -7,6 +7,7 @@ dropped before (they are in `columns_to_drop`); a column that does not parse is 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,14 +20,20 @@ def species_matrix(species: Sequence[str], where: str = "species list"
                    ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(elements [E], matrix float64 [S, E] of atom counts, charge float64 [S] in units of e)."""
     try:
-        elements = elements_of(list(species))
-        elements, matrix, charges = stoichiometry(list(species), elements)
+        elements, matrix, charges = _parsed(tuple(species))
     except FormulaError as exc:
         raise PreprocessError(
             f"{where}: {exc}. Columns that are not species belong in dataset.columns_to_drop "
             "or dataset.metadata_columns"
         ) from exc
-    return (elements, np.asarray(matrix, dtype=np.float64).reshape(len(species), len(elements)),
+    return list(elements), matrix.copy(), charges.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(species: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    elements, matrix, charges = stoichiometry(list(species), elements_of(list(species)))
+    return (tuple(elements),
+            np.asarray(matrix, dtype=np.float64).reshape(len(species), len(elements)),
             np.asarray(charges, dtype=np.float64))
 
 
