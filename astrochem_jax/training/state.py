@@ -1,0 +1,146 @@
+"""Train state pytree, model <-> (graphdef, state) plumbing and the optimizer.
+
+Models are Flax NNX modules; training works on pure functions of their split state:
+
+    graphdef, params (nnx.Param), batch_stats (nnx.BatchStat), rng_keys (nnx.RngKey), rest
+
+`TrainState` holds only what changes during training (step, params, batch_stats, opt_state, rng);
+the model's own random streams are re-keyed every step from `fold_in(rng, step)`, so a run is a pure
+function of (config, seed) and resumes exactly from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """step: int32 []; params / batch_stats: nnx.State of float32 arrays; opt_state: optax state
+    (its `hyperparams["learning_rate"]` is the current LR); rng: uint32 [2] raw PRNG key data."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """The static half of a split model: graph definitions for training and evaluation mode and
+    the non-trained variables (random-stream keys and counters)."""
+
+    train_graphdef: Any
+    eval_graphdef: Any
+    rng_keys: Any
+    rest: Any
+
+
+def split_model(model: nnx.Module) -> tuple[ModelDef, Any, Any]:
+    """model -> (ModelDef, params, batch_stats). Leaves `model` in training mode."""
+    model.eval()
+    eval_graphdef, *_ = nnx.split(model, nnx.Param, nnx.BatchStat, nnx.RngKey, ...)
+    model.train()
+    graphdef, params, batch_stats, rng_keys, rest = nnx.split(
+        model, nnx.Param, nnx.BatchStat, nnx.RngKey, ...
+    )
+    return ModelDef(graphdef, eval_graphdef, rng_keys, rest), params, batch_stats
+
+
+def build_split(build: Callable[[], nnx.Module]) -> tuple[ModelDef, Any, Any]:
+    """`split_model(build())` with the initialisation traced as ONE jitted computation (eager
+    initialisation compiles every initializer op separately: seconds on CPU)."""
+    static: dict[str, ModelDef] = {}
+
+    def init():
+        mdef, params, batch_stats = split_model(build())
+        static["mdef"] = mdef
+        return params, batch_stats, mdef.rng_keys, mdef.rest
+
+    params, batch_stats, rng_keys, rest = jax.jit(init)()
+    m = static["mdef"]
+    return ModelDef(m.train_graphdef, m.eval_graphdef, rng_keys, rest), params, batch_stats
+
+
+def fresh_rng_keys(rng_keys: Any, key: jax.Array) -> Any:
+    """Replace every random-stream key of the model by an independent key derived from `key`."""
+    leaves, treedef = jax.tree.flatten(rng_keys)
+    if not leaves:
+        return rng_keys
+    keys = jax.random.split(key, len(leaves))
+    new = []
+    for leaf, k in zip(leaves, keys, strict=True):
+        typed = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        k = k if typed else jax.random.key_data(k)
+        new.append(jnp.reshape(k, leaf.shape))
+    return jax.tree.unflatten(treedef, new)
+
+
+def merge_model(mdef: ModelDef, params: Any, batch_stats: Any, *, train: bool,
+                key: jax.Array | None = None) -> nnx.Module:
+    """Rebuild the module in training (random streams keyed by `key`) or evaluation mode."""
+    if train:
+        rng_keys = mdef.rng_keys if key is None else fresh_rng_keys(mdef.rng_keys, key)
+        return nnx.merge(mdef.train_graphdef, params, batch_stats, rng_keys, mdef.rest, copy=True)
+    return nnx.merge(mdef.eval_graphdef, params, batch_stats, mdef.rng_keys, mdef.rest, copy=True)
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key of the current step: fold_in(rng, step), independent of the device count."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """AdamW (betas, eps, weight decay) after global-norm clipping; the learning rate is an
+    injected hyperparameter so reduce-on-plateau can change it and it is checkpointed."""
+
+    def chain(learning_rate):
+        return optax.chain(
+            optax.clip_by_global_norm(float(config.grad_clip_norm)),
+            optax.adamw(
+                learning_rate,
+                b1=float(config.betas[0]),
+                b2=float(config.betas[1]),
+                eps=float(config.adam_eps),
+                weight_decay=float(config.weight_decay),
+            ),
+        )
+
+    return optax.inject_hyperparams(chain)(learning_rate=jnp.asarray(config.lr, jnp.float32))
+
+
+def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
+               seed: int) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(int(seed) + 1)),
+    )
+
+
+def learning_rate(state: TrainState) -> float:
+    return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def with_learning_rate(state: TrainState, lr: float) -> TrainState:
+    """The same state with a new learning rate (same dtype and sharding as the old one)."""
+    old = state.opt_state.hyperparams["learning_rate"]
+    new = jax.device_put(np.asarray(lr, dtype=old.dtype), old.sharding)
+    hyper = dict(state.opt_state.hyperparams, learning_rate=new)
+    return dataclasses.replace(state, opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def count_parameters(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,66 @@
+"""Autoencoder on the default dataset (AstroChemNet's architecture: hidden [160, 80], latent 14).
+
+    python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py \
+        [--config.lr=5e-4 --config.batch_size=256 ...] [--sweep="lr=1e-3,5e-4,1e-4"]
+
+This file is also the base of every component config: it holds every training hyperparameter
+(the other component configs import it and override a few fields).
+"""
+
+from ml_collections import ConfigDict, config_dict
+
+from configs.datasets import grav
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.name = "autoencoder_grav_large"  # output directory under outputs/weights/
+    c.type = "autoencoder"  # key of training.components.COMPONENTS
+    c.dataset = grav.get_config()
+    c.preprocessing_method = "timeless"  # configs/preprocessing/<name>.py
+    c.seed = 0
+
+    # --- model ---------------------------------------------------------------------------------
+    c.model = ConfigDict()
+    c.model.hidden_dims = (160, 80)
+    c.model.latent_dim = 14
+    c.model.latent_noise_std = 0.1  # Gaussian noise on the latent while training
+
+    # --- optimisation --------------------------------------------------------------------------
+    c.epochs = 60  # epoch cap (CI-sized: the quickstart runs in minutes on 2 CPU cores)
+    c.batch_size = 256  # global batch, split over the devices (must divide the device count)
+    c.eval_batch_size = 2048
+    c.lr = 2e-3
+    c.betas = (0.9, 0.999)
+    c.adam_eps = 1e-8
+    c.weight_decay = 1e-4
+    c.grad_clip_norm = 1.0
+    # reduce-on-plateau of the LR on the validation loss, once per epoch (PyTorch semantics)
+    c.plateau_factor = 0.5
+    c.plateau_patience = 3
+    c.plateau_threshold = 1e-3  # relative improvement that counts
+    c.min_lr = 1e-6
+    c.stagnant_epoch_patience = 10  # early stopping
+    # dropout and its AstroChemNet-style decay: after `dropout_decay_patience` epochs without a
+    # better validation loss, dropout *= dropout_decay_factor (set to 0 below dropout_min).
+    c.dropout = 0.0
+    c.dropout_decay_patience = 0  # 0 = no decay
+    c.dropout_decay_factor = 0.5
+    c.dropout_min = 1e-3
+
+    # --- loss (losses.total_loss) --------------------------------------------------------------
+    c.loss = ConfigDict()
+    c.loss.power_weight = 3.0  # elementwise 10^(power_weight |o - t|) - 1
+    c.loss.worst_weight = 2.0  # AstroChemNet's alpha
+    c.loss.conservation_weight = 0.1  # |log10(x_hat S) - log10(x S)|
+
+    # --- emulators only (kept here so every config has the same fields) ------------------------
+    c.horizon = 16  # rollout window length (steps)
+    c.autoencoder_component = config_dict.placeholder(str)
+
+    # --- data placement, checkpoints, multi-host ------------------------------------------------
+    c.device_resident_max_mb = 2048.0  # splits up to this size live on the devices
+    c.checkpoint = ConfigDict()
+    c.checkpoint.async_save = False
+    c.distributed = False  # jax.distributed.initialize() (multi-host; see training/mesh.py)
+    return c

@@ -1,0 +1,13 @@
+"""A smaller autoencoder on the default dataset (hidden [64, 32], latent 8): faster surrogate."""
+
+from ml_collections import ConfigDict
+
+from configs.components import autoencoder_grav_large
+
+
+def get_config() -> ConfigDict:
+    c = autoencoder_grav_large.get_config()
+    c.name = "autoencoder_grav_small"
+    c.model.hidden_dims = (64, 32)
+    c.model.latent_dim = 8
+    return c

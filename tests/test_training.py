@@ -1,0 +1,231 @@
+"""Training stage: artifacts, 1 vs 8 device parity, exact resume, clear errors, NaN guard,
+sweeps. Tiny synthetic shards (tests/training_fixtures.py), tiny MLPs, 2-4 epochs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import training_fixtures as tf
+
+from astrochem_jax import paths
+from astrochem_jax.training import (
+    ComponentError,
+    ComponentNotFoundError,
+    NonFiniteLossError,
+    ResumeMismatchError,
+    checkpoints,
+    components,
+    load_component,
+    loop,
+    train_component,
+)
+
+tf.enable_compile_cache()
+
+
+def _metrics(name: str) -> list[dict]:
+    records = json.loads((paths.weights_dir(name) / "metrics.json").read_text())
+    return [{k: v for k, v in r.items() if k not in loop.TIMING_FIELDS} for r in records]
+
+
+@pytest.fixture(scope="module")
+def trained_ae(tmp_path_factory) -> Path:
+    """A tiny autoencoder trained once (8 devices, 2 epochs); returns the outputs root holding
+    `preprocessed/`, `utils/` and `weights/tiny_autoencoder/`."""
+    root = tmp_path_factory.mktemp("ae_outputs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASTROCHEM_JAX_OUTPUTS", str(root))
+        dirs = tf.write_preprocessed()
+        train_component(tf.tiny_config("autoencoder"), preprocessed_dir=dirs["timeless"])
+    return root
+
+
+@pytest.fixture
+def outputs_with_ae(trained_ae) -> Path:
+    """This test's outputs dir with a copy of the trained autoencoder and the synthetic data."""
+    out = paths.outputs_dir()
+    shutil.copytree(trained_ae, out, dirs_exist_ok=True)
+    return out
+
+
+def test_autoencoder_artifacts_and_load(outputs_with_ae):
+    directory = paths.weights_dir("tiny_autoencoder")
+    for name in ("config.json", "metrics.json", "summary.json", "latents_minmax.npy"):
+        assert (directory / name).is_file(), name
+    records = _metrics("tiny_autoencoder")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in records)
+    assert {"mean_relative_error", "mean_abs_dlog10"} <= set(records[0]["val"])
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["component_type"] == "autoencoder"
+    assert summary["devices"]["count"] == 8
+    assert summary["best_epoch"] == int(np.argmin([r["val_loss"] for r in records])) + 1
+    assert summary["parameter_count"] > 0
+
+    loaded = load_component("tiny_autoencoder")
+    assert loaded.epoch == summary["best_epoch"]
+    model = loaded.model()
+    x = jnp.asarray(tf.trajectories(2, 3)[..., len(tf.PHYSICAL):].reshape(-1, len(tf.SPECIES)))
+    x_hat, z = model(x)
+    assert x_hat.shape == x.shape and z.shape == (6, 3)
+    assert x_hat.dtype == jnp.float32
+
+    # Latent min/max: over the TRAIN split, best weights, eval mode.
+    from astrochem_jax import shards
+
+    train = shards.load_split(paths.preprocessed_dir("synth", "timeless"), "train")
+    z_train = np.asarray(loaded.model().encode(jnp.asarray(train)))
+    minmax = np.load(directory / "latents_minmax.npy")
+    assert minmax.shape == (2, 3)
+    np.testing.assert_allclose(minmax, [z_train.min(0), z_train.max(0)], rtol=1e-5, atol=1e-6)
+
+
+def test_one_vs_eight_devices_same_losses(outputs_with_ae):
+    """Same data, config and seed on a 1-device mesh gives the 8-device run's losses."""
+    c = tf.tiny_config("autoencoder", name="tiny_autoencoder_1dev")
+    train_component(c, preprocessed_dir=paths.preprocessed_dir("synth", "timeless"),
+                    devices=jax.devices()[:1])
+    one, eight = _metrics("tiny_autoencoder_1dev"), _metrics("tiny_autoencoder")
+    assert len(one) == len(eight) == 2
+    for a, b in zip(one, eight, strict=True):
+        assert a["steps"] == b["steps"] > 2
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        # The biases of the Linear layers in front of BatchNorm get a zero gradient, so Adam
+        # turns float rounding (which depends on the device count) into small drifts of them
+        # and of the BatchNorm running means; the eval-mode validation loss feels that (~0.5%)
+        # although the training losses agree to 1e-5.
+        np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=2e-2)
+
+
+def test_exact_resume_and_config_mismatch():
+    """4 epochs straight == 2 epochs, then the same command with epochs=4 (resumed). Dropout
+    decay and LR plateau steps happen in between, so their bookkeeping must be restored too."""
+    dirs = tf.write_preprocessed()
+
+    def config(name, epochs):
+        c = tf.tiny_config("direct_emulator", name=name)
+        c.epochs = epochs
+        c.dropout = 0.2
+        c.dropout_decay_patience = 1
+        c.plateau_patience = 0
+        c.plateau_threshold = 0.5  # every epoch counts as a plateau: the LR halves each epoch
+        return c
+
+    train_component(config("straight", 4), preprocessed_dir=dirs["sequential"])
+    train_component(config("resumed", 2), preprocessed_dir=dirs["sequential"])
+    assert len(_metrics("resumed")) == 2
+    train_component(config("resumed", 4), preprocessed_dir=dirs["sequential"])
+    straight, resumed = _metrics("straight"), _metrics("resumed")
+    assert straight == resumed
+    # The plateau schedule and the dropout decay really ran across the interruption.
+    assert [r["lr"] for r in straight] == pytest.approx([3e-3, 3e-3, 1.5e-3, 7.5e-4])
+    assert [r["dropout"] for r in straight] == pytest.approx([0.2, 0.2, 0.1, 0.05])
+
+    changed = config("resumed", 4)
+    changed.lr = 1e-2
+    with pytest.raises(ResumeMismatchError, match=r"lr: 0\.003 -> 0\.01"):
+        train_component(changed, preprocessed_dir=dirs["sequential"])
+
+
+def test_emulator_trains_through_frozen_autoencoder(outputs_with_ae):
+    c = tf.tiny_config("emulator")
+    c.epochs = 1
+    summary = train_component(c, preprocessed_dir=paths.preprocessed_dir("synth", "sequential"))
+    assert np.isfinite(summary["best_val_loss"])
+    info = json.loads((paths.weights_dir("tiny_emulator") / "config.json").read_text())
+    assert info["data_info"]["state_dim"] == 3
+    assert info["data_info"]["autoencoder_component"] == "tiny_autoencoder"
+    loaded = load_component("tiny_emulator")
+    model = loaded.model()
+    out = model(jnp.zeros((4, 2), jnp.float32), jnp.zeros((4, 3), jnp.float32))
+    assert out.shape == (4, 3)
+
+
+def test_missing_autoencoder_names_the_command(outputs_with_ae):
+    c = tf.tiny_config("emulator")
+    c.autoencoder_component = "autoencoder_grav_small"
+    with pytest.raises(ComponentNotFoundError) as err:
+        train_component(c, preprocessed_dir=paths.preprocessed_dir("synth", "sequential"))
+    assert ("python -m astrochem_jax.train --config=configs/components/autoencoder_grav_small.py"
+            in str(err.value))
+
+
+def test_incompatible_autoencoder_is_refused(outputs_with_ae):
+    pre = paths.preprocessed_dir("synth", "sequential")
+    c = tf.tiny_config("emulator")
+    c.model.latent_dim = 5
+    with pytest.raises(ComponentError, match="latent size is 3.*latent_dim = 5"):
+        train_component(c, preprocessed_dir=pre)
+
+    # An autoencoder trained on another species list.
+    path = paths.weights_dir("tiny_autoencoder") / "config.json"
+    data = json.loads(path.read_text())
+    data["data_info"]["species"] = [*tf.SPECIES[:-1], "CH4"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ComponentError, match="species list differs.*index 5"):
+        train_component(tf.tiny_config("emulator"), preprocessed_dir=pre)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(monkeypatch):
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="nan_run")
+    c.epochs = 1
+    train_component(c, preprocessed_dir=dirs["timeless"])
+    good = (paths.weights_dir("nan_run") / "metrics.json").read_text()
+
+    real = loop.total_loss
+
+    def poisoned(pred, true, **kwargs):
+        loss, parts = real(pred, true, **kwargs)
+        return loss * jnp.nan, parts
+
+    monkeypatch.setattr(loop, "total_loss", poisoned)
+    c.epochs = 2
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 1 of the epoch.*epoch 1"):
+        train_component(c, preprocessed_dir=dirs["timeless"])
+    assert (paths.weights_dir("nan_run") / "metrics.json").read_text() == good
+    kept = checkpoints.Checkpointer(paths.weights_dir("nan_run"), read_only=True)
+    assert kept.latest_epoch() == 1
+
+
+def test_batch_size_must_divide_device_count():
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder")
+    c.batch_size = 12
+    with pytest.raises(ValueError, match=r"batch_size = 12 is not divisible by .* \(8\)"):
+        train_component(c, preprocessed_dir=dirs["timeless"])
+
+
+def test_window_table_reports_short_tracers(capsys):
+    chunk = np.zeros((3, 6, 4), np.float32)
+    chunk[1, 4:] = np.nan  # tracer 1 has 4 valid steps
+    chunk[2, 2:] = np.nan  # tracer 2 has 2: too short for a 3-step window
+    table = components.window_table(chunk, horizon=3)
+    assert table.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0]]
+    assert "1 of 3 tracers" in capsys.readouterr().err
+
+
+def test_sweep_names_and_values():
+    from astrochem_jax.train import SweepError, sweep_configs
+
+    base = tf.tiny_config("autoencoder")
+    runs = sweep_configs(base, "lr=1e-3,5e-4,1e-4")
+    assert [r.name for r in runs] == [f"tiny_autoencoder/lr={v}" for v in ("1e-3", "5e-4", "1e-4")]
+    assert [r.lr for r in runs] == [1e-3, 5e-4, 1e-4]
+    grid = sweep_configs(base, "lr=1e-3,1e-4;model.latent_dim=4,8")
+    assert len(grid) == 4 and grid[-1].model.latent_dim == 8
+    assert grid[-1].name == "tiny_autoencoder/lr=1e-4,model.latent_dim=8"
+    assert base.name == "tiny_autoencoder" and base.lr == 3e-3  # the base is left alone
+    assert sweep_configs(base, None) == [base]
+    with pytest.raises(SweepError, match="no field 'lrr'"):
+        sweep_configs(base, "lrr=1")
+    assert checkpoints.training_command("autoencoder_grav_large/lr=1e-3") == (
+        'python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py '
+        '--sweep="lr=1e-3"'
+    )
