@@ -42,7 +42,8 @@ from astrochem_jax import config_utils, rawio  # noqa: E402
 from astrochem_jax.chemistry import tracks  # noqa: E402
 from astrochem_jax.chemistry.formula import stoichiometry  # noqa: E402
 
-# Result codes beyond the solver's own (0 = success; small positive codes come from diffrax).
+# Result codes: 0 = success, small positive codes = diffrax RESULTS (from the solver), 100 =
+# non-finite output (the solver's RESULT_NONFINITE), 101 = element/charge drift (ours).
 RESULT_NOT_FINITE = 100
 RESULT_NOT_CONSERVED = 101
 TIME_SPACINGS = ("linear", "log")
@@ -124,32 +125,36 @@ def load_network(spec: str):
             f"config generator.network: expected 'default' or an existing UMIST .rates file, "
             f"found {spec!r} (no such file)"
         )
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8", errors="replace")
     return network_module.parse_umist_text(text, path.stem, str(path)), text
 
 
 def _default_rates_text(network_module) -> str:
-    explicit = getattr(network_module, "DEFAULT_NETWORK_PATH", None)
-    if explicit is not None:
-        return Path(explicit).read_text()
+    reader = getattr(network_module, "default_network_text", None)
+    if reader is not None:
+        return reader()
     resource = importlib.resources.files("astrochem_jax.chemistry") / "data"
     return (resource / "default_network.rates").read_text()
 
 
-def initial_abundances_for(network, overrides) -> np.ndarray:
-    """Default initial abundances [S], with `{species: fraction of H}` overrides applied."""
-    from astrochem_jax.chemistry.initial_abundances import default_initial_abundances
+def initial_abundances_for(network, mapping, atomic_hydrogen: bool) -> np.ndarray:
+    """Initial abundances [S]: the default dark-cloud set, or `mapping` ({species: fraction of H
+    nuclei}, replacing the default set) when given; electrons make the mixture neutral."""
+    from astrochem_jax.chemistry import initial_abundances as ia
 
-    x0 = np.array(default_initial_abundances(network), dtype=np.float64)
-    for name, value in dict(overrides or {}).items():
+    if not mapping:
+        return np.asarray(ia.default_initial_abundances(network, atomic_hydrogen=atomic_hydrogen),
+                          dtype=np.float64)
+    mapping = {str(k): float(v) for k, v in dict(mapping).items()}
+    for name in mapping:
         try:
-            x0[network.index(name)] = float(value)
+            network.index(name)
         except KeyError:
             raise GenerateError(
                 f"config generator.initial_abundances: species {name!r} is not in network "
                 f"{network.name!r}"
             ) from None
-    return x0
+    return np.asarray(ia.abundances_from_mapping(network, mapping), dtype=np.float64)
 
 
 def build_tracks(config: ConfigDict, output_time_years: np.ndarray):
@@ -195,26 +200,33 @@ def solver_settings(config: ConfigDict):
     return SolverSettings(**wanted)
 
 
-def solve_in_batches(network, x0, node_time, node_phys, output_time_years, settings, label):
-    """`solve_tracks` batch by batch with a tracers/s progress line. Returns
-    (abundances [B, T, S], result_code [B], n_steps [B])."""
+def solve_all(network, x0, node_time, node_phys, output_time_years, settings):
+    """`solve_tracks` over every tracer (vmapped batches of `settings.batch_size`, one compiled
+    shape) with its tracers/s progress line. Returns (abundances [B, T, S], result_code [B],
+    n_steps [B])."""
     from astrochem_jax.chemistry.solver import solve_tracks
-    from astrochem_jax.progress import Progress
 
-    n = node_time.shape[0]
-    batch = max(1, int(getattr(settings, "batch_size", n) or n))
-    pieces = []
-    with Progress(n, label, unit="tracers") as bar:
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            res = solve_tracks(network, x0, node_time[start:stop], node_phys[start:stop],
-                               output_time_years, settings=settings, progress=False)
-            pieces.append(res)
-            bar.update(stop - start)
-    abundances = np.concatenate([np.asarray(r.abundances, dtype=np.float64) for r in pieces])
-    codes = np.concatenate([np.asarray(r.result_code).reshape(-1) for r in pieces])
-    steps = np.concatenate([np.asarray(r.n_steps).reshape(-1) for r in pieces])
-    return abundances, codes.astype(np.int64), steps.astype(np.int64)
+    res = solve_tracks(network, x0, node_time, node_phys, output_time_years, settings=settings,
+                       progress=True, solver_fn=_jitted_solver(network, settings))
+    return (np.asarray(res.abundances, dtype=np.float64),
+            np.asarray(res.result_code, dtype=np.int64).reshape(-1),
+            np.asarray(res.n_steps, dtype=np.int64).reshape(-1))
+
+
+_SOLVERS: dict = {}
+
+
+def _jitted_solver(network, settings):
+    """One jitted solver per (network, settings) per process: repeated `generate_dataset` calls
+    (tests, notebooks) skip re-tracing diffrax, which costs several seconds each time."""
+    from astrochem_jax.chemistry.solver import make_solver
+
+    key = (network, settings)
+    if key not in _SOLVERS:
+        if len(_SOLVERS) >= 4:
+            _SOLVERS.pop(next(iter(_SOLVERS)))
+        _SOLVERS[key] = make_solver(network, settings)
+    return _SOLVERS[key]
 
 
 def classify_failures(abundances, result_code, x0, species, conservation_rtol) -> np.ndarray:
@@ -241,7 +253,7 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
     )
     network, rates_text = load_network(g.network)
     species = list(network.species)
-    x0 = initial_abundances_for(network, g.initial_abundances)
+    x0 = initial_abundances_for(network, g.initial_abundances, g.atomic_hydrogen)
     ids, node_time, node_phys, at_output, params = build_tracks(config, output_time_years)
     settings = solver_settings(config)
     print(
@@ -250,8 +262,8 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
         f"t = 0..{output_time_years[-1]:.4g} yr ({g.time_spacing})",
         file=stream,
     )
-    abundances, solver_codes, n_steps = solve_in_batches(
-        network, x0, node_time, node_phys, output_time_years, settings, f"generate {config.name}"
+    abundances, solver_codes, n_steps = solve_all(
+        network, x0, node_time, node_phys, output_time_years, settings
     )
     codes = classify_failures(abundances, solver_codes, x0, species, g.conservation_rtol)
     failed = np.flatnonzero(codes != 0)

@@ -23,7 +23,10 @@ def get_config() -> ConfigDict:
     # --- ground truth generator (owned by astrochem_jax.generate) -------------------------------
     c.generator = g = ConfigDict()
     g.network = "default"  # "default" or a path to a UMIST-format .rates file
-    g.initial_abundances = config_dict.placeholder(dict)  # {species: x/H} overrides of defaults
+    # Initial abundances: UCLCHEM-like dark-cloud defaults (chemistry/initial_abundances.py), H
+    # atomic instead of molecular with atomic_hydrogen, or a full {species: x/H} mapping.
+    g.atomic_hydrogen = False
+    g.initial_abundances = config_dict.placeholder(dict)
     # Output times: n_steps points, t = 0 first (row 0 = initial abundances). 1.5 Myr as in the
     # real UCLCHEM collapse runs: with the ranges below free-fall times are 0.16-3.1 Myr, so some
     # tracers reach their final density early, some mid-way and the slowest barely collapse.
@@ -51,7 +54,11 @@ def get_config() -> ConfigDict:
     g.solver.atol = 1e-20
     g.solver.max_steps = 20_000
     g.solver.solver = "kvaerno5"
-    g.solver.batch_size = 16
+    g.solver.batch_size = 16  # tracers per vmapped solve
+    g.solver.pcoeff = 0.0  # PID step-size controller gains
+    g.solver.icoeff = 1.0
+    g.solver.temperature_policy = "cutoff"  # rate laws outside [T_min, T_max] (see rates.py)
+    g.solver.node_stops = "step_ts"  # "step_ts" (steps end at track nodes) | "jump_ts"
     # A tracer whose element totals or charge drift by more than this (relative) is a failure.
     g.conservation_rtol = 1e-6
 
