@@ -34,7 +34,6 @@ from astrochem_jax.preprocess.validate import (
     check_tracer_metadata,
     floor_physical,
     plan_columns,
-    read_chunk,
     tracer_chunks,
 )
 from astrochem_jax.progress import Progress
@@ -115,7 +114,11 @@ def scan(table: RawTable, plan: ColumnPlan, floors, chunk_rows: int, label: str)
     columns = [plan.time, *plan.physical]
     with _progress(table.n_rows, f"{label} scan") as progress:
         for chunk in tracer_chunks(table, range(n), chunk_rows):
-            block, offsets = read_chunk(table, chunk, columns)
+            start, stop = int(table.starts[chunk[0]]), int(table.stops[chunk[-1]])
+            offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
+            # Whole rows read straight into memory, then the few columns picked: faster than an
+            # HDF5 column selection on a wide table (measured 2x).
+            (block,) = table.read_groups(start, stop, [columns])
             lengths = np.diff(offsets)
             if np.any(lengths == 0):
                 k = chunk[int(np.argmax(lengths == 0))]
@@ -298,9 +301,12 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
     total = int((table.stops[kept] - table.starts[kept]).sum())
     with _progress(total, f"{label} write") as progress:
         for chunk in tracer_chunks(table, kept, chunk_rows):
-            block, offsets = read_chunk(table, chunk, plan.all)
-            time = block[:, 0]
-            abundances = block[:, 1 + n_phys :]
+            start, stop = int(table.starts[chunk[0]]), int(table.stops[chunk[-1]])
+            offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
+            # One read per storage block; the species come back as a view of it when adjacent.
+            meta, abundances = table.read_groups(
+                start, stop, [[plan.time, *plan.physical], list(plan.species)])
+            time = meta[:, 0]
             n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
                                          time, tolerance)
             starts_at_zero = time[offsets[:-1]] == 0
@@ -311,15 +317,16 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                                                      ].tolist()
             lengths = np.diff(offsets)
             if not prepend and np.all(lengths == lengths[0]) and steps in (None, lengths[0]):
-                # The common case: equal-length tracers, one reshape, no copies.
-                batches = [(chunk, block.reshape(len(chunk), int(lengths[0]), -1))]
+                # The common case: equal-length tracers, reshapes only, no copies.
+                shape = (len(chunk), int(lengths[0]))
+                batches = [(chunk, meta.reshape(*shape, -1), abundances.reshape(*shape, -1))]
                 if check_conservation and lengths[0] > 1:
-                    drift = np.maximum(drift, relative_drift(batches[0][1][..., 1 + n_phys :],
-                                                             matrix))
+                    drift = np.maximum(drift, relative_drift(batches[0][2], matrix))
             else:
                 per_tracer = []
                 for j in range(len(chunk)):
-                    rows = block[offsets[j] : offsets[j + 1]]
+                    rows = np.concatenate([meta[offsets[j] : offsets[j + 1]],
+                                           abundances[offsets[j] : offsets[j + 1]]], axis=1)
                     if steps is not None:
                         rows = rows[:steps]
                     if check_conservation and rows.shape[0] > 1:
@@ -328,18 +335,19 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                         first = np.concatenate([[0.0], rows[0, 1 : 1 + n_phys], initial])
                         rows = np.concatenate([first[None], rows])
                     per_tracer.append(rows)
-                batches = _batches(chunk, per_tracer)
-            for tracers, stacked in batches:
-                physical, _ = floor_physical(stacked[..., 1 : 1 + n_phys].copy(), floors)
+                batches = [(tracers, stacked[..., : 1 + n_phys], stacked[..., 1 + n_phys :])
+                           for tracers, stacked in _batches(chunk, per_tracer)]
+            for tracers, stacked_meta, stacked_abundances in batches:
+                physical, _ = floor_physical(stacked_meta[..., 1:].copy(), floors)
                 batch = TracerBatch(
                     tracer_ids=table.tracer_ids[tracers],
-                    time_years=stacked[..., 0],
+                    time_years=stacked_meta[..., 0],
                     physical=physical,
-                    abundances=stacked[..., 1 + n_phys :],
+                    abundances=stacked_abundances,
                 )
                 out = method.transform(batch, scaler, bool(dataset.shift_physical))
-                _route(routing, method, out, tracers, stacked.shape[1])
-            progress.update(block.shape[0])
+                _route(routing, method, out, tracers, stacked_meta.shape[1])
+            progress.update(stop - start)
     elements, _, _ = species_matrix(plan.species_names)
     return {"element_drift": dict(zip(elements, drift.tolist(), strict=True)) if
             check_conservation else None, "abundances_zeroed": n_zeroed,

@@ -25,6 +25,7 @@ Column names are stripped and renamed with `COLUMN_RENAMES` (AstroChemNet's rena
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,10 +87,23 @@ class RawTable:
     initial_abundances_source: str
     _read: Callable[[int, int, Sequence[int]], np.ndarray] = field(repr=False)
     _file: h5py.File = field(repr=False)
+    _read_groups: Callable[[int, int, Sequence[Sequence[int]]], list[np.ndarray]] = field(
+        repr=False, default=None)
 
     def read(self, start: int, stop: int, columns: Sequence[int]) -> np.ndarray:
         """Rows [start, stop) of the given columns as float64 [stop - start, len(columns)]."""
         return self._read(int(start), int(stop), list(columns))
+
+    def read_groups(self, start: int, stop: int, groups: Sequence[Sequence[int]]
+                    ) -> list[np.ndarray]:
+        """Rows [start, stop) for several column groups, reading each storage block once.
+
+        Returns one float64 [stop - start, len(group)] array per group; a group that is one run
+        of adjacent columns of a block comes back as a (strided) view of the block, no copy.
+        """
+        if self._read_groups is None:
+            return [self.read(start, stop, g) for g in groups]
+        return self._read_groups(int(start), int(stop), [list(g) for g in groups])
 
     def column_index(self, name: str) -> int:
         return self.columns.index(name)
@@ -116,6 +130,47 @@ def copy_columns(out: np.ndarray, out_columns: Sequence[int], data: np.ndarray,
             n += 1
         out[:, ks[i] : ks[i] + n] = data[:, js[i] : js[i] + n]
         i += n
+
+
+def _full_rows(dataset: h5py.Dataset, start: int, stop: int, transposed: bool = True
+               ) -> np.ndarray:
+    """All columns of rows [start, stop) as float64, read straight into a fresh buffer."""
+    if transposed and dataset.dtype == np.float64 and stop > start:
+        out = np.empty((stop - start, dataset.shape[1]), dtype=np.float64)
+        dataset.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        return out
+    rows = dataset[start:stop] if transposed else dataset[:, start:stop].T
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _group_reader(blocks: Sequence[Callable[[int, int], np.ndarray]],
+                  where: Sequence[tuple[int, int]]):
+    """read_groups over storage blocks: blocks[b](start, stop) -> float64 [rows, width_b];
+    where[c] = (block, column within block) of table column c."""
+
+    def read_groups(start: int, stop: int, groups: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        cache: dict[int, np.ndarray] = {}
+
+        def rows_of(b: int) -> np.ndarray:
+            if b not in cache:
+                cache[b] = blocks[b](start, stop)
+            return cache[b]
+
+        out = []
+        for cols in groups:
+            bs = {where[c][0] for c in cols}
+            js = [where[c][1] for c in cols]
+            if len(bs) == 1 and js == list(range(js[0], js[0] + len(js))):
+                out.append(rows_of(bs.pop())[:, js[0] : js[0] + len(js)])
+                continue
+            arr = np.empty((stop - start, len(cols)), dtype=np.float64)
+            for b in sorted(bs):
+                ks = [k for k, c in enumerate(cols) if where[c][0] == b]
+                copy_columns(arr, ks, rows_of(b), [where[cols[k]][1] for k in ks])
+            out.append(arr)
+        return out
+
+    return read_groups
 
 
 def _decode(values) -> list[str]:
@@ -221,7 +276,9 @@ def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
             initial = _initial_from_dataset(columns, group["initial_abundances"][()])
             source = "/initial_abundances"
         return RawTable(path, "astrochem_jax", key, columns, raw, int(data.shape[0]), ids, starts,
-                        stops, initial, source, _dense_reader(data), f)
+                        stops, initial, source, _dense_reader(data), f,
+                        _group_reader([lambda a, b: _full_rows(data, a, b)],
+                                      [(0, j) for j in range(len(columns))]))
     except BaseException:
         f.close()
         raise
@@ -265,7 +322,9 @@ def open_carbox(path: Path, key: str = "") -> RawTable:
             initial = _initial_from_dataset(columns, group["initial_abundances"][()])
             source = f"/{key}/initial_abundances"
         return RawTable(path, "carbox", key, columns, raw, int(data.shape[0]), ids, starts, stops,
-                        initial, source, _dense_reader(data), f)
+                        initial, source, _dense_reader(data), f,
+                        _group_reader([lambda a, b: _full_rows(data, a, b)],
+                                      [(0, j) for j in range(len(columns))]))
     except BaseException:
         f.close()
         raise
@@ -430,8 +489,10 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
             ids, starts, stops = _tracer_runs(
                 path, key, n_rows, lambda a, b: read(a, b, [model])[:, 0]
             )
+        full = [functools.partial(lambda blk, a, b: _full_rows(blk.values, a, b, blk.transposed),
+                                  block) for block, _ in blocks]
         return RawTable(path, "uclchem", key, columns, raw, n_rows, ids, starts, stops, None,
-                        "row 0 of the first tracer", read, f)
+                        "row 0 of the first tracer", read, f, _group_reader(full, where))
     except BaseException:
         f.close()
         raise
