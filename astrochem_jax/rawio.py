@@ -31,7 +31,9 @@ FORMAT_VERSION = 1
 METADATA_COLUMNS: tuple[str, ...] = ("Index", "Model", "Time")
 SOLVER_FIELDS: tuple[str, ...] = ("tracer_id", "result_code", "n_steps")
 # Attributes stored as JSON text (decoded by the reader).
-JSON_ATTRS: tuple[str, ...] = ("species", "elements", "solver", "config", "failed_tracers")
+JSON_ATTRS: tuple[str, ...] = (
+    "species", "elements", "solver", "config", "failed_tracers", "track_parameters",
+)
 ROWS_PER_CHUNK = 4096
 GZIP_LEVEL = 1  # light: writing is I/O- not CPU-bound at level 1, and files shrink ~2x
 

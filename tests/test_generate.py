@@ -67,6 +67,8 @@ def test_tiny_dataset_layout(tiny):
     # The stored physical columns are the collapse tracks drawn from the seed.
     params = tracks.sample_track_parameters(N_TRACERS, dict(config.generator.track_ranges), 0)
     np.testing.assert_allclose(data["physical"], tracks.collapse_tracks(params, grid), rtol=1e-14)
+    for name, values in params.items():
+        np.testing.assert_allclose(data["attrs"]["track_parameters"][name], values, rtol=1e-15)
     # Row 0 of every tracer holds the initial abundances.
     x = data["abundances"]
     x0 = np.broadcast_to(data["initial_abundances"], x[:, 0].shape)
