@@ -229,6 +229,47 @@ def make_scaler(dataset, plan: ColumnPlan, scan_result: Scan, kept: np.ndarray,
     return scaler, ranges, source
 
 
+@dataclass(frozen=True)
+class SplitPlan:
+    """counts: items per split (tracers for sequential, rows otherwise); tracer_ids per split;
+    train_tracer [T] bool over table tracers (tracer splits) or train_row [rows] bool (row split);
+    range_mask [kept] bool: tracers whose physical values set the scaling ranges."""
+
+    counts: dict[str, int]
+    tracer_ids: dict[str, list[int]]
+    train_tracer: np.ndarray | None
+    train_row: np.ndarray | None
+    range_mask: np.ndarray
+
+
+def plan_split(table: RawTable, method: Method, kept: np.ndarray, n_rows_kept: np.ndarray,
+               train_split: float, seed: int, where: str) -> SplitPlan:
+    """Train/val assignment: by tracer (seeded permutation of the kept tracers), or for the
+    row-split ablation by row (seeded permutation of every output row, in stream order)."""
+    ids = table.tracer_ids[kept]
+    if method.split_by == "tracer":
+        train_k, val_k = split_tracers(ids, train_split, seed, where)
+        train_tracer = np.zeros(table.tracer_ids.size, dtype=bool)
+        train_tracer[kept[train_k]] = True
+        if method.item == "row":
+            counts = {"train": int(n_rows_kept[train_k].sum()),
+                      "val": int(n_rows_kept[val_k].sum())}
+        else:
+            counts = {"train": int(train_k.sum()), "val": int(val_k.sum())}
+        return SplitPlan(counts, {"train": ids[train_k].tolist(), "val": ids[val_k].tolist()},
+                         train_tracer, None, train_k)
+    total = int(n_rows_kept.sum())
+    n_train = int(total * float(train_split))
+    if not 0 < n_train < total:
+        raise PreprocessError(f"{where}: {total} rows with dataset.train_split = {train_split} "
+                              f"give {n_train} train rows; expected at least one in each split")
+    train_row = np.zeros(total, dtype=bool)
+    train_row[np.random.default_rng(seed).permutation(total)[:n_train]] = True
+    return SplitPlan({"train": n_train, "val": total - n_train},
+                     {"train": ids.tolist(), "val": ids.tolist()}, None, train_row,
+                     np.ones(kept.size, dtype=bool))
+
+
 # Pass 2 ----------------------------------------------------------------------------------------
 def initial_abundances(table: RawTable, plan: ColumnPlan) -> np.ndarray:
     """[S] abundances at t = 0: the file's own vector, else row 0 of the first tracer."""
@@ -451,35 +492,13 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 "(set --dataset.prepend_initial_abundances=False)"
             )
         kept, steps, dropped = select_tracers(table, scanned, method, policy)
-        ids = table.tracer_ids[kept]
         where = f"raw file {raw_path}"
         n_rows_kept = (np.full(kept.size, steps) if steps is not None
                        else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
         seed = int(dataset.seed)
-        if method.split_by == "tracer":
-            train_k, val_k = split_tracers(ids, dataset.train_split, seed, where)
-            train_tracer = np.zeros(table.tracer_ids.size, dtype=bool)
-            train_tracer[kept[train_k]] = True
-            train_row = None
-            counts = {"train": int(train_k.sum()), "val": int(val_k.sum())}
-            if method.item == "row":
-                counts = {"train": int(n_rows_kept[train_k].sum()),
-                          "val": int(n_rows_kept[val_k].sum())}
-            split_ids = {"train": ids[train_k].tolist(), "val": ids[val_k].tolist()}
-            range_mask = train_k
-        else:
-            total = int(n_rows_kept.sum())
-            n_train = int(total * float(dataset.train_split))
-            if not 0 < n_train < total:
-                raise PreprocessError(f"{where}: {total} rows with train_split "
-                                      f"{dataset.train_split} leave a split empty")
-            train_row = np.zeros(total, dtype=bool)
-            train_row[np.random.default_rng(seed).permutation(total)[:n_train]] = True
-            train_tracer = None
-            counts = {"train": n_train, "val": total - n_train}
-            split_ids = {"train": ids.tolist(), "val": ids.tolist()}
-            range_mask = np.ones(kept.size, dtype=bool)
-        scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept, range_mask)
+        split = plan_split(table, method, kept, n_rows_kept, dataset.train_split, seed, where)
+        scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
+                                                       split.range_mask)
         initial = initial_abundances(table, plan)
         n_p, n_s = len(plan.physical), len(plan.species)
         if method.item == "tracer":
@@ -496,16 +515,16 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
         with atomic.atomic_dir(directory) as tmp:
             rng = np.random.default_rng([seed, 1])
             writers: dict[str, Any] = {}
-            for split in ("train", "val"):
-                writer = ShardWriter(tmp, split, counts[split], item_shape, max_shard_bytes)
+            for name_ in ("train", "val"):
+                writer = ShardWriter(tmp, name_, split.counts[name_], item_shape, max_shard_bytes)
                 if method.shuffle:
                     bucket = int(float(method_cfg.get("shuffle_bucket_mb", 128)) * 2**20)
                     writer = ShuffleWriter(writer, tmp / ".scratch", bucket, rng)
-                writers[split] = writer
-            routing = Routing(writers, train_tracer, train_row)
+                writers[name_] = writer
+            routing = Routing(writers, split.train_tracer, split.train_row)
             stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
                               routing, chunk_rows, label)
-            splits = {split: writer.close() for split, writer in writers.items()}
+            splits = {name_: writer.close() for name_, writer in writers.items()}
             shutil.rmtree(tmp / ".scratch", ignore_errors=True)
             source = hashing.result()
             elements, _, _ = species_matrix(plan.species_names)
@@ -524,7 +543,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 "physical_ranges_source": ranges_source,
                 "splits": splits,
                 "split_unit": method.split_by,
-                "split_tracers": split_ids,
+                "split_tracers": split.tracer_ids,
                 "dropped_tracers": dropped,
                 "time_years": time_grid.tolist(),
                 "time_grid_shared": bool(scanned.shared_grid),
