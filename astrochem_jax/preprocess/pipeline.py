@@ -107,46 +107,70 @@ def _floors(dataset, plan: ColumnPlan) -> list[float | None]:
     return [None if floors.get(p) is None else float(floors[p]) for p in plan.physical_names]
 
 
-def scan(table: RawTable, plan: ColumnPlan, floors, chunk_rows: int, label: str) -> Scan:
-    n = table.tracer_ids.size
-    n_phys = len(plan.physical)
-    out = Scan(np.zeros(n, np.int64), np.zeros(n), np.zeros((n, n_phys)), np.zeros((n, n_phys)))
+def empty_scan(table: RawTable, plan: ColumnPlan) -> Scan:
+    """A Scan to fill chunk by chunk; lengths are known from the tracer index already."""
+    n, n_phys = table.tracer_ids.size, len(plan.physical)
+    return Scan((table.stops - table.starts).astype(np.int64), np.zeros(n),
+                np.zeros((n, n_phys)), np.zeros((n, n_phys)))
+
+
+def scan_chunk(table: RawTable, plan: ColumnPlan, floors, prepend: bool, chunk: list[int],
+               offsets: np.ndarray, meta: np.ndarray, out: Scan) -> None:
+    """Validate Time and physical columns of one chunk (meta [rows, 1 + P]) and record per-tracer
+    stats in `out`. Vectorised; the per-tracer check only runs to word an error."""
+    lengths = np.diff(offsets)
+    if np.any(lengths == 0):
+        k = chunk[int(np.argmax(lengths == 0))]
+        check_tracer_metadata(table, k, meta[:0, 0], meta[:0, 1:], plan.physical_names)
+    time = meta[:, 0]
+    physical, n_floored = floor_physical(meta[:, 1:].copy(), floors)
+    steps = np.diff(time)
+    steps[offsets[1:-1] - 1] = 1.0  # tracer boundaries are not steps
+    if not (np.all(np.isfinite(time)) and np.all(steps > 0)
+            and np.all(np.isfinite(physical)) and np.all(physical > 0)):
+        for j, k in enumerate(chunk):
+            rows = slice(offsets[j], offsets[j + 1])
+            check_tracer_metadata(table, k, time[rows], physical[rows], plan.physical_names)
+    first_time = time[offsets[:-1]]
+    if prepend and np.any(first_time <= 0):
+        tid = int(table.tracer_ids[chunk[int(np.argmax(first_time <= 0))]])
+        raise PreprocessError(
+            f"raw file {table.path}: tracer {tid} already starts at Time 0 and "
+            "dataset.prepend_initial_abundances is True; expected first times > 0 "
+            "(set --dataset.prepend_initial_abundances=False)"
+        )
+    index = np.asarray(chunk)
+    out.n_floored += n_floored
+    out.first_time[index] = first_time
+    out.physical_min[index] = np.minimum.reduceat(physical, offsets[:-1], axis=0)
+    out.physical_max[index] = np.maximum.reduceat(physical, offsets[:-1], axis=0)
+    for j in range(len(chunk)):
+        tracer_time = time[offsets[j] : offsets[j + 1]]
+        grid = out.grids.setdefault(tracer_time.size, tracer_time.copy())
+        if out.shared_grid and (len(out.grids) > 1 or not np.array_equal(grid, tracer_time)):
+            out.shared_grid = False
+
+
+def chunk_rows_and_offsets(table: RawTable, chunk: list[int]) -> tuple[int, int, np.ndarray]:
+    """(first row, stop row, offsets [len(chunk) + 1]) of a chunk of contiguous tracers."""
+    offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
+    return int(table.starts[chunk[0]]), int(table.stops[chunk[-1]]), offsets
+
+
+def scan(table: RawTable, plan: ColumnPlan, floors, prepend: bool, chunk_rows: int,
+         label: str) -> Scan:
+    """Pass 1 over Time and the physical columns of every tracer (needed when the physical
+    scaling ranges come from the train split, before anything is scaled)."""
+    out = empty_scan(table, plan)
     columns = [plan.time, *plan.physical]
     with _progress(table.n_rows, f"{label} scan") as progress:
-        for chunk in tracer_chunks(table, range(n), chunk_rows):
-            start, stop = int(table.starts[chunk[0]]), int(table.stops[chunk[-1]])
-            offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
+        for chunk in tracer_chunks(table, range(table.tracer_ids.size), chunk_rows):
+            start, stop, offsets = chunk_rows_and_offsets(table, chunk)
             # Whole rows read straight into memory, then the few columns picked: faster than an
             # HDF5 column selection on a wide table (measured 2x).
-            (block,) = table.read_groups(start, stop, [columns])
-            lengths = np.diff(offsets)
-            if np.any(lengths == 0):
-                k = chunk[int(np.argmax(lengths == 0))]
-                check_tracer_metadata(table, k, block[:0, 0], block[:0, 1:], plan.physical_names)
-            time = block[:, 0]
-            physical, n_floored = floor_physical(block[:, 1:].copy(), floors)
-            # Vectorised over the chunk; the per-tracer check only runs to word an error.
-            steps = np.diff(time)
-            steps[offsets[1:-1] - 1] = 1.0  # tracer boundaries are not steps
-            if not (np.all(np.isfinite(time)) and np.all(steps > 0)
-                    and np.all(np.isfinite(physical)) and np.all(physical > 0)):
-                for j, k in enumerate(chunk):
-                    rows = slice(offsets[j], offsets[j + 1])
-                    check_tracer_metadata(table, k, time[rows], physical[rows],
-                                          plan.physical_names)
-            chunk_index = np.asarray(chunk)
-            out.n_floored += n_floored
-            out.lengths[chunk_index] = lengths
-            out.first_time[chunk_index] = time[offsets[:-1]]
-            out.physical_min[chunk_index] = np.minimum.reduceat(physical, offsets[:-1], axis=0)
-            out.physical_max[chunk_index] = np.maximum.reduceat(physical, offsets[:-1], axis=0)
-            for j in range(len(chunk)):
-                tracer_time = time[offsets[j] : offsets[j + 1]]
-                grid = out.grids.setdefault(tracer_time.size, tracer_time.copy())
-                if out.shared_grid and (len(out.grids) > 1 or not np.array_equal(
-                        grid, tracer_time)):
-                    out.shared_grid = False
-            progress.update(block.shape[0])
+            (meta,) = table.read_groups(start, stop, [columns])
+            scan_chunk(table, plan, floors, prepend, chunk, offsets, meta, out)
+            progress.update(stop - start)
     return out
 
 
@@ -328,8 +352,10 @@ def _batches(tracers: list[int], rows: list[np.ndarray]):
 
 def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: np.ndarray,
               steps: int | None, floors, scaler: Scaler, initial: np.ndarray,
-              routing: Routing, chunk_rows: int, label: str) -> dict[str, Any]:
-    """Stream every kept tracer through validation, the method and the writers."""
+              routing: Routing, chunk_rows: int, label: str, scan_into: Scan | None = None
+              ) -> dict[str, Any]:
+    """Stream every kept tracer through validation, the method and the writers. With
+    `scan_into` (no pass 1 was needed) Time and physical columns are validated here too."""
     n_phys = len(plan.physical)
     prepend = bool(dataset.prepend_initial_abundances)
     tolerance = float(dataset.get("negative_tolerance", 1e-14))
@@ -342,11 +368,12 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
     total = int((table.stops[kept] - table.starts[kept]).sum())
     with _progress(total, f"{label} write") as progress:
         for chunk in tracer_chunks(table, kept, chunk_rows):
-            start, stop = int(table.starts[chunk[0]]), int(table.stops[chunk[-1]])
-            offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
+            start, stop, offsets = chunk_rows_and_offsets(table, chunk)
             # One read per storage block; the species come back as a view of it when adjacent.
             meta, abundances = table.read_groups(
                 start, stop, [[plan.time, *plan.physical], list(plan.species)])
+            if scan_into is not None:
+                scan_chunk(table, plan, floors, prepend, chunk, offsets, meta, scan_into)
             time = meta[:, 0]
             n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
                                          time, tolerance)
@@ -483,22 +510,26 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
             raise PreprocessError(f"raw file {raw_path}: no rows (empty file); expected tracers")
         plan = plan_columns(table, dataset)
         floors = _floors(dataset, plan)
-        scanned = scan(table, plan, floors, chunk_rows, label)
-        if dataset.prepend_initial_abundances and np.any(scanned.first_time <= 0):
-            tid = int(table.tracer_ids[np.argmax(scanned.first_time <= 0)])
-            raise PreprocessError(
-                f"raw file {raw_path}: tracer {tid} already starts at Time 0 and "
-                "dataset.prepend_initial_abundances is True; expected first times > 0 "
-                "(set --dataset.prepend_initial_abundances=False)"
-            )
+        prepend = bool(dataset.prepend_initial_abundances)
+        # Pass 1 only when sequential needs physical ranges from the train split; otherwise
+        # pass 2 validates Time and physical columns as it goes (one read of the file less).
+        configured_ranges = bool(dataset.get("physical_ranges"))
+        prescan = method.item == "tracer" and not configured_ranges
+        scanned = (scan(table, plan, floors, prepend, chunk_rows, label) if prescan
+                   else empty_scan(table, plan))
         kept, steps, dropped = select_tracers(table, scanned, method, policy)
         where = f"raw file {raw_path}"
         n_rows_kept = (np.full(kept.size, steps) if steps is not None
                        else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
         seed = int(dataset.seed)
         split = plan_split(table, method, kept, n_rows_kept, dataset.train_split, seed, where)
-        scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
-                                                       split.range_mask)
+        if prescan or configured_ranges:
+            scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
+                                                           split.range_mask)
+        else:
+            # Rows carry no physical parameters: the ranges are recorded after pass 2.
+            scaler = Scaler(tuple(float(v) for v in dataset.abundance_clip), plan.physical_names,
+                            (0.0,) * len(plan.physical), (1.0,) * len(plan.physical))
         initial = initial_abundances(table, plan)
         n_p, n_s = len(plan.physical), len(plan.species)
         if method.item == "tracer":
@@ -506,11 +537,6 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
         else:
             item_shape = (n_s,)
         max_shard_bytes = int(float(method_cfg.get("max_shard_mb", 256)) * 2**20)
-        time_grid = scanned.grids[int(scanned.lengths[kept[0]])]
-        if steps is not None:
-            time_grid = time_grid[:steps]
-        if dataset.prepend_initial_abundances:
-            time_grid = np.concatenate([[0.0], time_grid])
 
         with atomic.atomic_dir(directory) as tmp:
             rng = np.random.default_rng([seed, 1])
@@ -523,7 +549,15 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 writers[name_] = writer
             routing = Routing(writers, split.train_tracer, split.train_row)
             stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
-                              routing, chunk_rows, label)
+                              routing, chunk_rows, label, None if prescan else scanned)
+            if not (prescan or configured_ranges):
+                scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
+                                                               split.range_mask)
+            time_grid = scanned.grids[int(scanned.lengths[kept[0]])]
+            if steps is not None:
+                time_grid = time_grid[:steps]
+            if prepend:
+                time_grid = np.concatenate([[0.0], time_grid])
             splits = {name_: writer.close() for name_, writer in writers.items()}
             shutil.rmtree(tmp / ".scratch", ignore_errors=True)
             source = hashing.result()
