@@ -252,7 +252,7 @@ def read_tracks_csv(
     """
     path = Path(path)
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             rows = [(line_no, row) for line_no, row in enumerate(reader, start=2) if row]
