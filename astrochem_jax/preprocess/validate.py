@@ -88,15 +88,6 @@ def tracer_chunks(table: RawTable, tracers: Sequence[int], chunk_rows: int
         yield chunk
 
 
-def read_chunk(table: RawTable, chunk: Sequence[int], columns: Sequence[int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(block float64 [rows, len(columns)], offsets int64 [len(chunk) + 1]) of a chunk."""
-    start, stop = int(table.starts[chunk[0]]), int(table.stops[chunk[-1]])
-    block = table.read(start, stop, columns)
-    offsets = np.concatenate([[0], np.cumsum(table.stops[chunk] - table.starts[chunk])])
-    return block, offsets.astype(np.int64)
-
-
 def floor_physical(physical: np.ndarray, floors: Sequence[float | None]) -> tuple[np.ndarray, int]:
     """Raise values below a per-parameter floor to it (AstroChemNet floors Radfield at 1e-4 so its
     log10 exists). physical [..., P]; returns (floored copy, number of values raised)."""
