@@ -286,3 +286,5 @@ def test_end_to_end_with_generated_dataset(tmp_path):
     manifest = shards.read_manifest(out)
     assert manifest["splits"]["train"]["shape"][:2] == [3, 10]
     assert max(manifest["element_drift"].values()) < 1e-5
+    assert manifest["tracers_not_starting_from_initial_abundances"] == []
+    assert manifest["time_years"][0] == 0.0 and manifest["time_grid_shared"]
