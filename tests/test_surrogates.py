@@ -27,6 +27,7 @@ from astrochem_jax.surrogates import (
 )
 from astrochem_jax.surrogates.flops import count_dot_flops, dense_flops
 from astrochem_jax.surrogates.rollout import (
+    clip_state,
     make_rollout,
     replicate,
     rollout_physical,
@@ -88,6 +89,23 @@ def test_rollout_equals_python_loop(kind):
     np.testing.assert_allclose(np.asarray(out), expected, rtol=2e-5, atol=0)
     # The emulator really moves the state: later steps differ from the reconstruction at t0.
     assert np.max(np.abs(np.log10(out[:, -1]) - np.log10(out[:, 0]))) > 1e-3
+
+
+def test_state_clip_bounds_every_step():
+    ae, emulator, minmax = tiny_ae_emulator()
+    emulator.output_layer.kernel[...] = emulator.output_layer.kernel[...] * 100.0  # diverges
+    parts, params = ae_emulator_parts(ae, emulator, ae, minmax, minmax)
+    clipped = clip_state(parts, 0.0, 1.0)
+    x0, physical = tiny_inputs()
+    z = clipped.encode(params, scale_abundances_f32(SCALER, x0))
+    for t in range(T):
+        z = clipped.step(params, SCALER.scale_physical(jnp.asarray(physical[:, t])), z)
+        assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
+    free = python_loop(parts, params, x0, physical)
+    bounded = np.asarray(make_rollout(clipped, SCALER)(params, x0, physical))
+    assert bounded.shape == free.shape and np.all(np.isfinite(bounded))
+    np.testing.assert_array_equal(bounded[:, 0], np.asarray(make_rollout(parts, SCALER)(
+        params, x0, physical))[:, 0])  # t0 is the reconstruction either way
 
 
 def test_latent_scaling_matches_trainer_convention():

@@ -10,6 +10,9 @@ Registry `SURROGATES` (by config `type`): a builder `(config) -> Surrogate`.
   steps, decoder = latent unscaling then autoencoder.decode.
 - "direct_emulator": the direct emulator steps on scaled abundances (encode/decode = identity).
 
+Optional config field `state_clip = (low, high)`: clip the emulator state after every step
+(`rollout.clip_state`); None (the default) runs the trained components exactly.
+
 Components are found by name alone under `outputs/weights/<component>/` (via
 `astrochem_jax.training.checkpoints.load_component`); missing or incompatible ones raise
 `SurrogateError` naming the command that trains them.
@@ -32,6 +35,7 @@ from astrochem_jax.scaling import Scaler
 from astrochem_jax.surrogates.rollout import (
     DTYPE,
     SurrogateParts,
+    clip_state,
     make_reconstruct,
     make_rollout,
     replicate,
@@ -227,6 +231,12 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
             components: dict[str, str], loaded: dict) -> Surrogate:
     info = emulator.info
     scaler = Scaler.from_dict(info["scaling"])
+    state_clip = _get(config, "state_clip")
+    if state_clip is not None:
+        if len(state_clip) != 2 or not float(state_clip[0]) < float(state_clip[1]):
+            raise SurrogateError(f"surrogate config {config.name!r}: field state_clip must be "
+                                 f"(low, high) with low < high or None, found {state_clip!r}")
+        parts = clip_state(parts, float(state_clip[0]), float(state_clip[1]))
     # Replicated over every device, so batches sharded over the mesh's `data` axis just work.
     params = replicate(jax.tree.map(jnp.asarray, params))
     return Surrogate(

@@ -54,6 +54,21 @@ class SurrogateParts:
     decode: Callable[[Params, jax.Array], jax.Array]
 
 
+def clip_state(parts: SurrogateParts, low: float, high: float) -> SurrogateParts:
+    """The same parts with every emulator step's output clipped to [low, high].
+
+    Both state spaces are [0, 1] by construction on the training data (min-max scaled latents,
+    scaled abundances); an emulator trained on short windows can leave that range in long closed
+    loop rollouts and then diverge. Off unless a surrogate config sets `state_clip`: the default
+    surrogate is exactly the trained components."""
+    lo, hi = np.float32(low), np.float32(high)
+
+    def step(params, p, z):
+        return jnp.clip(parts.step(params, p, z), lo, hi)
+
+    return SurrogateParts(parts.encode, step, parts.decode)
+
+
 def rollout_scaled(parts: SurrogateParts, params: Params, s0: jax.Array,
                    p_scaled: jax.Array) -> jax.Array:
     """Scaled space rollout: s0 [B, S], p_scaled [B, T, P] -> s_hat [B, T + 1, S] (float32)."""
