@@ -435,6 +435,21 @@ class _Null:
         pass
 
 
+def open_writers(directory: Path, method: Method, method_cfg, counts: dict[str, int],
+                 item_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
+    """A shard writer per split (wrapped in an external shuffle for the rows methods)."""
+    max_shard_bytes = int(float(method_cfg.get("max_shard_mb", 256)) * 2**20)
+    bucket_bytes = int(float(method_cfg.get("shuffle_bucket_mb", 128)) * 2**20)
+    rng = np.random.default_rng([seed, 1])
+    writers: dict[str, Any] = {}
+    for split in ("train", "val"):
+        writer = ShardWriter(directory, split, counts[split], item_shape, max_shard_bytes)
+        if method.shuffle:
+            writer = ShuffleWriter(writer, directory / ".scratch", bucket_bytes, rng)
+        writers[split] = writer
+    return writers
+
+
 # Utils dir -------------------------------------------------------------------------------------
 def write_utils(directory: Path, species: tuple[str, ...], initial: np.ndarray) -> None:
     """species.txt, stoichiometric_matrix.npy float32 [S, E], charges.npy float32 [S],
@@ -536,17 +551,9 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
             item_shape = (int(n_rows_kept[0]), n_p + n_s)
         else:
             item_shape = (n_s,)
-        max_shard_bytes = int(float(method_cfg.get("max_shard_mb", 256)) * 2**20)
 
         with atomic.atomic_dir(directory) as tmp:
-            rng = np.random.default_rng([seed, 1])
-            writers: dict[str, Any] = {}
-            for name_ in ("train", "val"):
-                writer = ShardWriter(tmp, name_, split.counts[name_], item_shape, max_shard_bytes)
-                if method.shuffle:
-                    bucket = int(float(method_cfg.get("shuffle_bucket_mb", 128)) * 2**20)
-                    writer = ShuffleWriter(writer, tmp / ".scratch", bucket, rng)
-                writers[name_] = writer
+            writers = open_writers(tmp, method, method_cfg, split.counts, item_shape, seed)
             routing = Routing(writers, split.train_tracer, split.train_row)
             stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
                               routing, chunk_rows, label, None if prescan else scanned)
