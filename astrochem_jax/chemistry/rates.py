@@ -39,12 +39,28 @@ Rate laws (the `RATE_LAWS` registry at the bottom, keyed by `Reaction.rate_type`
   removes two H per H2. The row's alpha multiplies k (UCLCHEM's H2FORM row has alpha = 1).
   The dust temperature equals the gas temperature (we carry no separate dust temperature).
 
-Temperature ranges: reactions sharing reactants, products and rate type with several rows are
-alternatives for different temperature ranges. At each T exactly one of them is active: the row
-whose [t_min, t_max] contains T (the first such row when ranges touch), otherwise the row whose
-range is nearest to T. The active row is evaluated at T clamped into its own range ("clamp",
-the default; UMIST's advice against extrapolation) or at T itself ("extrapolate").
-`build_rate_table(..., temperature_policy=...)` chooses.
+Temperature ranges. Each row is used inside its own [t_min, t_max]. Rows of one reaction (same
+reactants, products and rate type) whose ranges touch (t_max of one = t_min of the next) are
+alternatives: the shared end point belongs to the higher range. Rows whose ranges overlap are
+separate channels and add up (UCLCHEM's network lists e.g. C + S -> CS four times with one
+range; a code that evaluates row by row, like UCLCHEM, sums them). `temperature_policy`:
+
+- "cutoff" (default; UCLCHEM's behaviour, measured: it reproduces UCLCHEM's dark-cloud run to
+  3e-4 dex median): a row is off outside [t_min, t_max], with lower limits <= 10 K (the
+  databases' conventional floor, `DATABASE_FLOOR_K`) read as 0 K so that T < 10 K does not
+  switch the network off. Important at 10 K: Cl+ + H2 -> HCl+ + H (fitted 80-510 K) stays off.
+- "clamp": below the lowest t_min (above the highest t_max) of its reaction the lowest (highest)
+  row is used, at T clamped into its range (UMIST's advice against extrapolation). This turns
+  on endothermic rows fitted at high T (e.g. that Cl+ + H2 row at 80 K), so at 10 K it is far
+  from UCLCHEM (median 1.4 dex).
+- "extrapolate": the same rows as "clamp", evaluated at T itself (median 0.2-0.3 dex from
+  UCLCHEM).
+In the (rare) gap between two non-touching ranges of one reaction no row is used.
+
+Fast path: `effective_coefficients` returns k n^p (p = order - 1) with one exp per reaction:
+for every log-linear law, ln(k n^p / prefactor) = E @ [ln(T/300), 1/T, ln n, Av, ln zeta, ln G0]
+with a constant [R, 6] matrix E; the other laws (ion-polar, H2 formation, shielded photo rates)
+are evaluated on their few rows with `RATE_LAWS`. Tests check it against `RATE_LAWS` row by row.
 """
 
 from __future__ import annotations
@@ -72,7 +88,9 @@ H2_PHOTO_ALPHA_S = 5.7e-11
 H2_PHOTO_GAMMA = 3.74
 # Rows of photo type with alpha at or above this are placeholders (1 s^-1 is unphysical).
 PLACEHOLDER_ALPHA = 1e-3
-TEMPERATURE_POLICIES = ("clamp", "extrapolate")
+TEMPERATURE_POLICIES = ("clamp", "extrapolate", "cutoff")
+# Lower limits at or below this are the databases' conventional floor, not a measured limit.
+DATABASE_FLOOR_K = 10.0
 
 
 class Conditions(NamedTuple):
@@ -201,14 +219,23 @@ RATE_TYPES: tuple[str, ...] = tuple(RATE_LAWS)
 SHIELDED_TYPES = frozenset({"h2_photodissociation", "c_photoionisation", "co_photodissociation"})
 
 
+# Log-linear features: ln(T/300), 1/T, ln n, Av, ln zeta, ln G0.
+N_LOG_FEATURES = 6
+# Laws evaluated row by row in the fast path (not of the form prefactor * exp(E @ features)).
+SPECIAL_TYPES = ("ion_polar_1", "ion_polar_2", "h2_formation", *sorted(SHIELDED_TYPES))
+_TINY = 1e-300  # floor inside logs of zeta and G0 (zero gives rate 0, not NaN)
+
+
 @dataclass(frozen=True, eq=False)
 class RateTable:
     """Per-reaction arrays built once from a `Network` (numpy, so they are static under jit).
 
-    alpha, beta, gamma, t_min_K, t_max_K: float64 [R]; type_code: int [R] into `RATE_TYPES`;
-    group: int [R], rows that are temperature-range alternatives of one reaction share a group
-    (n_groups groups); type_rows: {rate_type: row indices}; h2_index, c_index, co_index: state
-    positions of the shielding species (-1 when absent).
+    alpha, beta, gamma, t_min_K, t_max_K, density_power: float64 [R] (density_power p: the
+    flux per H nucleus is k n^p times the reactant abundances); type_code: int [R] into
+    `RATE_TYPES`; type_rows: {rate_type: row indices}; upper_open, is_lowest, is_highest: bool
+    [R] (temperature-range bookkeeping, see the module docstring); prefactor [R] and
+    exponent [R, 6]: the log-linear fast path; h2_index, c_index, co_index: state positions of
+    the shielding species (-1 when absent).
     """
 
     alpha: np.ndarray
@@ -216,11 +243,14 @@ class RateTable:
     gamma: np.ndarray
     t_min_K: np.ndarray
     t_max_K: np.ndarray
+    density_power: np.ndarray
     type_code: np.ndarray
-    group: np.ndarray
-    n_groups: int
-    has_alternatives: bool
     type_rows: dict[str, np.ndarray]
+    upper_open: np.ndarray
+    is_lowest: np.ndarray
+    is_highest: np.ndarray
+    prefactor: np.ndarray
+    exponent: np.ndarray
     h2_index: int
     c_index: int
     co_index: int
@@ -231,7 +261,26 @@ class RateTable:
         return int(self.alpha.shape[0])
 
 
-def build_rate_table(network: Network, temperature_policy: str = "clamp") -> RateTable:
+def _log_linear_form(rate_type: str, alpha: float, beta: float, gamma: float, power: float):
+    """(prefactor, exponent row [6]) with k n^p = prefactor exp(row @ features)."""
+    row = np.zeros(N_LOG_FEATURES)
+    row[2] = power
+    if rate_type == "two_body":
+        row[0], row[1] = beta, -gamma
+        return alpha, row
+    if rate_type == "cosmic_ray":
+        row[4] = 1.0
+        return alpha, row
+    if rate_type == "cr_photon":
+        row[0], row[4] = beta, 1.0
+        return alpha * gamma / (1.0 - CR_PHOTON_ALBEDO), row
+    if rate_type == "photo":
+        row[3], row[5] = -gamma, 1.0
+        return alpha / DRAINE_PER_HABING, row
+    return 0.0, row  # special types: filled in by their rate law
+
+
+def build_rate_table(network: Network, temperature_policy: str = "cutoff") -> RateTable:
     """Collect the rate parameters of `network` into arrays; raise on unknown rate types."""
     if temperature_policy not in TEMPERATURE_POLICIES:
         raise ValueError(
@@ -256,15 +305,30 @@ def build_rate_table(network: Network, temperature_policy: str = "clamp") -> Rat
         r = reactions[int(bad[0])]
         raise ValueError(f"{r.source or network.name}: t_max_K >= t_min_K expected, found "
                          f"t_min_K={r.t_min_K}, t_max_K={r.t_max_K}")
+    power = np.array([1.0 if r.rate_type == "h2_formation" else len(r.reactants) - 1.0
+                      for r in reactions], dtype=np.float64)
     type_code = np.array([RATE_TYPES.index(r.rate_type) for r in reactions], dtype=np.int32)
-    keys: dict[tuple, int] = {}
-    group = np.array(
-        [keys.setdefault((tuple(sorted(r.reactants)), tuple(sorted(r.products)), r.rate_type),
-                         len(keys)) for r in reactions], dtype=np.int32)
     type_rows = {
         name: np.flatnonzero(type_code == code).astype(np.int32)
         for code, name in enumerate(RATE_TYPES) if np.any(type_code == code)
     }
+    forms = [_log_linear_form(r.rate_type, a, b, g, p)
+             for r, a, b, g, p in zip(reactions, alpha, beta, gamma, power, strict=True)]
+    prefactor = np.array([f[0] for f in forms], dtype=np.float64)
+    exponent = np.stack([f[1] for f in forms]) if forms else np.zeros((0, N_LOG_FEATURES))
+
+    rows_of: dict[tuple, list[int]] = {}
+    for i, r in enumerate(reactions):
+        key = (tuple(sorted(r.reactants)), tuple(sorted(r.products)), r.rate_type)
+        rows_of.setdefault(key, []).append(i)
+    upper_open = np.zeros(len(reactions), dtype=bool)
+    is_lowest = np.zeros(len(reactions), dtype=bool)
+    is_highest = np.zeros(len(reactions), dtype=bool)
+    for rows in rows_of.values():
+        lo, hi = min(t_min[rows]), max(t_max[rows])
+        for i in rows:
+            is_lowest[i], is_highest[i] = t_min[i] == lo, t_max[i] == hi
+            upper_open[i] = any(t_min[j] == t_max[i] and t_max[j] > t_max[i] for j in rows)
 
     def index_or_missing(name: str) -> int:
         try:
@@ -273,26 +337,35 @@ def build_rate_table(network: Network, temperature_policy: str = "clamp") -> Rat
             return -1
 
     return RateTable(
-        alpha=alpha, beta=beta, gamma=gamma, t_min_K=t_min, t_max_K=t_max, type_code=type_code,
-        group=group, n_groups=len(keys), has_alternatives=len(keys) < len(reactions),
-        type_rows=type_rows, h2_index=index_or_missing("H2"), c_index=index_or_missing("C"),
+        alpha=alpha, beta=beta, gamma=gamma, t_min_K=t_min, t_max_K=t_max, density_power=power,
+        type_code=type_code, type_rows=type_rows, upper_open=upper_open, is_lowest=is_lowest,
+        is_highest=is_highest, prefactor=prefactor, exponent=exponent,
+        h2_index=index_or_missing("H2"), c_index=index_or_missing("C"),
         co_index=index_or_missing("CO"), temperature_policy=temperature_policy,
     )
 
 
 def active_rows(table: RateTable, gas_temperature_K) -> jax.Array:
-    """1.0 for the row of each temperature-range group that applies at T, else 0.0. [R]"""
-    t_min, t_max = jnp.asarray(table.t_min_K), jnp.asarray(table.t_max_K)
-    distance = jnp.maximum(jnp.maximum(t_min - gas_temperature_K, gas_temperature_K - t_max), 0.0)
-    if not table.has_alternatives:
-        return jnp.ones_like(distance)
-    group = jnp.asarray(table.group)
-    best = jax.ops.segment_min(distance, group, num_segments=table.n_groups)
-    candidate = distance <= best[group]
-    rows = jnp.arange(table.n_reactions)
-    first = jax.ops.segment_min(jnp.where(candidate, rows, table.n_reactions), group,
-                                num_segments=table.n_groups)
-    return (rows == first[group]).astype(distance.dtype)
+    """1.0 where a row applies at T under the table's temperature policy, else 0.0. [R]"""
+    t = gas_temperature_K
+    t_min, t_max = table.t_min_K, table.t_max_K
+    if table.temperature_policy == "cutoff":
+        t_min = np.where(t_min <= DATABASE_FLOOR_K, 0.0, t_min)
+    t_min, t_max = jnp.asarray(t_min), jnp.asarray(t_max)
+    below_top = jnp.where(jnp.asarray(table.upper_open), t < t_max, t <= t_max)
+    active = (t >= t_min) & below_top
+    if table.temperature_policy != "cutoff":
+        active = active | (jnp.asarray(table.is_lowest) & (t < t_min)) | (
+            jnp.asarray(table.is_highest) & (t > t_max))
+    return active.astype(jnp.float64)
+
+
+def row_temperatures(table: RateTable, gas_temperature_K) -> jax.Array:
+    """Temperature at which each row's law is evaluated [R] (clamped under "clamp")."""
+    t = jnp.asarray(gas_temperature_K, jnp.float64)
+    if table.temperature_policy == "clamp":
+        return jnp.clip(t, jnp.asarray(table.t_min_K), jnp.asarray(table.t_max_K))
+    return jnp.full((table.n_reactions,), t)
 
 
 def make_conditions(density_cm3, gas_temperature_K, av_mag, radfield_habing, zeta,
@@ -321,20 +394,46 @@ def make_conditions(density_cm3, gas_temperature_K, av_mag, radfield_habing, zet
 
 
 def coefficients_from_conditions(table: RateTable, c: Conditions) -> jax.Array:
-    """Rate coefficient of every reaction [R] (cm^3 s^-1 or s^-1) at conditions `c`."""
-    t = c.gas_temperature_K
-    t_min, t_max = jnp.asarray(table.t_min_K), jnp.asarray(table.t_max_K)
-    t_row = jnp.clip(t, t_min, t_max) if table.temperature_policy == "clamp" else jnp.full_like(
-        t_min, t)
+    """Rate coefficient of every reaction [R] (cm^3 s^-1 or s^-1) at conditions `c`, law by law
+    from `RATE_LAWS` (the reference the fast `effective_coefficients` is tested against)."""
+    t_row = row_temperatures(table, c.gas_temperature_K)
     k = jnp.zeros(table.n_reactions, dtype=jnp.float64)
     for name, rows in table.type_rows.items():
         values = RATE_LAWS[name](
             jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
             jnp.asarray(table.gamma[rows]), t_row[rows], c)
         k = k.at[rows].set(values)
-    if table.has_alternatives:
-        k = k * active_rows(table, t)
-    return k
+    return k * active_rows(table, c.gas_temperature_K)
+
+
+def effective_coefficients(table: RateTable, c: Conditions) -> jax.Array:
+    """k n^p [R] (s^-1): multiply by the reactant abundances to get the flux per H nucleus.
+
+    One exp per reaction for the log-linear laws; see the module docstring.
+    """
+    t = c.gas_temperature_K
+    ln_n = jnp.log(c.density_cm3)
+    rest = jnp.stack([ln_n, c.av_mag, jnp.log(jnp.maximum(c.zeta, _TINY)),
+                      jnp.log(jnp.maximum(c.radfield_habing, _TINY))])
+    exponent = jnp.asarray(table.exponent)
+    if table.temperature_policy == "clamp":
+        t_row = row_temperatures(table, t)
+        log_k = (exponent[:, 0] * jnp.log(t_row / 300.0) + exponent[:, 1] / t_row
+                 + exponent[:, 2:] @ rest)
+    else:
+        t_row = None
+        features = jnp.concatenate([jnp.stack([jnp.log(t / 300.0), 1.0 / t]), rest])
+        log_k = exponent @ features
+    k_eff = jnp.asarray(table.prefactor) * jnp.exp(log_k)
+    for name in SPECIAL_TYPES:
+        rows = table.type_rows.get(name)
+        if rows is None:
+            continue
+        t_special = t_row[rows] if t_row is not None else jnp.full(rows.shape, t)
+        law = RATE_LAWS[name](jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
+                              jnp.asarray(table.gamma[rows]), t_special, c)
+        k_eff = k_eff.at[rows].set(law * jnp.exp(jnp.asarray(table.density_power[rows]) * ln_n))
+    return k_eff * active_rows(table, t)
 
 
 def rate_coefficients(table: RateTable, density_cm3, gas_temperature_K, av_mag, radfield_habing,

@@ -39,6 +39,9 @@ from astrochem_jax.chemistry.network import Network
 PHYSICAL_COLUMNS: tuple[str, ...] = ("Density", "gasTemp", "Av", "Radfield", "zeta")
 SECONDS_PER_YEAR = 3.15576e7  # Julian year
 MAX_KINETIC_REACTANTS = 3
+# Below this many S x R entries the RHS scatters with a dense matmul (measured ~2.5x faster than
+# segment_sum for 34 species x 381 reactions; 2.5x slower for 164 x 2236).
+DENSE_STOICHIOMETRY_MAX_ENTRIES = 50_000
 # Result codes: 0 = success, 1.. = diffrax RESULTS indices; NONFINITE = a finite-looking
 # "success" whose output holds NaN/inf (never accepted silently).
 RESULT_SUCCESS = 0
@@ -63,7 +66,11 @@ class SolverSettings:
     batch_size: int = 16
     pcoeff: float = 0.0
     icoeff: float = 1.0
-    temperature_policy: str = "clamp"
+    temperature_policy: str = "cutoff"  # see rates.py: "cutoff" | "clamp" | "extrapolate"
+    # How track nodes reach the step-size controller: "step_ts" (steps end exactly at nodes:
+    # right for kinks, where the conditions are continuous) or "jump_ts" (also restarts the
+    # solver across the node, needed only for discontinuous conditions).
+    node_stops: str = "step_ts"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +120,7 @@ class Kinetics:
     jac_slot: np.ndarray
     shield_index: np.ndarray
     has_shielding: bool
+    stoichiometry_dense: np.ndarray | None  # [S, R] net coefficients when dense is faster
 
 
 def build_kinetics(network: Network, table: rates_mod.RateTable) -> Kinetics:
@@ -165,6 +173,10 @@ def build_kinetics(network: Network, table: rates_mod.RateTable) -> Kinetics:
                 jac_flat.append(row * s_count + col)
                 jac_entry.append(e)
                 jac_slot.append(slot)
+    dense = None
+    if s_count * network.n_reactions <= DENSE_STOICHIOMETRY_MAX_ENTRIES:
+        dense = np.zeros((s_count, network.n_reactions))
+        np.add.at(dense, (entry_species, entry_reaction), entry_coeff)
     shield = np.array([i if i >= 0 else s_count
                        for i in (table.h2_index, table.c_index, table.co_index)], dtype=np.int32)
     return Kinetics(
@@ -174,6 +186,7 @@ def build_kinetics(network: Network, table: rates_mod.RateTable) -> Kinetics:
         jac_entry=np.array(jac_entry, dtype=np.int32),
         jac_slot=np.array(jac_slot, dtype=np.int32), shield_index=shield,
         has_shielding=bool(rates_mod.SHIELDED_TYPES & set(table.type_rows)),
+        stoichiometry_dense=dense,
     )
 
 
@@ -200,22 +213,27 @@ class ChemistryModel:
             dust_temperature_K=tg, column_h2_cm2=shield_abundances[0] * column_h,
             column_c_cm2=shield_abundances[1] * column_h,
             column_co_cm2=shield_abundances[2] * column_h)
-        k = rates_mod.coefficients_from_conditions(self.table, c)
-        return k * n ** jnp.asarray(self.kinetics.density_power)
+        return rates_mod.effective_coefficients(self.table, c)
 
     def _shield(self, x):
-        return jnp.concatenate([x, jnp.zeros((1,), x.dtype)])[self.kinetics.shield_index]
+        x_ext = jnp.concatenate([x, jnp.zeros((1,), x.dtype)])
+        return x_ext.at[self.kinetics.shield_index].get(mode="promise_in_bounds")
 
     def _reactants(self, x):
         """Reactant abundances [R, 3] (1.0 in unused slots)."""
         x_ext = jnp.concatenate([x, jnp.ones((1,), x.dtype)])
-        return x_ext[self.kinetics.kinetic_index]
+        # Indices are valid by construction; skipping XLA's bounds handling halves the cost.
+        return x_ext.at[self.kinetics.kinetic_index].get(mode="promise_in_bounds")
 
     def _scatter(self, per_reaction):
+        """sum_r nu[:, r] per_reaction[r] -> [S]."""
         kin = self.kinetics
+        if kin.stoichiometry_dense is not None:
+            return jnp.asarray(kin.stoichiometry_dense) @ per_reaction
+        gathered = per_reaction.at[kin.entry_reaction].get(mode="promise_in_bounds")
         return jax.ops.segment_sum(
-            jnp.asarray(kin.entry_coeff) * per_reaction[kin.entry_reaction],
-            jnp.asarray(kin.entry_species), num_segments=kin.n_species, indices_are_sorted=True)
+            jnp.asarray(kin.entry_coeff) * gathered, jnp.asarray(kin.entry_species),
+            num_segments=kin.n_species, indices_are_sorted=True, mode="promise_in_bounds")
 
     def rhs_plain(self, x, physical):
         """dx/dt [S] (s^-1) without the custom derivative (reference for tests)."""
@@ -232,9 +250,11 @@ class ChemistryModel:
         xr = self._reactants(x)
         others = jnp.stack([xr[:, 1] * xr[:, 2], xr[:, 0] * xr[:, 2], xr[:, 0] * xr[:, 1]], axis=1)
         partial = k_eff[:, None] * others  # [R, 3] d flux / d reactant slot
-        values = (jnp.asarray(kin.entry_coeff)[kin.jac_entry]
-                  * partial[kin.entry_reaction[kin.jac_entry], kin.jac_slot])
-        jac = jnp.zeros(s_count * s_count, x.dtype).at[jnp.asarray(kin.jac_flat)].add(values)
+        values = (jnp.asarray(kin.entry_coeff[kin.jac_entry])
+                  * partial.at[kin.entry_reaction[kin.jac_entry], kin.jac_slot].get(
+                      mode="promise_in_bounds"))
+        jac = jnp.zeros(s_count * s_count, x.dtype).at[jnp.asarray(kin.jac_flat)].add(
+            values, mode="promise_in_bounds")
         jac = jac.reshape(s_count, s_count)
         if kin.has_shielding:
             # Columns from k's dependence on x_H2, x_C, x_CO through shielding columns.
@@ -269,7 +289,7 @@ class ChemistryModel:
         return rhs
 
 
-def build_model(network: Network, temperature_policy: str = "clamp") -> ChemistryModel:
+def build_model(network: Network, temperature_policy: str = "cutoff") -> ChemistryModel:
     table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy)
     return ChemistryModel(network=network, table=table, kinetics=build_kinetics(network, table))
 
@@ -303,6 +323,9 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     if settings.solver not in SOLVERS:
         raise ValueError(f"SolverSettings.solver: expected one of {sorted(SOLVERS)}, "
                          f"found {settings.solver!r}")
+    if settings.node_stops not in ("step_ts", "jump_ts"):
+        raise ValueError(f"SolverSettings.node_stops: expected 'step_ts' or 'jump_ts', "
+                         f"found {settings.node_stops!r}")
     model = build_model(network, temperature_policy=settings.temperature_policy)
     rhs = model.make_rhs()
 
@@ -318,7 +341,7 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
         ts = output_time_years * SECONDS_PER_YEAR
         controller = diffrax.PIDController(
             rtol=settings.rtol, atol=settings.atol, pcoeff=settings.pcoeff,
-            icoeff=settings.icoeff, jump_ts=node_time_s)
+            icoeff=settings.icoeff, **{settings.node_stops: node_time_s})
         sol = diffrax.diffeqsolve(
             term, solver, t0=ts[0], t1=ts[-1], dt0=None, y0=x0,
             args=(node_time_s, jnp.log10(node_physical)), saveat=diffrax.SaveAt(ts=ts),

@@ -1,0 +1,225 @@
+"""Stiff solver: analytic Jacobian, conservation, tolerance convergence, failure reporting,
+batching, input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from astrochem_jax.chemistry import solver
+from astrochem_jax.chemistry.formula import stoichiometry
+from astrochem_jax.chemistry.network import Network, Reaction
+
+
+def tiny_network() -> Network:
+    """17 species, 21 reactions touching every rate law and two touching temperature ranges."""
+    R = Reaction
+    reactions = (
+        R(("H", "H"), ("H2",), "h2_formation", 1.0, 0.0, 0.0),
+        R(("H2",), ("H2+", "e-"), "cosmic_ray", 1.2e-17, 0.0, 0.0),
+        R(("H2+", "H2"), ("H3+", "H"), "two_body", 2.08e-9, 0.0, 0.0),
+        R(("H3+", "e-"), ("H2", "H"), "two_body", 2.34e-8, -0.52, 0.0),
+        R(("H3+", "e-"), ("H", "H", "H"), "two_body", 4.36e-8, -0.52, 0.0),
+        R(("He",), ("He+", "e-"), "cosmic_ray", 6.5e-18, 0.0, 0.0),
+        R(("He+", "H2"), ("He", "H+", "H"), "two_body", 3.7e-14, 0.0, 35.0),
+        R(("H+", "e-"), ("H",), "two_body", 3.5e-12, -0.75, 0.0, 10.0, 300.0),
+        R(("H+", "e-"), ("H",), "two_body", 2.0e-12, -0.6, 0.0, 300.0, 41000.0),
+        R(("H2",), ("H", "H"), "h2_photodissociation", 5.68e-11, 0.0, 3.74),
+        R(("C",), ("C+", "e-"), "c_photoionisation", 3.5e-10, 0.0, 3.76),
+        R(("C+", "e-"), ("C",), "two_body", 2.36e-12, -0.29, -17.6),
+        R(("C", "H3+"), ("CH+", "H2"), "two_body", 2e-9, 0.0, 0.0),
+        R(("CH+", "e-"), ("C", "H"), "two_body", 1.5e-7, -0.42, 0.0),
+        R(("CO",), ("C", "O"), "co_photodissociation", 2.4e-10, 0.0, 3.88),
+        R(("CH+", "O"), ("CO+", "H"), "two_body", 3.5e-10, 0.0, 0.0),
+        R(("CO+", "H2"), ("HCO+", "H"), "two_body", 7.5e-10, 0.0, 0.0),
+        R(("HCO+", "e-"), ("CO", "H"), "two_body", 2.4e-7, -0.69, 0.0),
+        R(("O",), ("O+", "e-"), "cr_photon", 1.3e-17, 0.0, 1.4),
+        R(("O+", "H2"), ("OH+", "H"), "ion_polar_1", 1.0, 1.6e-9, 1.2),
+        R(("OH+", "e-"), ("O", "H"), "ion_polar_2", 1.0, 3.0e-8, 0.5),
+    )
+    species = ("H", "H+", "H2", "H2+", "H3+", "e-", "He", "He+", "C", "C+", "CH+", "O", "O+",
+               "OH+", "CO", "CO+", "HCO+")
+    return Network("tiny", species, reactions)
+
+
+def tiny_initial(network: Network) -> np.ndarray:
+    x = np.zeros(network.n_species)
+    for name, value in {"H": 0.5, "H2": 0.25, "He": 0.1, "C+": 1.77e-4, "e-": 1.77e-4,
+                        "O": 3.34e-4}.items():
+        x[network.index(name)] = value
+    return x
+
+
+def collapse_like_track(n_tracers: int = 2, t_end_years: float = 1e6):
+    """Two-node tracks (density x20, Av x3 over t_end) differing per tracer."""
+    node_time = np.tile([0.0, 0.4 * t_end_years, t_end_years], (n_tracers, 1))
+    scale = np.linspace(1.0, 3.0, n_tracers)[:, None]
+    physical = np.empty((n_tracers, 3, 5))
+    physical[..., 0] = 3e3 * scale * np.array([1.0, 2.0, 20.0])
+    physical[..., 1] = 10.0 * scale
+    physical[..., 2] = 2.0 * np.array([1.0, 1.5, 3.0])
+    physical[..., 3] = 1.0
+    physical[..., 4] = scale
+    return node_time, physical
+
+
+def element_and_charge_drift(network: Network, abundances: np.ndarray) -> float:
+    """Worst relative drift of element totals and |charge| / electrons along [..., T, S]."""
+    _, matrix, charges = stoichiometry(list(network.species))
+    totals = abundances @ np.asarray(matrix, dtype=float)  # [..., T, E]
+    element_rel = np.abs(totals - totals[..., :1, :]) / totals[..., :1, :]
+    charge = abundances @ np.asarray(charges, dtype=float)
+    electrons = abundances[..., network.index("e-")]
+    charge_rel = np.abs(charge - charge[..., :1]) / np.max(electrons)
+    return float(max(element_rel.max(), charge_rel.max()))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_network()
+
+
+@pytest.fixture(scope="module")
+def tiny_solution(tiny):
+    node_time, physical = collapse_like_track(2)
+    out = np.concatenate([[0.0], np.logspace(0, 6, 30)])
+    result = solver.solve_tracks(tiny, tiny_initial(tiny), node_time, physical, out,
+                                 solver.SolverSettings(batch_size=2), progress=False)
+    return node_time, physical, out, result
+
+
+def test_custom_jvp_jacobian_matches_autodiff(tiny):
+    model = solver.build_model(tiny)
+    rhs = model.make_rhs()
+    analytic_fn = jax.jit(jax.jacfwd(rhs))
+    reference_fn = jax.jit(jax.jacfwd(model.rhs_plain))
+    direct_fn = jax.jit(model.jacobian)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = jnp.asarray(10.0 ** rng.uniform(-14, -0.5, tiny.n_species))
+        physical = jnp.asarray([10 ** rng.uniform(2, 7), rng.uniform(8, 300),
+                                rng.uniform(0.1, 20), 10 ** rng.uniform(-1, 2),
+                                rng.uniform(0.5, 5)])
+        analytic = analytic_fn(x, physical)
+        reference = reference_fn(x, physical)
+        scale = jnp.max(jnp.abs(reference))
+        assert scale > 0
+        np.testing.assert_allclose(analytic, reference, rtol=1e-10, atol=1e-12 * float(scale))
+        np.testing.assert_allclose(direct_fn(x, physical), reference, rtol=1e-10,
+                                   atol=1e-12 * float(scale))
+        # The shielded rates make J depend on x_H2, x_C, x_CO beyond the mass-action terms.
+        assert float(jnp.abs(reference[:, tiny.index("H2")]).max()) > 0
+
+
+def test_rhs_conserves_elements_and_charge_by_construction(tiny):
+    model = solver.build_model(tiny)
+    _, matrix, charges = stoichiometry(list(tiny.species))
+    weights = np.column_stack([np.asarray(matrix, float), np.asarray(charges, float)])
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(10.0 ** rng.uniform(-12, -1, tiny.n_species))
+    dxdt = np.asarray(model.rhs_plain(x, jnp.asarray([1e4, 20.0, 3.0, 1.0, 1.0])))
+    scale = np.abs(dxdt) @ np.abs(weights)
+    assert np.all(np.abs(dxdt @ weights) <= 1e-14 * scale + 1e-300)
+
+
+def test_solution_conserves_and_succeeds(tiny, tiny_solution):
+    _, _, out, result = tiny_solution
+    assert result.abundances.shape == (2, out.size, tiny.n_species)
+    assert result.abundances.dtype == np.float64
+    np.testing.assert_array_equal(result.result_code, 0)
+    assert np.all(result.n_steps > 0)
+    np.testing.assert_allclose(result.abundances[:, 0], np.tile(tiny_initial(tiny), (2, 1)))
+    assert element_and_charge_drift(tiny, result.abundances) <= 1e-8
+    # Chemistry happened: H3+ and HCO+ formed from nothing.
+    assert np.all(result.abundances[:, -1, tiny.index("HCO+")] > 1e-14)
+
+
+def test_tolerance_convergence_tiny(tiny, tiny_solution):
+    node_time, physical, out, coarse = tiny_solution
+    fine = solver.solve_tracks(tiny, tiny_initial(tiny), node_time, physical, out,
+                               solver.SolverSettings(rtol=1e-9, batch_size=2), progress=False)
+    np.testing.assert_array_equal(fine.result_code, 0)
+    assert np.all(fine.n_steps > coarse.n_steps)
+    mask = fine.abundances > 1e-12
+    dex = np.abs(np.log10(np.maximum(coarse.abundances[mask], 1e-30))
+                 - np.log10(fine.abundances[mask]))
+    assert dex.max() <= 0.01
+
+
+def test_forced_failure_is_reported_not_raised(tiny):
+    node_time, physical = collapse_like_track(3)
+    out = np.array([0.0, 1e3, 1e6])
+    result = solver.solve_tracks(tiny, tiny_initial(tiny), node_time, physical, out,
+                                 solver.SolverSettings(max_steps=4, batch_size=2),
+                                 progress=False)
+    assert result.result_code.shape == (3,)
+    assert np.all(result.result_code != 0)
+    assert not np.any(result.success)
+
+
+def test_batches_are_padded_and_match_single_batch(tiny, tiny_solution):
+    node_time, physical, out, reference = tiny_solution
+    fn = solver.make_solver(tiny, solver.SolverSettings(batch_size=1))
+    result = solver.solve_tracks(tiny, np.tile(tiny_initial(tiny), (2, 1)), node_time, physical,
+                                 out, solver.SolverSettings(batch_size=1), progress=False,
+                                 solver_fn=fn)
+    np.testing.assert_allclose(result.abundances, reference.abundances, rtol=1e-9, atol=1e-30)
+    np.testing.assert_array_equal(result.n_steps, reference.n_steps)
+
+
+def test_interpolation_is_linear_in_log():
+    node_time = jnp.asarray([0.0, 10.0, 30.0])
+    node_log = jnp.log10(jnp.asarray([[1e2, 10, 1, 1, 1], [1e4, 10, 1, 1, 1],
+                                      [1e5, 20, 1, 1, 1]], dtype=jnp.float64))
+    p = solver.interpolate_physical(jnp.asarray(5.0), node_time, node_log)
+    np.testing.assert_allclose(p[0], 1e3, rtol=1e-12)
+    p = solver.interpolate_physical(jnp.asarray(20.0), node_time, node_log)
+    np.testing.assert_allclose(p[:2], [10**4.5, 10 * 2**0.5], rtol=1e-12)
+    p = solver.interpolate_physical(jnp.asarray(99.0), node_time, node_log)
+    np.testing.assert_allclose(p[0], 1e5, rtol=1e-12)
+
+
+def test_bad_inputs_name_the_field(tiny):
+    node_time, physical = collapse_like_track(2)
+    out = np.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="initial_abundances"):
+        solver.solve_tracks(tiny, np.zeros(3), node_time, physical, out, progress=False)
+    with pytest.raises(ValueError, match="node_physical"):
+        solver.solve_tracks(tiny, tiny_initial(tiny), node_time, physical[..., :4], out,
+                            progress=False)
+    with pytest.raises(ValueError, match="output_time_years"):
+        solver.solve_tracks(tiny, tiny_initial(tiny), node_time, physical, out[::-1],
+                            progress=False)
+    bad = physical.copy()
+    bad[0, 0, 3] = 0.0
+    with pytest.raises(ValueError, match="node_physical"):
+        solver.solve_tracks(tiny, tiny_initial(tiny), node_time, bad, out, progress=False)
+    with pytest.raises(ValueError, match="solver"):
+        solver.make_solver(tiny, solver.SolverSettings(solver="euler"))
+    broken = Network("broken", ("H", "H2"), (Reaction(("H", "X"), ("H2",), "two_body", 1, 0, 0,
+                                                       source="f.rates:7"),))
+    with pytest.raises(ValueError, match=r"f\.rates:7.*'X'"):
+        solver.build_model(broken)
+
+
+@pytest.mark.slow
+def test_default_network_conservation_and_tolerance():
+    from astrochem_jax.chemistry.initial_abundances import default_initial_abundances
+    from astrochem_jax.chemistry.network import load_default_network
+
+    network = load_default_network()
+    x0 = default_initial_abundances(network)
+    node_time, physical = collapse_like_track(2)
+    out = np.concatenate([[0.0], np.logspace(1, 6, 20)])
+    coarse = solver.solve_tracks(network, x0, node_time, physical, out,
+                                 solver.SolverSettings(batch_size=2), progress=False)
+    fine = solver.solve_tracks(network, x0, node_time, physical, out,
+                               solver.SolverSettings(rtol=1e-9, batch_size=2), progress=False)
+    np.testing.assert_array_equal(coarse.result_code, 0)
+    np.testing.assert_array_equal(fine.result_code, 0)
+    assert element_and_charge_drift(network, coarse.abundances) <= 1e-8
+    assert element_and_charge_drift(network, fine.abundances) <= 1e-8
+    mask = fine.abundances > 1e-12
+    dex = np.abs(np.log10(np.maximum(coarse.abundances[mask], 1e-30))
+                 - np.log10(fine.abundances[mask]))
+    assert dex.max() <= 0.01
