@@ -132,41 +132,53 @@ def copy_columns(out: np.ndarray, out_columns: Sequence[int], data: np.ndarray,
         i += n
 
 
-def _full_rows(dataset: h5py.Dataset, start: int, stop: int, transposed: bool = True
-               ) -> np.ndarray:
-    """All columns of rows [start, stop) as float64, read straight into a fresh buffer."""
+def _rows(dataset: h5py.Dataset, start: int, stop: int, j0: int, j1: int,
+          transposed: bool = True) -> np.ndarray:
+    """Columns [j0, j1) of rows [start, stop) as float64, read straight into a fresh buffer."""
     if transposed and dataset.dtype == np.float64 and stop > start:
-        out = np.empty((stop - start, dataset.shape[1]), dtype=np.float64)
-        dataset.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        out = np.empty((stop - start, j1 - j0), dtype=np.float64)
+        dataset.read_direct(out, np.s_[start:stop, j0:j1], np.s_[0 : stop - start])
         return out
-    rows = dataset[start:stop] if transposed else dataset[:, start:stop].T
+    rows = dataset[start:stop, j0:j1] if transposed else dataset[j0:j1, start:stop].T
     return np.asarray(rows, dtype=np.float64)
 
 
-def _group_reader(blocks: Sequence[Callable[[int, int], np.ndarray]],
+def _group_reader(blocks: Sequence[tuple[Callable[[int, int, int, int], np.ndarray], int]],
                   where: Sequence[tuple[int, int]]):
-    """read_groups over storage blocks: blocks[b](start, stop) -> float64 [rows, width_b];
-    where[c] = (block, column within block) of table column c."""
+    """read_groups over storage blocks: blocks[b] = (read(start, stop, j0, j1) -> float64
+    [rows, j1 - j0], width); where[c] = (block, column within block) of table column c.
+
+    Each block is read once per call, over the span of columns any group needs: the whole width
+    when the span is most of it (HDF5 reads whole rows fastest), else only the span (pass 1 needs
+    Time and the physical columns, which sit next to each other at the start of the table)."""
 
     def read_groups(start: int, stop: int, groups: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        cache: dict[int, np.ndarray] = {}
-
-        def rows_of(b: int) -> np.ndarray:
-            if b not in cache:
-                cache[b] = blocks[b](start, stop)
-            return cache[b]
+        spans: dict[int, list[int]] = {}
+        for cols in groups:
+            for c in cols:
+                b, j = where[c]
+                lo, hi = spans.get(b, [j, j + 1])
+                spans[b] = [min(lo, j), max(hi, j + 1)]
+        cache: dict[int, tuple[np.ndarray, int]] = {}
+        for b, (j0, j1) in spans.items():
+            read, width = blocks[b]
+            if 2 * (j1 - j0) > width:
+                j0, j1 = 0, width
+            cache[b] = (read(start, stop, j0, j1), j0)
 
         out = []
         for cols in groups:
             bs = {where[c][0] for c in cols}
             js = [where[c][1] for c in cols]
             if len(bs) == 1 and js == list(range(js[0], js[0] + len(js))):
-                out.append(rows_of(bs.pop())[:, js[0] : js[0] + len(js)])
+                data, j0 = cache[bs.pop()]
+                out.append(data[:, js[0] - j0 : js[0] - j0 + len(js)])
                 continue
             arr = np.empty((stop - start, len(cols)), dtype=np.float64)
             for b in sorted(bs):
+                data, j0 = cache[b]
                 ks = [k for k, c in enumerate(cols) if where[c][0] == b]
-                copy_columns(arr, ks, rows_of(b), [where[cols[k]][1] for k in ks])
+                copy_columns(arr, ks, data, [where[cols[k]][1] - j0 for k in ks])
             out.append(arr)
         return out
 
@@ -277,7 +289,7 @@ def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
             source = "/initial_abundances"
         return RawTable(path, "astrochem_jax", key, columns, raw, int(data.shape[0]), ids, starts,
                         stops, initial, source, _dense_reader(data), f,
-                        _group_reader([lambda a, b: _full_rows(data, a, b)],
+                        _group_reader([(functools.partial(_rows, data), data.shape[1])],
                                       [(0, j) for j in range(len(columns))]))
     except BaseException:
         f.close()
@@ -323,7 +335,7 @@ def open_carbox(path: Path, key: str = "") -> RawTable:
             source = f"/{key}/initial_abundances"
         return RawTable(path, "carbox", key, columns, raw, int(data.shape[0]), ids, starts, stops,
                         initial, source, _dense_reader(data), f,
-                        _group_reader([lambda a, b: _full_rows(data, a, b)],
+                        _group_reader([(functools.partial(_rows, data), data.shape[1])],
                                       [(0, j) for j in range(len(columns))]))
     except BaseException:
         f.close()
@@ -489,8 +501,8 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
             ids, starts, stops = _tracer_runs(
                 path, key, n_rows, lambda a, b: read(a, b, [model])[:, 0]
             )
-        full = [functools.partial(lambda blk, a, b: _full_rows(blk.values, a, b, blk.transposed),
-                                  block) for block, _ in blocks]
+        full = [(functools.partial(_rows, block.values, transposed=block.transposed), len(names))
+                for block, names in blocks]
         return RawTable(path, "uclchem", key, columns, raw, n_rows, ids, starts, stops, None,
                         "row 0 of the first tracer", read, f, _group_reader(full, where))
     except BaseException:
