@@ -12,9 +12,15 @@ from pathlib import Path
 
 
 def configure_threads() -> None:
-    """Pin BLAS libraries to one thread unless the user chose otherwise."""
+    """Pin BLAS libraries to one thread and make equinox errors cache-friendly, unless the user
+    chose otherwise. Must run before numpy / jax / equinox are imported."""
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    # equinox's runtime-error hooks are host callbacks, and a jitted function holding host
+    # callbacks is never written to the persistent compilation cache (the solver then recompiles
+    # in every process, 7-10 s). Inputs are validated before solving and failed integrations are
+    # reported per tracer through diffrax's result codes (throw=False), so NaN mode loses nothing.
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 
 def configure_jax(*, x64: bool = True, cache_dir: str | Path | None = None) -> None:

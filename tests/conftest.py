@@ -4,7 +4,7 @@ outputs directory, and the `shared_dir` fixture for the optional ../shared refer
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("XLA_FLAGS", "")
+os.environ.setdefault("EQX_ON_ERROR", "nan")  # see astrochem_jax.runtime.configure_threads
 
 from pathlib import Path  # noqa: E402
 
