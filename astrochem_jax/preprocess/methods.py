@@ -28,7 +28,8 @@ class TracerBatch:
     """Validated trajectories of equal length (one chunk of tracers).
 
     tracer_ids int64 [B]; time_years [B, T]; physical [B, T, P] in physical units (not yet
-    shifted); abundances [B, T, S] fractions of H nuclei (tiny negatives already set to 0).
+    shifted); abundances [B, T, S] fractions of H nuclei (tiny negatives already set to 0;
+    float32 or float64: the methods scale abundances in float32).
     """
 
     tracer_ids: np.ndarray

@@ -335,9 +335,12 @@ def _route(routing: Routing, method: Method, out: np.ndarray, tracers: list[int]
     else:
         member = routing.train_row[routing.row_cursor : routing.row_cursor + out.shape[0]]
         routing.row_cursor += out.shape[0]
-    if member.any():
+    if member.all():
+        routing.writers["train"].append(out)
+    elif not member.any():
+        routing.writers["val"].append(out)
+    else:
         routing.writers["train"].append(out[member])
-    if not member.all():
         routing.writers["val"].append(out[~member])
 
 
@@ -385,11 +388,14 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                                                      ].tolist()
             lengths = np.diff(offsets)
             if not prepend and np.all(lengths == lengths[0]) and steps in (None, lengths[0]):
-                # The common case: equal-length tracers, reshapes only, no copies.
+                # The common case: equal-length tracers, reshapes only. Abundances go to float32
+                # once here (scaling runs in float32); conservation uses the float64 values.
                 shape = (len(chunk), int(lengths[0]))
-                batches = [(chunk, meta.reshape(*shape, -1), abundances.reshape(*shape, -1))]
+                batches = [(chunk, meta.reshape(*shape, -1),
+                            abundances.astype(np.float32).reshape(*shape, -1))]
                 if check_conservation and lengths[0] > 1:
-                    drift = np.maximum(drift, relative_drift(batches[0][2], matrix))
+                    drift = np.maximum(drift, relative_drift(abundances.reshape(*shape, -1),
+                                                             matrix))
             else:
                 per_tracer = []
                 for j in range(len(chunk)):
