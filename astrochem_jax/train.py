@@ -102,12 +102,14 @@ def sweep_configs(config: ConfigDict, spec: str | None) -> list[ConfigDict]:
 
 
 def main(argv) -> None:
-    from absl import app, logging
+    from absl import app, flags, logging
 
     from astrochem_jax.training.loop import train_component
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
     configs = sweep_configs(_CONFIG.value, _SWEEP.value)
     for config in configs:
         summary = train_component(config)

@@ -105,7 +105,9 @@ def test_one_vs_eight_devices_same_losses(outputs_with_ae):
 
 def test_exact_resume_and_config_mismatch():
     """4 epochs straight == 2 epochs, then the same command with epochs=4 (resumed). Dropout
-    decay and LR plateau steps happen in between, so their bookkeeping must be restored too."""
+    decay and LR plateau steps happen in between, so their bookkeeping must be restored too.
+    The straight run streams its (single) shard instead of keeping it device-resident, which
+    must not change anything either."""
     dirs = tf.write_preprocessed()
 
     def config(name, epochs):
@@ -117,7 +119,9 @@ def test_exact_resume_and_config_mismatch():
         c.plateau_threshold = 0.5  # every epoch counts as a plateau: the LR halves each epoch
         return c
 
-    train_component(config("straight", 4), preprocessed_dir=dirs["sequential"])
+    streamed = config("straight", 4)
+    streamed.device_resident_max_mb = 0.0  # one shard: streaming must match device-resident
+    train_component(streamed, preprocessed_dir=dirs["sequential"])
     train_component(config("resumed", 2), preprocessed_dir=dirs["sequential"])
     assert len(_metrics("resumed")) == 2
     train_component(config("resumed", 4), preprocessed_dir=dirs["sequential"])
@@ -229,3 +233,27 @@ def test_sweep_names_and_values():
         'python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py '
         '--sweep="lr=1e-3"'
     )
+
+
+@pytest.mark.slow
+def test_end_to_end_from_raw_dataset(tmp_path):
+    """generate (tiny) -> preprocess on demand -> autoencoder -> latent emulator."""
+    from fixtures import make_tiny_raw_dataset, tiny_dataset_config
+
+    raw = make_tiny_raw_dataset(tmp_path / "raw" / "tiny.h5", n_tracers=4, n_steps=20)
+    ae = tf.tiny_config("autoencoder", name="e2e_ae", dataset="tiny")
+    ae.dataset = tiny_dataset_config(raw, n_tracers=4, n_steps=20)
+    ae.model.hidden_dims = (16,)
+    summary = train_component(ae)  # builds outputs/preprocessed/tiny/timeless on demand
+    assert summary["dataset"] == "tiny" and np.isfinite(summary["best_val_loss"])
+    assert (paths.preprocessed_dir("tiny", "timeless") / "manifest.json").is_file()
+    n_species = len(summary["species"])
+    assert np.load(paths.weights_dir("e2e_ae") / "latents_minmax.npy").shape == (2, 3)
+
+    emu = tf.tiny_config("emulator", name="e2e_emulator")
+    emu.dataset = ae.dataset
+    emu.autoencoder_component = "e2e_ae"
+    emu.epochs = 1
+    summary = train_component(emu)
+    assert np.isfinite(summary["best_val_loss"])
+    assert len(summary["best_val_per_species"]["relative_error_per_species"]) == n_species
