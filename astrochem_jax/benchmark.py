@@ -517,8 +517,8 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
         report["speedup"] = {
             "same_tracks": report["speed"]["same_tracks"]["trajectories_per_s"] / solver_rate,
             "best_batch": report["speed"]["best"]["trajectories_per_s"] / solver_rate,
-            "note": "surrogate trajectories/s over solver trajectories/s on the same tracks "
-                    "(solver: float64 on CPU, vmapped batches; both warm, compile excluded)",
+            "note": "surrogate trajectories/s over solver trajectories/s on the same tracks and "
+                    "device (solver: float64, vmapped batches; both warm, compile excluded)",
         }
     else:
         report["speedup"] = None

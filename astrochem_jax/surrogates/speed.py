@@ -52,6 +52,9 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> di
     return {
         "n": int(n),
         "dtype": jnp.dtype(dtype).name,
+        # None = JAX's default (on recent NVIDIA GPUs float32 dots may use TF32, for the rollout
+        # as well as here, so the fraction of peak compares like with like).
+        "matmul_precision": jax.config.jax_default_matmul_precision,
         "gflops": flops / best / 1e9,
         "median_gflops": flops / sorted(times)[len(times) // 2] / 1e9,
         "best_s": best,
