@@ -223,3 +223,15 @@ def test_default_network_conservation_and_tolerance():
     dex = np.abs(np.log10(np.maximum(coarse.abundances[mask], 1e-30))
                  - np.log10(fine.abundances[mask]))
     assert dex.max() <= 0.01
+
+
+def test_stop_times_keep_only_significant_kinks():
+    t = jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    log_p = jnp.zeros((6, 5)).at[:, 0].set(jnp.asarray([0.0, 1.0, 2.0, 2.0, 2.0005, 2.001]))
+    stops = np.asarray(solver.stop_times(t, log_p, 1e-3))
+    # Node 2 (slope 1 -> 0) is a real kink; nodes 1 and 4 are straight; node 3 bends by 5e-4 dex.
+    np.testing.assert_array_equal(stops, [0.0, 0.0, 0.0, 0.0, 2.0, 5.0])
+    np.testing.assert_array_equal(solver.stop_times(t, log_p, 0.0), t)
+    # A jump (repeated node time) is always a stop.
+    t_jump = jnp.asarray([0.0, 1.0, 1.0, 3.0, 4.0, 5.0])
+    assert 1.0 in np.asarray(solver.stop_times(t_jump, jnp.zeros((6, 5)), 1e-3))

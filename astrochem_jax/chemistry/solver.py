@@ -71,6 +71,12 @@ class SolverSettings:
     # right for kinks, where the conditions are continuous) or "jump_ts" (also restarts the
     # solver across the node, needed only for discontinuous conditions).
     node_stops: str = "step_ts"
+    # Only nodes whose kink is significant become stops: the slope change of any log10 parameter
+    # times the shorter neighbouring interval, in dex (0 = every node). Finely sampled smooth
+    # tracks (the collapse: 300 nodes) have mostly negligible kinks; stopping at all of them
+    # costs ~1.5x the steps, skipping all costs rejected steps at the real kinks (measured on
+    # 34-species collapse tracks: 1e-3 dex -> 6e-5 dex max change vs stopping at every node).
+    node_kink_dex: float = 1e-3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -312,6 +318,24 @@ def interpolate_physical(t_s, node_time_s, node_log10_physical):
     return 10.0 ** log_p
 
 
+def stop_times(node_time_s, node_log10_physical, kink_dex: float):
+    """Node times [N] at which the solver must end a step; unneeded ones are moved to t0.
+
+    Interior node k is kept when max_p |slope_k - slope_(k-1)| min(dt_k, dt_(k-1)) > kink_dex
+    (zero-length intervals, i.e. jumps, are always kept). Sorted, same shape as node_time_s.
+    """
+    n_nodes = node_time_s.shape[0]
+    if n_nodes < 3 or kink_dex <= 0:
+        return node_time_s
+    dt = jnp.diff(node_time_s)
+    safe_dt = jnp.where(dt > 0, dt, 1.0)
+    slope = jnp.diff(node_log10_physical, axis=0) / safe_dt[:, None]
+    kink = jnp.max(jnp.abs(jnp.diff(slope, axis=0)), axis=1) * jnp.minimum(dt[1:], dt[:-1])
+    jump = (dt[1:] <= 0) | (dt[:-1] <= 0)
+    keep = jnp.concatenate([jnp.ones(1, bool), (kink > kink_dex) | jump, jnp.ones(1, bool)])
+    return jnp.sort(jnp.where(keep, node_time_s, node_time_s[0]))
+
+
 def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -> Callable:
     """Jitted, vmapped solve.
 
@@ -323,7 +347,7 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     if settings.solver not in SOLVERS:
         raise ValueError(f"SolverSettings.solver: expected one of {sorted(SOLVERS)}, "
                          f"found {settings.solver!r}")
-    if settings.node_stops not in ("step_ts", "jump_ts"):
+    if settings.node_stops not in ("step_ts", "jump_ts", "none"):
         raise ValueError(f"SolverSettings.node_stops: expected 'step_ts' or 'jump_ts', "
                          f"found {settings.node_stops!r}")
     model = build_model(network, temperature_policy=settings.temperature_policy)
@@ -339,12 +363,15 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     def solve_one(x0, node_time_years, node_physical, output_time_years):
         node_time_s = node_time_years * SECONDS_PER_YEAR
         ts = output_time_years * SECONDS_PER_YEAR
+        node_log10_physical = jnp.log10(node_physical)
+        stops = stop_times(node_time_s, node_log10_physical, settings.node_kink_dex)
         controller = diffrax.PIDController(
             rtol=settings.rtol, atol=settings.atol, pcoeff=settings.pcoeff,
-            icoeff=settings.icoeff, **{settings.node_stops: node_time_s})
+            icoeff=settings.icoeff,
+            **({} if settings.node_stops == "none" else {settings.node_stops: stops}))
         sol = diffrax.diffeqsolve(
             term, solver, t0=ts[0], t1=ts[-1], dt0=None, y0=x0,
-            args=(node_time_s, jnp.log10(node_physical)), saveat=diffrax.SaveAt(ts=ts),
+            args=(node_time_s, node_log10_physical), saveat=diffrax.SaveAt(ts=ts),
             stepsize_controller=controller, max_steps=settings.max_steps, throw=False)
         code = sol.result._value.astype(jnp.int64)
         finite = jnp.all(jnp.isfinite(sol.ys))
