@@ -133,6 +133,10 @@ def accuracy_section(surrogate: Surrogate, data: ValidationData, pred: np.ndarra
     report = ev.accuracy_report(data.abundances[:, 1:], pred[:, 1:], surrogate.species,
                                 data.tracer_ids, matrix, elements)
     report["relative_error"]["worst"] = report["relative_error"]["worst"][:n_worst]
+    finite = np.isfinite(pred[:, 1:])
+    report["non_finite_predictions"] = {
+        "count": int(finite.size - np.count_nonzero(finite)), "of": int(finite.size),
+        "note": "closed-loop rollouts that diverge overflow to inf; see surrogate state_clip"}
     report["error_vs_step"] = {"time_years": data.time_years.tolist(),
                                **ev.error_vs_step(data.abundances, pred)}
     report["scored_steps"] = "1..T-1 (closed loop from the true t0 abundances)"
@@ -243,7 +247,7 @@ def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
     n_steps = data.abundances.shape[1] - 1
     flops = rollout_flops(surrogate, n_steps)
     log(f"matmul peak: timing a float32 [{bench.matmul_size}]^2 jnp.dot ...")
-    peak = speed.matmul_peak_gflops(int(bench.matmul_size))
+    peak = speed.matmul_peak_gflops(int(bench.matmul_size), min_total_s=float(bench.min_timing_s))
     repeats, min_s = int(bench.timing_repeats), float(bench.min_timing_s)
 
     n_val = data.abundances.shape[0]
@@ -437,6 +441,9 @@ def format_summary(report: dict) -> str:
                                 f"{rel['worst_species']} {rel['worst_value']:.3g})"),
         ("|dlog10| mean / median / p99", f"{dex['mean']:.3g} / {dex['median']:.3g} / "
                                          f"{dex['p99']:.3g} dex"),
+        *([("non-finite predictions", f"{acc['non_finite_predictions']['count']} of "
+                                        f"{acc['non_finite_predictions']['of']} values")]
+          if acc.get("non_finite_predictions", {}).get("count") else []),
         ("reconstruction floor", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
                                  f"{floor['abs_dlog10']['mean']:.3g} dex"),
     ]
@@ -476,6 +483,17 @@ def format_summary(report: dict) -> str:
 # Entry
 
 
+def _quiet(fn, *args):
+    """Call `fn` without numpy's overflow/invalid warnings (a diverged rollout's inf values are
+    reported once, as `non_finite_predictions`)."""
+    import warnings
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args)
+
+
 def run_benchmark(config: ConfigDict, *, log=None) -> dict:
     """Benchmark the surrogate a config describes; write report.json + plots; return the report."""
     log = log or (lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True))
@@ -492,7 +510,8 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
     speed_report = speed_section(surrogate, data, bench, log)
     pred = predict(surrogate, data)
     if not np.isfinite(pred).all():
-        log("WARNING: the rollout produced non-finite abundances")
+        log("WARNING: the rollout produced non-finite abundances (a diverging closed loop); "
+            "metrics involving them are inf/nan")
     report: dict = {
         "surrogate": surrogate.name,
         "type": surrogate.type,
@@ -503,8 +522,8 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
         "physical_parameters": list(surrogate.physical_parameters),
         "elements": elements,
         "validation_tracers": data.tracer_ids.tolist(),
-        "accuracy": accuracy_section(surrogate, data, pred, elements, matrix,
-                                     int(bench.n_worst_species)),
+        "accuracy": _quiet(accuracy_section, surrogate, data, pred, elements, matrix,
+                           int(bench.n_worst_species)),
         "reconstruction_floor": reconstruction_floor(surrogate, data),
         "trainer_check": trainer_check(surrogate),
     }
@@ -522,7 +541,7 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
         }
     else:
         report["speedup"] = None
-    report["plots"] = write_plots(out_dir, surrogate, data, pred, report, bench)
+    report["plots"] = _quiet(write_plots, out_dir, surrogate, data, pred, report, bench)
     report["config"] = config_utils.to_dict(config)
     report["wall_time_s"] = time.perf_counter() - wall_start
     atomic.write_json(out_dir / "report.json", report)

