@@ -94,6 +94,8 @@ def test_custom_jvp_jacobian_matches_autodiff(tiny):
     analytic_fn = jax.jit(jax.jacfwd(rhs))
     reference_fn = jax.jit(jax.jacfwd(model.rhs_plain))
     direct_fn = jax.jit(model.jacobian)
+    batched_jvp_fn = jax.jit(jax.vmap(
+        lambda v, x, p: jax.jvp(rhs, (x, p), (v, jnp.zeros_like(p)))[1], in_axes=(0, None, None)))
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = jnp.asarray(10.0 ** rng.uniform(-14, -0.5, tiny.n_species))
@@ -106,6 +108,11 @@ def test_custom_jvp_jacobian_matches_autodiff(tiny):
         assert scale > 0
         np.testing.assert_allclose(analytic, reference, rtol=1e-10, atol=1e-12 * float(scale))
         np.testing.assert_allclose(direct_fn(x, physical), reference, rtol=1e-10,
+                                   atol=1e-12 * float(scale))
+        # Batched tangents other than the identity (custom_vmap's general branch).
+        vs = jnp.asarray(rng.normal(size=(4, tiny.n_species)))
+        jvps = batched_jvp_fn(vs, x, physical)
+        np.testing.assert_allclose(jvps, vs @ reference.T, rtol=1e-9,
                                    atol=1e-12 * float(scale))
         # The shielded rates make J depend on x_H2, x_C, x_CO beyond the mass-action terms.
         assert float(jnp.abs(reference[:, tiny.index("H2")]).max()) > 0
@@ -235,3 +242,20 @@ def test_stop_times_keep_only_significant_kinks():
     # A jump (repeated node time) is always a stop.
     t_jump = jnp.asarray([0.0, 1.0, 1.0, 3.0, 4.0, 5.0])
     assert 1.0 in np.asarray(solver.stop_times(t_jump, jnp.zeros((6, 5)), 1e-3))
+
+
+def test_sparse_stoichiometry_path_matches_dense(tiny, monkeypatch):
+    dense_model = solver.build_model(tiny)
+    assert dense_model.kinetics.stoichiometry_dense is not None
+    monkeypatch.setattr(solver, "DENSE_STOICHIOMETRY_MAX_ENTRIES", 0)
+    monkeypatch.setattr(solver, "HEAVY_SPECIES_MIN_REACTIONS", 4)
+    sparse_model = solver.build_model(tiny)
+    assert sparse_model.kinetics.stoichiometry_dense is None
+    assert 0 < sparse_model.kinetics.heavy_species.size < tiny.n_species
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(10.0 ** rng.uniform(-12, -1, tiny.n_species))
+    physical = jnp.asarray([1e4, 15.0, 2.0, 1.0, 1.0])
+    np.testing.assert_allclose(sparse_model.rhs_plain(x, physical),
+                               dense_model.rhs_plain(x, physical), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(sparse_model.jacobian(x, physical),
+                               dense_model.jacobian(x, physical), rtol=1e-12, atol=1e-300)
