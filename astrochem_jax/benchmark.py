@@ -89,9 +89,15 @@ def load_validation(surrogate: Surrogate, n_tracers: int | None) -> ValidationDa
         ids = np.arange(val.shape[0])
     if n_tracers is not None:
         val, ids = val[: int(n_tracers)], ids[: int(n_tracers)]
+    # Tracers of different lengths are NaN-padded at the end: score the common finite length.
+    finite = np.all(np.isfinite(val), axis=2)  # [N, T]
+    lengths = np.where(finite.all(axis=1), val.shape[1], np.argmin(finite, axis=1))
+    if lengths.size and lengths.min() < val.shape[1]:
+        val = val[:, : int(lengths.min())]
     if val.shape[0] == 0 or val.shape[1] < 2:
         raise BenchmarkError(f"{directory}: split 'val' {val.shape} has no trajectory to score")
     time_years = np.asarray(manifest.get("time_years") or np.arange(val.shape[1]), np.float64)
+    time_years = time_years[: val.shape[1]]
     if time_years.shape[0] != val.shape[1]:
         time_years = np.arange(val.shape[1], dtype=np.float64)
     scaler = surrogate.scaler
