@@ -172,7 +172,8 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def _ae_prepare(setup: Setup, chunk: np.ndarray, put) -> Prepared:
-    return Prepared(arrays={"x": put(np.asarray(chunk, np.float32))}, n_items=int(chunk.shape[0]))
+    x = put(np.asarray(chunk, np.float32))  # global rows (several hosts: all processes' parts)
+    return Prepared(arrays={"x": x}, n_items=int(x.shape[0]))
 
 
 def _ae_batch(setup: Setup, arrays: dict, idx: jax.Array) -> dict:
@@ -325,6 +326,12 @@ def _emu_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def _emu_arrays(setup: Setup, chunk: np.ndarray, put) -> dict:
+    if jax.process_count() > 1:
+        # Window tables index process-local tracers; joining them across hosts needs offsets.
+        raise NotImplementedError(
+            "multi-host training of emulators (sequential data) is not implemented; train them "
+            "on one host (any number of local devices) or set config.distributed = False"
+        )
     p = setup.info["n_physical"]
     chunk = np.asarray(chunk, np.float32)
     windows = window_table(chunk, setup.info["horizon"])

@@ -8,8 +8,9 @@ Streaming mode (larger splits): the same code over one shard at a time ("chunks"
 put on device once per epoch, the shard order is reshuffled every epoch, and the remainder of a
 shard that does not fill a whole batch is dropped for that epoch.
 
-Multi-host: each process reads its share of the shards (`mesh.process_shards`) and the per-process
-arrays become one global array sharded over `data` (`jax.make_array_from_process_local_data`).
+Multi-host (device-resident only, not yet run on real hosts): each process reads its share of the
+shards (`mesh.process_shards`) and the per-process arrays become one global array sharded over
+`data` (`jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def split_source(directory: str | Path, manifest: dict, split: str,
     entry = manifest["splits"][split]
     shape = tuple(int(d) for d in entry["shape"])
     nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-    resident = nbytes <= resident_max_mb * 2**20 and jax.process_count() == 1
+    resident = nbytes / jax.process_count() <= resident_max_mb * 2**20
+    if not resident and jax.process_count() > 1:
+        raise NotImplementedError(
+            f"{directory}: split {split!r} ({nbytes / 2**20:.0f} MiB) exceeds "
+            f"config.device_resident_max_mb = {resident_max_mb} per process; streaming shards on "
+            "several hosts is not implemented (raise the limit or use more hosts)"
+        )
     return SplitSource(
         directory=Path(directory), split=split, shape=shape, nbytes=nbytes, resident=resident,
         shard_files=tuple(s["file"] for s in entry["shards"]),

@@ -24,11 +24,14 @@ def get_config() -> ConfigDict:
     c.model = ConfigDict()
     c.model.hidden_dims = (160, 80)
     c.model.latent_dim = 14
-    c.model.latent_noise_std = 0.1  # Gaussian noise on the latent while training
+    # Gaussian noise on the latent while training (AstroChemNet: 0.1). Measured on this dataset
+    # at CI-sized budgets (2 CPU cores): noise 0.1 -> val mean relative error 15.8%, 0.02 ->
+    # 10.7%, 0.0 -> 5.0%; raise it for a latent emulator that must tolerate its own drift.
+    c.model.latent_noise_std = 0.0
 
     # --- optimisation --------------------------------------------------------------------------
-    c.epochs = 60  # epoch cap (CI-sized: the quickstart runs in minutes on 2 CPU cores)
-    c.batch_size = 256  # global batch, split over the devices (must divide the device count)
+    c.epochs = 600  # epoch cap (CI-sized: ~2.5 min on 2 shared CPU cores for this dataset)
+    c.batch_size = 64  # global batch, split over the devices (must divide the device count)
     c.eval_batch_size = 2048
     c.steps_per_call = 32  # training steps per jitted call (lax.scan): amortises dispatch
     c.lr = 2e-3
@@ -37,11 +40,11 @@ def get_config() -> ConfigDict:
     c.weight_decay = 1e-4
     c.grad_clip_norm = 1.0
     # reduce-on-plateau of the LR on the validation loss, once per epoch (PyTorch semantics)
-    c.plateau_factor = 0.5
-    c.plateau_patience = 3
+    c.plateau_factor = 0.7
+    c.plateau_patience = 20
     c.plateau_threshold = 1e-3  # relative improvement that counts
     c.min_lr = 1e-6
-    c.stagnant_epoch_patience = 10  # early stopping
+    c.stagnant_epoch_patience = 100  # early stopping
     # dropout and its AstroChemNet-style decay: after `dropout_decay_patience` epochs without a
     # better validation loss, dropout *= dropout_decay_factor (set to 0 below dropout_min).
     c.dropout = 0.0

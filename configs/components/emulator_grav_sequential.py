@@ -20,5 +20,8 @@ def get_config() -> ConfigDict:
     c.batch_size = 256
     c.eval_batch_size = 1024
     c.lr = 1e-3
+    c.plateau_patience = 3
+    c.plateau_factor = 0.5
+    c.stagnant_epoch_patience = 10
     c.loss.conservation_weight = 0.1
     return c
