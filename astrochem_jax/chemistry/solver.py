@@ -12,14 +12,17 @@ element- and charge-balanced, so the RHS conserves elements and charge exactly u
 
 The Jacobian is analytic and injected with `jax.custom_jvp`: df_r/dx_a = k_r n^p_r x_b ...
 (the product of the OTHER reactants, so no division by small abundances), assembled into a dense
-S x S matrix by one scatter-add at precomputed positions; the tangent is J @ v. When lineax
-materialises the Newton matrix (vmap of the linearised RHS over the identity), J is computed once
-per Jacobian evaluation and the tangent map is a single matmul. Shielded photo rates depend on
-x_H2, x_C, x_CO through column densities; that dependence is added as three extra columns.
+S x S matrix by one scatter-add at precomputed positions; the tangent is J @ v. Diffrax's
+Kvaerno5 uses the chord method (`VeryChord`): lineax materialises I - h gamma J once per step (vmap
+of the linearised RHS over the identity; `apply_jacobian`'s batching rule then returns J instead of
+J @ I) and LU-factorises it. Shielded photo rates depend on x_H2, x_C, x_CO through column
+densities; that dependence is added as three extra columns.
 
 Physical conditions between track nodes are piecewise linear in log10 of each parameter versus
-time; the node times are passed to the step-size controller as `jump_ts`, so steps end at the
-kinks. Times are years at the interface, seconds inside.
+time. Node times where the track has a significant kink (`SolverSettings.node_kink_dex`) are
+passed to the PID controller as `step_ts` (steps end exactly there; `jump_ts` is available for
+discontinuous conditions). Times are years at the interface, seconds inside. Failures
+(max_steps, step-size collapse, non-finite output) come back as per-tracer result codes.
 """
 
 from __future__ import annotations
