@@ -31,6 +31,9 @@ def dataset_config(raw_path, fmt, name="synth", key=""):
     c.raw_path = str(raw_path)
     c.format = fmt
     c.key = key
+    # AstroChemNet's four conditions (PHYS_ORDER above); the default dataset also feeds zeta.
+    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
+    c.columns_to_drop = [*c.columns_to_drop, "zeta"]
     return c
 
 
@@ -182,8 +185,10 @@ def test_real_uclchem_file_preprocesses(shared_dir):
     manifest = shards.read_manifest(out)
     assert manifest["n_species"] == 333
     assert "H3CO+" in manifest["species"] and "H2COH+" not in manifest["species"]
-    assert manifest["splits"]["train"]["shape"] == [2, 61, 337]
-    assert manifest["splits"]["val"]["shape"] == [1, 61, 337]
+    # 5 conditions (Density, Radfield, Av, gasTemp, zeta) + 333 species
+    assert manifest["physical_parameters"][-1] == "zeta"
+    assert manifest["splits"]["train"]["shape"] == [2, 61, 338]
+    assert manifest["splits"]["val"]["shape"] == [1, 61, 338]
     assert manifest["tracers_not_starting_from_initial_abundances"] == []
     assert manifest["tracer_length_counts"] == {"61": 3}
     worst = max(manifest["element_drift"].values())

@@ -16,5 +16,7 @@ def get_config() -> ConfigDict:
     c.format = "carbox"
     c.key = "large"  # or "small"
     c.metadata_columns = ["Index", "Model", "Time"]
+    # Carbox outputs carry no cosmic-ray column: AstroChemNet's four conditions.
+    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
     c.columns_to_drop = ["dustTemp", "dstep", "zeta", "SURFACE", "BULK"]
     return c

@@ -63,10 +63,13 @@ def get_config() -> ConfigDict:
     g.conservation_rtol = 1e-6
 
     # --- preprocessing (owned by astrochem_jax.preprocess) -------------------------------------
-    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
+    # AstroChemNet used [Density, Radfield, Av, gasTemp] and dropped zeta. Here zeta varies per
+    # tracer (0.5-3.2 x 1.3e-17 s^-1, as in the real UCLCHEM collapse runs) and sets the ionisation
+    # fraction, so an emulator blind to it cannot tell tracers apart: it is an input.
+    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp", "zeta"]
     c.physical_ranges = config_dict.placeholder(dict)  # {name: [min, max]}; None = from train split
     c.metadata_columns = ["Index", "Model", "Time"]
-    c.columns_to_drop = ["dustTemp", "dstep", "zeta", "SURFACE", "BULK"]
+    c.columns_to_drop = ["dustTemp", "dstep", "SURFACE", "BULK"]
     c.abundance_clip = (1e-20, 1.0)
     c.n_species = config_dict.placeholder(int)  # checked against the file when set
     c.train_split = 0.75
