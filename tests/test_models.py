@@ -240,6 +240,48 @@ def test_rollout_module_with_dropout_in_jit():
     )
 
 
+def test_emulator_state_bounds_clip_every_step_in_train_and_eval():
+    """state_bounds clips the next state in both modes (training sees the inference dynamics);
+    inside the bounds the bounded emulator equals the unbounded one."""
+    kw = dict(hidden_dims=(16,), rngs=nnx.Rngs(0))
+    free = Emulator(P, LATENT, **kw)
+    bounded = Emulator(P, LATENT, state_bounds=(0.0, 1.0), hidden_dims=(16,), rngs=nnx.Rngs(0))
+    phys = _x(2, (B, P))
+    state = jnp.clip(_x(3, (B, LATENT)), 0.2, 0.8)
+    free.eval()
+    bounded.eval()
+    np.testing.assert_array_equal(bounded(phys, state), free(phys, state))
+    bounded.output_layer.bias[...] = jnp.full((LATENT,), 5.0, jnp.float32)  # pushes out
+    for train in (True, False):
+        bounded.train() if train else bounded.eval()
+        out = bounded(phys, state)
+        assert float(out.min()) >= 0.0 and float(out.max()) == 1.0
+    # Gradients stay finite (zero for saturated outputs) under jit.
+    graphdef, params, rest = nnx.split(bounded, nnx.Param, ...)
+
+    def loss(params):
+        return jnp.mean(nnx.merge(graphdef, params, rest, copy=True)(phys, state) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="state_bounds"):
+        Emulator(P, LATENT, state_bounds=(1.0, 0.0), rngs=nnx.Rngs(0))
+
+
+def test_emulator_state_noise_only_in_training_mode():
+    model = Emulator(P, LATENT, hidden_dims=(16,), state_noise_std=0.05, rngs=nnx.Rngs(0))
+    reference = Emulator(P, LATENT, hidden_dims=(16,), rngs=nnx.Rngs(0))
+    phys, state = _x(2, (B, P)), _x(3, (B, LATENT))
+    model.train()
+    a, b = model(phys, state), model(phys, state)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # fresh noise every call
+    model.eval()
+    reference.eval()
+    np.testing.assert_array_equal(model(phys, state), reference(phys, state))
+    with pytest.raises(ValueError, match="state_noise_std"):
+        Emulator(P, LATENT, state_noise_std=-1.0, rngs=nnx.Rngs(0))
+
+
 def test_count_parameters_ignores_batch_stats():
     model = _ae()
     n_all = sum(
