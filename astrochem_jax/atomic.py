@@ -55,10 +55,11 @@ def atomic_dir(final_dir: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars / arrays, paths, tuples and sets."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -67,4 +68,6 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, tuple | set):
+        return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

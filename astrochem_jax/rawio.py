@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from astrochem_jax import __version__
-from astrochem_jax.atomic import atomic_path
+from astrochem_jax.atomic import atomic_path, json_default
 from astrochem_jax.chemistry.formula import elements_of
 from astrochem_jax.chemistry.tracks import PHYSICAL_COLUMNS
 
@@ -205,7 +205,7 @@ def _attributes(path, species, attrs, report) -> dict[str, Any]:
     encoded: dict[str, Any] = {}
     for key, value in out.items():
         if key in JSON_ATTRS or isinstance(value, dict | list | tuple):
-            encoded[key] = json.dumps(value, default=_json_default)
+            encoded[key] = json.dumps(value, default=json_default)
         elif isinstance(value, str | int | float | np.integer | np.floating):
             encoded[key] = value
         else:
@@ -215,17 +215,6 @@ def _attributes(path, species, attrs, report) -> dict[str, Any]:
             )
     return encoded
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple | set):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def read_raw_dataset(path: str | Path) -> dict[str, Any]:
