@@ -17,6 +17,7 @@ from astrochem_jax.models import (
     rollout,
     rollout_module,
 )
+from astrochem_jax.models.emulator import bound_state
 
 S, HIDDEN, LATENT, B = 12, (10, 6), 4, 16
 P = 3
@@ -264,6 +265,11 @@ def test_emulator_state_bounds_clip_every_step_in_train_and_eval():
 
     grads = jax.jit(jax.grad(loss))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    # Straight-through: a saturated output still passes the identity's gradient.
+    assert float(jnp.max(jnp.abs(grads["output_layer"]["bias"][...]))) > 0
+    x = jnp.asarray([-0.5, 0.3, 1.7], jnp.float32)
+    np.testing.assert_array_equal(bound_state(x, 0.0, 1.0), jnp.clip(x, 0.0, 1.0))
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(bound_state(v, 0.0, 1.0)))(x), 1.0)
     with pytest.raises(ValueError, match="state_bounds"):
         Emulator(P, LATENT, state_bounds=(1.0, 0.0), rngs=nnx.Rngs(0))
 

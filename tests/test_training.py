@@ -215,6 +215,15 @@ def test_window_table_reports_short_tracers(capsys):
     assert "1 of 3 tracers" in capsys.readouterr().err
 
 
+def test_window_table_stride_staggers_starts():
+    chunk = np.zeros((3, 10, 2), np.float32)
+    table = components.window_table(chunk, horizon=4, stride=3)
+    assert table.tolist() == [[0, 0], [0, 3], [1, 0], [1, 1], [1, 4], [2, 0], [2, 2], [2, 5]]
+    assert components.window_table(chunk, horizon=4).shape == (18, 2)  # stride 1: all
+    with pytest.raises(ValueError, match="stride"):
+        components.window_table(chunk, horizon=4, stride=0)
+
+
 def test_sweep_names_and_values():
     from astrochem_jax.train import SweepError, sweep_configs
 

@@ -108,9 +108,30 @@ class Emulator(nnx.Module):
             h = self.dropout(gelu_exact(layer(h)))
         next_state = state + self.output_layer(h)
         if self.state_bounds is not None:
-            low, high = self.state_bounds
-            next_state = jnp.clip(next_state, jnp.asarray(low, DTYPE), jnp.asarray(high, DTYPE))
+            next_state = bound_state(next_state, *self.state_bounds)
         return next_state
+
+
+def bound_state(state: jax.Array, low: float, high: float) -> jax.Array:
+    """clip(state, low, high) [..., D] with a straight-through gradient (that of the identity).
+
+    A plain clip has zero gradient wherever it is active, so a state pinned to a bound during a
+    long rollout (states at t0 sit on the bounds of several latents) could never be pulled back
+    by the loss; the straight-through gradient still tells the step which way to move.
+    """
+    return _clip_straight_through(state, jnp.asarray(low, state.dtype),
+                                  jnp.asarray(high, state.dtype))
+
+
+@jax.custom_jvp
+def _clip_straight_through(x: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    return jnp.clip(x, low, high)  # exactly the clip forward (bounds hold bit for bit)
+
+
+@_clip_straight_through.defjvp
+def _clip_straight_through_jvp(primals, tangents):
+    x, low, high = primals
+    return jnp.clip(x, low, high), tangents[0]
 
 
 def rollout(

@@ -5,8 +5,10 @@ A component provides
 - `setup(config, manifest, preprocessed_dir) -> Setup`: checks and static context (stoichiometric
   matrix, frozen autoencoder, model dimensions recorded in `config.json`);
 - `build_model(config, info, rngs) -> nnx.Module` from the config and `Setup.info`;
-- `prepare(setup, chunk [N, ...] host float32, put) -> Prepared`: the device-resident arrays
-  (`put` places a host array on the devices) and the number of training items (rows or windows);
+- `prepare(setup, chunk [N, ...] host float32, put, split="train") -> Prepared`: the
+  device-resident arrays (`put` places a host array on the devices) and the number of items (rows
+  or windows; emulators cut training windows every `window_stride` steps, validation windows
+  every step);
 - `make_batch(setup, arrays, idx [B]) -> batch`: slice a batch on device (inside jit);
 - `predict(model, batch, frozen, setup) -> (pred_scaled [..., S], true_scaled [..., S])`;
 - `after_training(finished)`: artifacts computed with the best weights (autoencoder latents
@@ -171,7 +173,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
     )
 
 
-def _ae_prepare(setup: Setup, chunk: np.ndarray, put) -> Prepared:
+def _ae_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
     x = put(np.asarray(chunk, np.float32))  # global rows (several hosts: all processes' parts)
     return Prepared(arrays={"x": x}, n_items=int(x.shape[0]))
 
@@ -225,13 +227,23 @@ def _ae_after(finished: Finished) -> None:
 # --- emulators (latent and direct) ---------------------------------------------------------------
 
 
-def window_table(chunk: np.ndarray, horizon: int, where: str = "") -> np.ndarray:
-    """Every stride-1 window of `horizon` steps inside a tracer: int32 [W, 2] (tracer, start).
+def window_table(chunk: np.ndarray, horizon: int, where: str = "", stride: int = 1,
+                 t0_repeats: int = 1) -> np.ndarray:
+    """Windows of `horizon` steps inside a tracer, starting every `stride` steps: int32 [W, 2]
+    (tracer, start).
 
     A window needs horizon + 1 valid steps (its state and `horizon` targets). Tracers may be
     padded with NaN at the end (valid length = leading finite steps); tracers shorter than the
-    window are logged and skipped.
+    window are logged and skipped. With stride > 1 the per-tracer start offset is staggered
+    (tracer k starts at k mod stride) so that, over the tracers, every start time is covered, and
+    every tracer keeps its window from t0 (the start of every closed-loop rollout, and the
+    fastest chemistry: the hardest step). `t0_repeats` > 1 lists every window from t0 that many
+    times (an epoch then samples them more often).
     """
+    if int(stride) < 1 or int(t0_repeats) < 1:
+        raise ValueError(f"window_table: stride and t0_repeats must be >= 1, found {stride} and "
+                         f"{t0_repeats}")
+    stride, t0_repeats = int(stride), int(t0_repeats)
     n_tracers, n_steps = chunk.shape[:2]
     finite = np.all(np.isfinite(chunk), axis=2)  # [N, T]
     lengths = np.where(finite.all(axis=1), n_steps, np.argmin(finite, axis=1))
@@ -242,7 +254,10 @@ def window_table(chunk: np.ndarray, horizon: int, where: str = "") -> np.ndarray
             f"horizon + 1 = {horizon + 1} steps (lengths {sorted(set(lengths[short].tolist()))}) "
             "and give no training window"
         )
-    rows = [(k, s) for k in range(n_tracers) for s in range(int(lengths[k]) - horizon)]
+    rows = [(k, s) for k in range(n_tracers)
+            for s in [0] * (t0_repeats - 1)
+            + sorted({0, *range(k % stride, int(lengths[k]) - horizon, stride)})
+            if s < lengths[k] - horizon]
     return np.asarray(rows, dtype=np.int32).reshape(-1, 2)
 
 
@@ -259,6 +274,11 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
     if horizon < 1:
         raise ComponentError(f"config.horizon must be >= 1, found {horizon}")
     info["horizon"] = horizon
+    for field in ("window_stride", "t0_window_repeats"):
+        value = int(config.get(field) or 1)
+        if value < 1:
+            raise ComponentError(f"config.{field} must be >= 1, found {value}")
+        info[field] = value
     return info
 
 
@@ -321,11 +341,25 @@ def _emu_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         info["state_dim"],
         hidden_dims=tuple(config.model.hidden_dims),
         dropout_rate=float(config.dropout),
+        state_bounds=_state_bounds(config),
+        state_noise_std=float(config.model.get("state_noise_std") or 0.0),
         rngs=rngs,
     )
 
 
-def _emu_arrays(setup: Setup, chunk: np.ndarray, put) -> dict:
+def _state_bounds(config) -> tuple[float, float] | None:
+    """config.model.state_bounds (absent in configs saved before the field existed: None)."""
+    bounds = config.model.get("state_bounds")
+    if bounds is None:
+        return None
+    if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+        raise ComponentError(
+            f"config.model.state_bounds must be (low, high) with low < high or None, found "
+            f"{bounds!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def _emu_arrays(setup: Setup, chunk: np.ndarray, put, split: str) -> dict:
     if jax.process_count() > 1:
         # Window tables index process-local tracers; joining them across hosts needs offsets.
         raise NotImplementedError(
@@ -334,7 +368,13 @@ def _emu_arrays(setup: Setup, chunk: np.ndarray, put) -> dict:
         )
     p = setup.info["n_physical"]
     chunk = np.asarray(chunk, np.float32)
-    windows = window_table(chunk, setup.info["horizon"])
+    # Training windows every `window_stride` steps (long horizons at the cost of short ones) with
+    # the t0 windows repeated; validation keeps every stride-1 window once (the protocol the
+    # benchmark's trainer check repeats).
+    train = split == "train"
+    windows = window_table(chunk, setup.info["horizon"], where=f"split {split!r}",
+                           stride=int(setup.info.get("window_stride", 1)) if train else 1,
+                           t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1)
     return {
         "physical": put(np.nan_to_num(chunk[..., :p])),
         "abundances": put(np.nan_to_num(chunk[..., p:])),
@@ -342,9 +382,9 @@ def _emu_arrays(setup: Setup, chunk: np.ndarray, put) -> dict:
     }
 
 
-def _latent_prepare(setup: Setup, chunk: np.ndarray, put) -> Prepared:
+def _latent_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
     """Encode every step once with the frozen autoencoder (eval mode), min-max scale latents."""
-    arrays = _emu_arrays(setup, chunk, put)
+    arrays = _emu_arrays(setup, chunk, put, split)
     abund = arrays["abundances"]
     n, t, s = abund.shape
     z = encode_rows(setup.static, setup.frozen["ae_params"], setup.frozen["ae_batch_stats"],
@@ -354,8 +394,8 @@ def _latent_prepare(setup: Setup, chunk: np.ndarray, put) -> Prepared:
     return Prepared(arrays=arrays, n_items=int(arrays["windows"].shape[0]))
 
 
-def _direct_prepare(setup: Setup, chunk: np.ndarray, put) -> Prepared:
-    arrays = _emu_arrays(setup, chunk, put)
+def _direct_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
+    arrays = _emu_arrays(setup, chunk, put, split)
     arrays["state"] = arrays["abundances"]
     return Prepared(arrays=arrays, n_items=int(arrays["windows"].shape[0]))
 

@@ -279,7 +279,7 @@ def _evaluate(steps: Steps, state, chunks, source, setup, component, put, frozen
 
 def _stream(source, setup, component, put):
     for chunk in source.chunks():
-        yield component.prepare(setup, chunk, put)
+        yield component.prepare(setup, chunk, put, source.split)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -335,9 +335,9 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
     resident_mb = float(config.device_resident_max_mb)
     train_src = data_lib.split_source(pre_dir, manifest, "train", resident_mb)
     val_src = data_lib.split_source(pre_dir, manifest, "val", resident_mb)
-    train_res = [component.prepare(setup, c, put) for c in train_src.chunks()] \
+    train_res = [component.prepare(setup, c, put, "train") for c in train_src.chunks()] \
         if train_src.resident else None
-    val_res = [component.prepare(setup, c, put) for c in val_src.chunks()] \
+    val_res = [component.prepare(setup, c, put, "val") for c in val_src.chunks()] \
         if val_src.resident else None
 
     batch_size = int(config.batch_size)
