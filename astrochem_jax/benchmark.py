@@ -191,7 +191,8 @@ def window_validation_metrics(surrogate: Surrogate, data: ValidationData, horizo
 def trainer_check(surrogate: Surrogate) -> dict:
     """The emulator's validation numbers recomputed through the surrogate (all validation
     tracers, the trainer's windows) next to those in its summary.json."""
-    horizon = surrogate.info.get("horizon")
+    # The trainer validates on windows of `val_horizon` steps (older components: `horizon`).
+    horizon = surrogate.info.get("val_horizon", surrogate.info.get("horizon"))
     summary_path = paths.weights_dir(surrogate.components["emulator"]) / "summary.json"
     if horizon is None or not summary_path.exists():
         return {"available": False, "reason": f"no horizon in the emulator's data_info or no "

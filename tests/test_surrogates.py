@@ -27,7 +27,6 @@ from astrochem_jax.surrogates import (
 )
 from astrochem_jax.surrogates.flops import count_dot_flops, dense_flops
 from astrochem_jax.surrogates.rollout import (
-    clip_state,
     make_rollout,
     replicate,
     rollout_physical,
@@ -91,21 +90,32 @@ def test_rollout_equals_python_loop(kind):
     assert np.max(np.abs(np.log10(out[:, -1]) - np.log10(out[:, 0]))) > 1e-3
 
 
-def test_state_clip_bounds_every_step():
-    ae, emulator, minmax = tiny_ae_emulator()
-    emulator.output_layer.kernel[...] = emulator.output_layer.kernel[...] * 100.0  # diverges
-    parts, params = ae_emulator_parts(ae, emulator, ae, minmax, minmax)
-    clipped = clip_state(parts, 0.0, 1.0)
-    x0, physical = tiny_inputs()
-    z = clipped.encode(params, scale_abundances_f32(SCALER, x0))
-    for t in range(T):
-        z = clipped.step(params, SCALER.scale_physical(jnp.asarray(physical[:, t])), z)
-        assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
-    free = python_loop(parts, params, x0, physical)
-    bounded = np.asarray(make_rollout(clipped, SCALER)(params, x0, physical))
-    assert bounded.shape == free.shape and np.all(np.isfinite(bounded))
-    np.testing.assert_array_equal(bounded[:, 0], np.asarray(make_rollout(parts, SCALER)(
-        params, x0, physical))[:, 0])  # t0 is the reconstruction either way
+def test_bounded_emulator_keeps_the_surrogate_state_in_range():
+    """An emulator with state_bounds clips its own state: a rollout that diverges without the
+    bound stays in [0, 1] and finite with it (no surrogate-side clipping needed)."""
+    ae, _, minmax = tiny_ae_emulator()
+    x0, physical = tiny_inputs(steps=40)
+
+    def emulator(bounds):
+        e = Emulator(P, L, hidden_dims=(16,), state_bounds=bounds, rngs=nnx.Rngs(1))
+        e.output_layer.kernel[...] = e.output_layer.kernel[...] * 5000.0  # diverges
+        e.output_layer.bias[...] = e.output_layer.bias[...] + 0.3
+        return e
+
+    for bounds, in_range in (((0.0, 1.0), True), (None, False)):
+        parts, params = ae_emulator_parts(ae, emulator(bounds), ae, minmax, minmax)
+        z = parts.encode(params, scale_abundances_f32(SCALER, x0))
+        inside = True
+        for t in range(physical.shape[1]):
+            z = parts.step(params, SCALER.scale_physical(jnp.asarray(physical[:, t])), z)
+            inside &= bool(float(z.min()) >= 0.0 and float(z.max()) <= 1.0)
+        assert inside == in_range
+    out = np.asarray(make_rollout(parts, SCALER)(params, x0, physical))
+    bounded_parts, bounded_params = ae_emulator_parts(ae, emulator((0.0, 1.0)), ae, minmax,
+                                                      minmax)
+    bounded = np.asarray(make_rollout(bounded_parts, SCALER)(bounded_params, x0, physical))
+    assert np.all(np.isfinite(bounded))
+    np.testing.assert_array_equal(bounded[:, 0], out[:, 0])  # t0 is the reconstruction either way
 
 
 def test_latent_scaling_matches_trainer_convention():
@@ -214,8 +224,11 @@ def test_loaded_surrogate_reproduces_trainer_validation(trained, kind):
     assert surrogate.physical_parameters == ("Density", "Radfield", "Av", "gasTemp")
     check = trainer_check(surrogate)
     assert check["available"], check
-    assert check["surrogate"]["horizon"] == HORIZON
-    assert check["surrogate"]["n_windows"] == N_STEPS - HORIZON  # one validation tracer
+    # The trainer's validation windows: `val_horizon` steps (0 = full trajectory) or `horizon`.
+    val_horizon = surrogate.component_configs["emulator"].get("val_horizon")
+    expected = HORIZON if val_horizon is None else (val_horizon or N_STEPS - 1)
+    assert check["surrogate"]["horizon"] == expected == surrogate.info["val_horizon"]
+    assert check["surrogate"]["n_windows"] == N_STEPS - expected  # one validation tracer
     for key in ("mean_relative_error", "mean_abs_dlog10"):
         assert check["relative_difference"][key] < 1e-4, check
 

@@ -151,6 +151,22 @@ def test_emulator_trains_through_frozen_autoencoder(outputs_with_ae):
     assert out.shape == (4, 3)
 
 
+def test_emulator_validates_closed_loop_over_full_trajectories(outputs_with_ae):
+    """val_horizon = 0: one validation window per tracer from t0 over the whole trajectory, while
+    training uses strided, t0-weighted windows of `horizon` steps; bad values are refused."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    c = tf.tiny_config("direct_emulator", name="closed_loop")
+    c.epochs, c.val_horizon, c.window_stride, c.t0_window_repeats = 1, 0, 2, 3
+    train_component(c, preprocessed_dir=pre)
+    info = json.loads((paths.weights_dir("closed_loop") / "config.json").read_text())["data_info"]
+    n_steps = np.load(sorted(pre.glob("val-*.npy"))[0]).shape[1]
+    assert info["val_horizon"] == n_steps - 1 and info["horizon"] == 3
+    assert (info["window_stride"], info["t0_window_repeats"]) == (2, 3)
+    c.name, c.val_horizon = "bad_val_horizon", n_steps
+    with pytest.raises(ComponentError, match="val_horizon"):
+        train_component(c, preprocessed_dir=pre)
+
+
 def test_missing_autoencoder_names_the_command(outputs_with_ae):
     c = tf.tiny_config("emulator")
     c.autoencoder_component = "autoencoder_grav_small"

@@ -10,8 +10,9 @@ Registry `SURROGATES` (by config `type`): a builder `(config) -> Surrogate`.
   steps, decoder = latent unscaling then autoencoder.decode.
 - "direct_emulator": the direct emulator steps on scaled abundances (encode/decode = identity).
 
-Optional config field `state_clip = (low, high)`: clip the emulator state after every step
-(`rollout.clip_state`); None (the default) runs the trained components exactly.
+The surrogate runs the trained components exactly: an emulator trained with
+`model.state_bounds` clips its own state after every step (`models.Emulator`), so the rollout
+and the trainer share the same dynamics; there is no surrogate-side clipping.
 
 Components are found by name alone under `outputs/weights/<component>/` (via
 `astrochem_jax.training.checkpoints.load_component`); missing or incompatible ones raise
@@ -35,7 +36,6 @@ from astrochem_jax.scaling import Scaler
 from astrochem_jax.surrogates.rollout import (
     DTYPE,
     SurrogateParts,
-    clip_state,
     make_reconstruct,
     make_rollout,
     replicate,
@@ -231,12 +231,11 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
             components: dict[str, str], loaded: dict) -> Surrogate:
     info = emulator.info
     scaler = Scaler.from_dict(info["scaling"])
-    state_clip = _get(config, "state_clip")
-    if state_clip is not None:
-        if len(state_clip) != 2 or not float(state_clip[0]) < float(state_clip[1]):
-            raise SurrogateError(f"surrogate config {config.name!r}: field state_clip must be "
-                                 f"(low, high) with low < high or None, found {state_clip!r}")
-        parts = clip_state(parts, float(state_clip[0]), float(state_clip[1]))
+    if _get(config, "state_clip") is not None:
+        raise SurrogateError(
+            f"surrogate config {config.name!r}: field state_clip is no longer supported; the "
+            "emulator bounds its own state (component config field model.state_bounds), retrain "
+            f"it: `{train_command(str(_get(config.components, 'emulator')))}`")
     # Replicated over every device, so batches sharded over the mesh's `data` axis just work.
     params = replicate(jax.tree.map(jnp.asarray, params))
     return Surrogate(

@@ -53,21 +53,6 @@ class SurrogateParts:
     decode: Callable[[Params, jax.Array], jax.Array]
 
 
-def clip_state(parts: SurrogateParts, low: float, high: float) -> SurrogateParts:
-    """The same parts with every emulator step's output clipped to [low, high].
-
-    Both state spaces are [0, 1] by construction on the training data (min-max scaled latents,
-    scaled abundances); an emulator trained on short windows can leave that range in long closed
-    loop rollouts and then diverge. Off unless a surrogate config sets `state_clip`: the default
-    surrogate is exactly the trained components."""
-    lo, hi = np.float32(low), np.float32(high)
-
-    def step(params, p, z):
-        return jnp.clip(parts.step(params, p, z), lo, hi)
-
-    return SurrogateParts(parts.encode, step, parts.decode)
-
-
 def _rollout(parts: SurrogateParts, params: Params, s0: jax.Array, p_scaled: jax.Array,
              output: Callable[[jax.Array], jax.Array]) -> jax.Array:
     """encode(s0) -> scan over the T steps, decoding each new state inside the scan body (the

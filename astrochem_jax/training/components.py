@@ -274,6 +274,19 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
     if horizon < 1:
         raise ComponentError(f"config.horizon must be >= 1, found {horizon}")
     info["horizon"] = horizon
+    # Validation windows: `val_horizon` steps (None: the training horizon; 0: the full
+    # trajectory from t0, i.e. the closed-loop rollout the surrogate is used for).
+    val_horizon = config.get("val_horizon")
+    val_steps = int(manifest["splits"]["val"]["shape"][1])
+    if val_horizon is None:
+        val_horizon = horizon
+    elif int(val_horizon) == 0:
+        val_horizon = val_steps - 1
+    if not 1 <= int(val_horizon) <= val_steps - 1:
+        raise ComponentError(
+            f"config.val_horizon must be None, 0 (full trajectory) or 1..{val_steps - 1} (the "
+            f"validation split has {val_steps} steps), found {config.get('val_horizon')}")
+    info["val_horizon"] = int(val_horizon)
     for field in ("window_stride", "t0_window_repeats"):
         value = int(config.get(field) or 1)
         if value < 1:
@@ -372,13 +385,17 @@ def _emu_arrays(setup: Setup, chunk: np.ndarray, put, split: str) -> dict:
     # the t0 windows repeated; validation keeps every stride-1 window once (the protocol the
     # benchmark's trainer check repeats).
     train = split == "train"
-    windows = window_table(chunk, setup.info["horizon"], where=f"split {split!r}",
+    horizon = setup.info["horizon"] if train else setup.info.get("val_horizon",
+                                                                 setup.info["horizon"])
+    windows = window_table(chunk, horizon, where=f"split {split!r}",
                            stride=int(setup.info.get("window_stride", 1)) if train else 1,
                            t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1)
     return {
         "physical": put(np.nan_to_num(chunk[..., :p])),
         "abundances": put(np.nan_to_num(chunk[..., p:])),
         "windows": put(windows),
+        # Its static length is the window length (training and validation may differ).
+        "window_steps": put(np.arange(horizon, dtype=np.int32)),
     }
 
 
@@ -403,7 +420,7 @@ def _direct_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") 
 def _window_batch(setup: Setup, arrays: dict, idx: jax.Array) -> dict:
     """Windows idx [B] -> physical [B, H, P] (drives t -> t+1), state0 [B, D] at the window start,
     target [B, H, S] scaled abundances at steps start + 1 .. start + H."""
-    horizon = setup.info["horizon"]
+    horizon = arrays["window_steps"].shape[0]
     win = jnp.take(arrays["windows"], idx, axis=0)
     tracer, start = win[:, 0], win[:, 1]
 

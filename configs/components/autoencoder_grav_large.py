@@ -60,6 +60,10 @@ def get_config() -> ConfigDict:
 
     # --- emulators only (kept here so every config has the same fields) ------------------------
     c.horizon = 16  # rollout window length (steps)
+    c.window_stride = 1  # training windows start every `window_stride` steps (validation: 1)
+    c.t0_window_repeats = 1  # each tracer's window from t0 appears this many times per epoch
+    # validation windows (stride 1): None = `horizon` steps, 0 = the full trajectory from t0
+    c.val_horizon = config_dict.placeholder(int)
     c.autoencoder_component = config_dict.placeholder(str)
 
     # --- data placement, checkpoints, multi-host ------------------------------------------------

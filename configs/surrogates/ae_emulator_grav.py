@@ -42,8 +42,5 @@ def get_config() -> ConfigDict:
     c.components.encoder = "autoencoder_grav_large"
     c.components.emulator = "emulator_grav_sequential"
     c.components.decoder = "autoencoder_grav_large"
-    # (low, high): clip the emulator state after every step (both state spaces are [0, 1] on the
-    # training data); None = the trained components exactly (what the trainer validated).
-    c.state_clip = config_dict.placeholder(tuple)
     c.benchmark = benchmark_config()
     return c

@@ -4,7 +4,7 @@
 No autoencoder: `components.encoder` / `components.decoder` are empty.
 """
 
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
 from configs.surrogates.ae_emulator_grav import benchmark_config
 
@@ -17,8 +17,5 @@ def get_config() -> ConfigDict:
     c.components.encoder = ""
     c.components.emulator = "direct_emulator_grav"
     c.components.decoder = ""
-    # (low, high): clip the emulator state after every step (both state spaces are [0, 1] on the
-    # training data); None = the trained components exactly (what the trainer validated).
-    c.state_clip = config_dict.placeholder(tuple)
     c.benchmark = benchmark_config()
     return c
