@@ -142,7 +142,8 @@ def accuracy_section(surrogate: Surrogate, data: ValidationData, pred: np.ndarra
     finite = np.isfinite(pred[:, 1:])
     report["non_finite_predictions"] = {
         "count": int(finite.size - np.count_nonzero(finite)), "of": int(finite.size),
-        "note": "closed-loop rollouts that diverge overflow to inf; see surrogate state_clip"}
+        "note": "closed-loop rollouts that diverge overflow to inf; emulators trained with "
+                "model.state_bounds keep their state in the training range"}
     report["error_vs_step"] = {"time_years": data.time_years.tolist(),
                                **ev.error_vs_step(data.abundances, pred)}
     report["scored_steps"] = "1..T-1 (closed loop from the true t0 abundances)"
