@@ -221,7 +221,9 @@ def test_loaded_surrogate_reproduces_trainer_validation(trained, kind):
     surrogate = build(surrogate_config(kind))
     assert surrogate.type == kind
     assert surrogate.dataset == "tiny"
-    assert surrogate.physical_parameters == ("Density", "Radfield", "Av", "gasTemp")
+    dataset = surrogate.component_configs["emulator"]["dataset"]
+    assert surrogate.physical_parameters == tuple(dataset["physical_parameters"])
+    assert surrogate.physical_parameters[:4] == ("Density", "Radfield", "Av", "gasTemp")
     check = trainer_check(surrogate)
     assert check["available"], check
     # The trainer's validation windows: `val_horizon` steps (0 = full trajectory) or `horizon`.
