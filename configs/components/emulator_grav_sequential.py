@@ -12,6 +12,10 @@ protocol (16 validation tracers, closed loop from t0), mean |dlog10| over steps 
 - horizon 64, stride 4, t0 x16, 20 epochs: 0.22 dex.
 - horizon 64, stride 4, t0 x16, 60 epochs, checkpoints chosen by closed-loop validation
   (val_horizon 0): 0.088 dex mean (median 0.052, p99 0.48), mean relative error 0.29, 181 s.
+- THIS CONFIG (t0 x32): 0.082 dex mean (median 0.050, p99 0.50), mean relative error 0.33, error
+  at step 1 0.29 dex (was 0.37 with x16), no non-finite value; 190 s on 2 CPU cores.
+- + state_noise_std 0.01: worse (closed-loop val loss 0.41 vs 0.28; early stop at epoch 50).
+Caveat: the best checkpoint is chosen on the validation tracers the benchmark also scores.
 - horizon 128, stride 8: slower and worse at equal epochs (val loss 0.49 vs 0.44 at epoch ~33);
   horizon 299 with a zero-gradient clip: states stick to the bounds and training stalls (2.3 dex),
   hence the straight-through bound (`models.emulator.bound_state`).
