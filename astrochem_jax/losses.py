@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
-import numpy as np
 
 from astrochem_jax.metrics import abs_dlog10, relative_error
 from astrochem_jax.scaling import unscale_abundances
@@ -45,14 +44,9 @@ def _check_pair(pred_scaled, true_scaled, where: str):
 
 
 def unscale_in_dtype(scaled, abundance_clip, dtype=jnp.float32):
-    """scaled [..., S] in [0, 1] -> abundances [..., S] computed in `dtype`.
-
-    The clip is turned into `dtype` scalars first: `scaling.unscale_abundances` builds its log10
-    bounds as numpy float64 scalars, which would promote a float32 jax array to float64 when x64
-    is on.
-    """
-    clip = (np.asarray(abundance_clip[0], dtype), np.asarray(abundance_clip[1], dtype))
-    return unscale_abundances(jnp.asarray(scaled, dtype), clip).astype(dtype)
+    """scaled [..., S] in [0, 1] -> abundances [..., S] computed in `dtype` (`scaling` keeps the
+    input's dtype, float32 included, whether or not x64 is on)."""
+    return unscale_abundances(jnp.asarray(scaled, dtype), abundance_clip).astype(dtype)
 
 
 def elementwise_loss(pred_scaled, true_scaled, power_weight: float):

@@ -22,10 +22,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
-from astrochem_jax import scaling
 from astrochem_jax.scaling import Scaler
 from astrochem_jax.training.mesh import (
     batch_sharded,
@@ -75,21 +73,14 @@ def rollout_scaled(parts: SurrogateParts, params: Params, s0: jax.Array,
     return _rollout(parts, params, s0, p_scaled, lambda s: s.astype(DTYPE))
 
 
-def _clip_f32(scaler: Scaler) -> tuple[np.float32, np.float32]:
-    """The abundance clip as float32 scalars: `scaling` derives its log10 bounds from the clip's
-    type, and float64 bounds would promote float32 arrays to float64 when x64 is on (as in
-    `losses.unscale_in_dtype`)."""
-    return np.float32(scaler.abundance_clip[0]), np.float32(scaler.abundance_clip[1])
-
-
 def scale_abundances_f32(scaler: Scaler, x) -> jax.Array:
     """x [..., S] abundances -> scaled [..., S], computed in float32."""
-    return scaling.scale_abundances(jnp.asarray(x, DTYPE), _clip_f32(scaler)).astype(DTYPE)
+    return scaler.scale_abundances(jnp.asarray(x, DTYPE)).astype(DTYPE)
 
 
 def unscale_abundances_f32(scaler: Scaler, s) -> jax.Array:
     """scaled [..., S] -> abundances [..., S], computed in float32."""
-    return scaling.unscale_abundances(jnp.asarray(s, DTYPE), _clip_f32(scaler)).astype(DTYPE)
+    return scaler.unscale_abundances(jnp.asarray(s, DTYPE)).astype(DTYPE)
 
 
 def rollout_physical(parts: SurrogateParts, scaler: Scaler, params: Params,
