@@ -29,7 +29,8 @@ from pathlib import Path
 from astrochem_jax import runtime
 
 if __name__ == "__main__":
-    runtime.setup_entry_point()  # before numpy/jax load: one BLAS thread, x64, compile cache
+    # Before numpy/jax load: one BLAS thread, x64, compile cache, one CPU device per core.
+    runtime.setup_entry_point(cpu_device_per_core=True)
 
 import dataclasses  # noqa: E402
 import functools  # noqa: E402

@@ -10,6 +10,11 @@ Registry `SURROGATES` (by config `type`): a builder `(config) -> Surrogate`.
   steps, decoder = latent unscaling then autoencoder.decode.
 - "direct_emulator": the direct emulator steps on scaled abundances (encode/decode = identity).
 
+Builders run the components in their inference form (`surrogates.inference`: plain dense layers,
+BatchNorm and the latent scaling folded into the matrices); `ae_emulator_parts` /
+`direct_emulator_parts` run the NNX modules themselves and serve as the reference the folded form
+is tested against.
+
 The surrogate runs the trained components exactly: an emulator trained with
 `model.state_bounds` clips its own state after every step (`models.Emulator`), so the rollout
 and the trainer share the same dynamics; there is no surrogate-side clipping.
@@ -33,6 +38,7 @@ from ml_collections import ConfigDict
 
 from astrochem_jax import config_utils, paths
 from astrochem_jax.scaling import Scaler
+from astrochem_jax.surrogates import inference
 from astrochem_jax.surrogates.rollout import (
     DTYPE,
     SurrogateParts,
@@ -223,6 +229,55 @@ def direct_emulator_parts(emulator: nnx.Module) -> tuple[SurrogateParts, dict]:
     return SurrogateParts(encode, step, decode), {"emulator": state}
 
 
+def ae_emulator_inference_parts(encoder: nnx.Module, emulator: nnx.Module, decoder: nnx.Module,
+                                encoder_latents_minmax, decoder_latents_minmax
+                                ) -> tuple[SurrogateParts, dict]:
+    """The same surrogate as `ae_emulator_parts`, on plain dense layers with BatchNorm, the tied
+    transposes and the decoder's latent unscaling folded in (`surrogates.inference`): what the
+    builders run. Equal to `ae_emulator_parts` up to float32 rounding."""
+    for model in (encoder, emulator, decoder):
+        model.eval()
+    enc_lo, enc_span = latent_min_span(encoder_latents_minmax)
+    dec_lo, dec_span = latent_min_span(decoder_latents_minmax)
+    bounds = emulator.state_bounds
+    params = {
+        "encoder": inference.encoder_layers(encoder),
+        "encoder_latents": {"min": enc_lo, "span": enc_span},
+        "emulator": inference.emulator_layers(emulator),
+        "decoder": inference.decoder_layers(decoder, dec_lo, dec_span),
+    }
+
+    def encode(p, s):
+        z = inference.encode(p["encoder"], s)
+        return scale_latents(z, p["encoder_latents"]["min"], p["encoder_latents"]["span"])
+
+    def step(p, physical, state):
+        return inference.emulator_step(p["emulator"], physical, state, bounds)
+
+    def decode(p, state):
+        return inference.decode(p["decoder"], state)
+
+    return SurrogateParts(encode, step, decode), params
+
+
+def direct_emulator_inference_parts(emulator: nnx.Module) -> tuple[SurrogateParts, dict]:
+    """`direct_emulator_parts` on plain dense layers (`surrogates.inference`)."""
+    emulator.eval()
+    bounds = emulator.state_bounds
+
+    def encode(p, s):
+        return jnp.asarray(s, DTYPE)
+
+    def step(p, physical, x):
+        return inference.emulator_step(p["emulator"], physical, x, bounds)
+
+    def decode(p, x):
+        return x
+
+    return (SurrogateParts(encode, step, decode),
+            {"emulator": inference.emulator_layers(emulator)})
+
+
 # ------------------------------------------------------------------------------------------------
 # Builders
 
@@ -294,7 +349,7 @@ def build_ae_emulator(config: ConfigDict) -> Surrogate:
                 f"{ae.directory}/latents_minmax.npy: expected shape {expected}, found {found}; "
                 f"retrain the autoencoder: `{train_command(names[role])}`")
 
-    parts, params = ae_emulator_parts(
+    parts, params = ae_emulator_inference_parts(
         encoder.model(train=False), emulator.model(train=False), decoder.model(train=False),
         encoder.latents_minmax, decoder.latents_minmax)
     loaded = {"encoder": encoder, "decoder": decoder, "emulator": emulator}
@@ -307,7 +362,7 @@ def build_direct_emulator(config: ConfigDict) -> Surrogate:
     emulator = load_checked_component(name, ("direct_emulator",), "emulator")
     _check_same("the state size", name, int(emulator.info["state_dim"]), "its species list",
                 len(emulator.info["species"]), f"Retrain it: `{train_command(name)}`")
-    parts, params = direct_emulator_parts(emulator.model(train=False))
+    parts, params = direct_emulator_inference_parts(emulator.model(train=False))
     return _common(config, emulator, parts, params, {"emulator": name}, {"emulator": emulator})
 
 
@@ -334,5 +389,6 @@ def load(name_or_config: str | ConfigDict) -> Surrogate:
     return build(config)
 
 
-__all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateParts", "ae_emulator_parts",
-           "build", "direct_emulator_parts", "load"]
+__all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateParts",
+           "ae_emulator_inference_parts", "ae_emulator_parts", "build",
+           "direct_emulator_inference_parts", "direct_emulator_parts", "load"]

@@ -1,4 +1,5 @@
-"""The surrogate rollout: encode -> `lax.scan` over emulator steps -> decode every step.
+"""The surrogate rollout: encode -> `lax.scan` over emulator steps -> decode every step (in
+chunks of steps, see `_rollout`).
 
 A surrogate is three pure functions of one parameter pytree (`SurrogateParts`); `make_rollout`
 wraps them with the dataset's `Scaler` into one jitted function whose interface is in physical
@@ -51,20 +52,51 @@ class SurrogateParts:
     decode: Callable[[Params, jax.Array], jax.Array]
 
 
+# Rows (batch x steps) decoded by one call: large enough that the decoder's matrix products are
+# efficient, small enough that its activations stay modest (32768 rows x 160 wide = 21 MB).
+DECODE_ROWS = 1 << 15
+
+
+def decode_chunk_steps(batch: int, n_steps: int, rows: int = DECODE_ROWS) -> int:
+    """Emulator steps advanced between two decoder calls: `rows // batch`, within [1, n_steps]."""
+    return max(1, min(int(n_steps), int(rows) // max(1, int(batch))))
+
+
 def _rollout(parts: SurrogateParts, params: Params, s0: jax.Array, p_scaled: jax.Array,
-             output: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    """encode(s0) -> scan over the T steps, decoding each new state inside the scan body (the
-    decoder's activations stay small and cache resident, ~15% faster on CPU than decoding all
-    T + 1 states afterwards) -> output(decoded) [B, T + 1, S]."""
+             output: Callable[[jax.Array], jax.Array], chunk_steps: int | None = None
+             ) -> jax.Array:
+    """encode(s0) -> the emulator's T steps in chunks of `chunk_steps` (default
+    `decode_chunk_steps`): an inner `lax.scan` advances the state through a chunk, then the
+    chunk's states [c, B, D] are decoded in one call -> output(decoded) [B, T + 1, S].
+
+    Decoding c steps at once turns the decoder's [B, D] products into [c * B, D] ones: ~15%
+    faster than decoding inside the step loop on CPU at B = 128 per device (measured), with
+    memory bounded by DECODE_ROWS rows. Large batches (c = 1) decode every step.
+    """
     z0 = parts.encode(params, jnp.asarray(s0, DTYPE))
+    p_t = jnp.swapaxes(jnp.asarray(p_scaled, DTYPE), 0, 1)  # [T, B, P]
+    n_steps, batch = p_t.shape[0], p_t.shape[1]
+    c = decode_chunk_steps(batch, n_steps) if chunk_steps is None else int(chunk_steps)
 
-    def body(z, p_t):
-        z_next = parts.step(params, p_t, z)
-        return z_next, output(parts.decode(params, z_next))
+    def step(z, p_step):
+        z_next = parts.step(params, p_step, z)
+        return z_next, z_next
 
-    _, xs = jax.lax.scan(body, z0, jnp.swapaxes(jnp.asarray(p_scaled, DTYPE), 0, 1))
-    x0 = output(parts.decode(params, z0))
-    return jnp.concatenate([x0[:, None, :], jnp.swapaxes(xs, 0, 1)], axis=1)
+    def advance(z, p_chunk):  # p_chunk [c, B, P] -> (last state, decoded [c, B, S])
+        z_last, zs = jax.lax.scan(step, z, p_chunk)
+        return z_last, output(parts.decode(params, zs))
+
+    pieces = [output(parts.decode(params, z0))[None]]
+    n_chunks, tail = divmod(n_steps, c)
+    z = z0
+    if n_chunks:
+        chunks = p_t[: n_chunks * c].reshape(n_chunks, c, *p_t.shape[1:])
+        z, xs = jax.lax.scan(advance, z, chunks)  # xs [n_chunks, c, B, S]
+        pieces.append(xs.reshape(n_chunks * c, *xs.shape[2:]))
+    if tail:
+        _, xs_tail = advance(z, p_t[n_chunks * c:])
+        pieces.append(xs_tail)
+    return jnp.swapaxes(jnp.concatenate(pieces, axis=0), 0, 1)
 
 
 def rollout_scaled(parts: SurrogateParts, params: Params, s0: jax.Array,
