@@ -200,14 +200,29 @@ def solver_settings(config: ConfigDict):
     return SolverSettings(**wanted)
 
 
-def solve_all(network, x0, node_time, node_phys, output_time_years, settings):
-    """`solve_tracks` over every tracer (vmapped batches of `settings.batch_size`, one compiled
-    shape) with its tracers/s progress line. Returns (abundances [B, T, S], result_code [B],
-    n_steps [B])."""
-    from astrochem_jax.chemistry.solver import solve_tracks
+def solver_workers(config: ConfigDict) -> int | None:
+    """`config.generator.solver_workers`: None (every core) or a process count >= 1."""
+    value = config.generator.get("solver_workers")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GenerateError(
+            "config generator.solver_workers: expected None (every core) or an integer >= 1, "
+            f"found {value!r}"
+        )
+    return value
 
-    res = solve_tracks(network, x0, node_time, node_phys, output_time_years, settings=settings,
-                       progress=True, solver_fn=_jitted_solver(network, settings))
+
+def solve_all(network, x0, node_time, node_phys, output_time_years, settings, n_workers=1):
+    """`solve_tracks` over every tracer (vmapped batches of `settings.batch_size`, one compiled
+    shape) with its tracers/s progress line, on `n_workers` processes (None: every core; 1: in
+    this process). The result does not depend on `n_workers` (same batches, same function).
+    Returns (abundances [B, T, S], result_code [B], n_steps [B])."""
+    from astrochem_jax.chemistry.parallel import solve_tracks_parallel
+
+    res = solve_tracks_parallel(network, x0, node_time, node_phys, output_time_years,
+                                settings=settings, n_workers=n_workers, progress=True,
+                                solver_fn=_jitted_solver(network, settings))
     return (np.asarray(res.abundances, dtype=np.float64),
             np.asarray(res.result_code, dtype=np.int64).reshape(-1),
             np.asarray(res.n_steps, dtype=np.int64).reshape(-1))
@@ -244,6 +259,8 @@ def classify_failures(abundances, result_code, x0, species, conservation_rtol) -
 
 def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
     """Generate the raw dataset described by a dataset config; returns the written path."""
+    from astrochem_jax.chemistry.parallel import effective_n_workers
+
     stream = stream if stream is not None else sys.stderr
     start = time.perf_counter()
     g = config.generator
@@ -256,14 +273,16 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
     x0 = initial_abundances_for(network, g.initial_abundances, g.atomic_hydrogen)
     ids, node_time, node_phys, at_output, params = build_tracks(config, output_time_years)
     settings = solver_settings(config)
+    workers = effective_n_workers(solver_workers(config), ids.size, settings.batch_size)
     print(
         f"generate {config.name}: {ids.size} tracers x {output_time_years.size} steps, network "
         f"{network.name!r} ({len(species)} species, {network.n_reactions} reactions), "
-        f"t = 0..{output_time_years[-1]:.4g} yr ({g.time_spacing})",
+        f"t = 0..{output_time_years[-1]:.4g} yr ({g.time_spacing}), "
+        f"{workers} solver process{'es' if workers > 1 else ''}",
         file=stream,
     )
     abundances, solver_codes, n_steps = solve_all(
-        network, x0, node_time, node_phys, output_time_years, settings
+        network, x0, node_time, node_phys, output_time_years, settings, n_workers=workers
     )
     codes = classify_failures(abundances, solver_codes, x0, species, g.conservation_rtol)
     failed = np.flatnonzero(codes != 0)
@@ -281,7 +300,7 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
         "network_name": network.name,
         "network_rates": rates_text,
         "solver": {**config_utils.to_dict(g.solver), "settings": _settings_dict(settings)},
-        "config": config_utils.to_dict(config),
+        "config": stored_config(config),
         "failed_tracers": ids[failed].tolist(),
         "track_parameters": {k: v[ok].tolist() for k, v in params.items()},
     }
@@ -303,6 +322,15 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
         file=stream,
     )
     return out_path
+
+
+def stored_config(config: ConfigDict) -> dict:
+    """The config snapshot written to the raw file, less `generator.solver_workers`: the worker
+    count changes no number in the file, and the file's sha256 keys the preprocess cache, so the
+    file must not depend on it (neither does the `solver` attr)."""
+    snapshot = config_utils.to_dict(config)
+    snapshot.get("generator", {}).pop("solver_workers", None)
+    return snapshot
 
 
 def _settings_dict(settings) -> dict:

@@ -1,7 +1,8 @@
 """Benchmark the stiff solver on 300-step free-fall collapse tracks; prints one JSON object.
 
     .venv/bin/python scripts/bench_solver.py [--networks default,uclchem_small,uclchem_gas]
-        [--n_tracers 16] [--batch_size 16] [--n_steps 300] [--time_end_years 1.5e6]
+        [--workers 1,all] [--n_tracers N] [--batch_size 16] [--n_steps 300]
+        [--time_end_years 1.5e6]
 
 Networks: "default" (shipped demonstration network), "uclchem_small" (the 34 species of
 ../shared/networks/uclchem_small_chemistry_species.csv with their reactions selected from
@@ -10,8 +11,14 @@ default network, ~163 species). The last two are skipped with a note when ../sha
 
 Tracks: per-tracer collapse parameters drawn by Latin hypercube over the ranges of
 configs/datasets/grav.py; node times = the 300 output times, so the solver steps at least once
-per output interval. Timing: one warm-up call (compile) per network, then the timed call on
-fresh tracers with the same shapes; trajectories/s = n_tracers / wall time of that call.
+per output interval.
+
+Workers: each entry of --workers ("all" = every usable core) is timed on the same tracers.
+1 worker = "per_core": in this process, one warm-up call (compile) on other tracers, then the
+timed call. n > 1 = "all_cores" (or "workers_<n>"): a `chemistry.parallel.SolverPool` is started
+and every worker warmed up (compile + one tiny solve) first; only the warm solve is timed.
+trajectories/s = n_tracers / wall time of the timed call. The default n_tracers,
+2 x max(workers) x batch_size, gives every worker >= 2 batches.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from astrochem_jax import config_utils  # noqa: E402
 from astrochem_jax.chemistry import network as network_mod  # noqa: E402
-from astrochem_jax.chemistry import solver  # noqa: E402
+from astrochem_jax.chemistry import parallel, solver  # noqa: E402
 from astrochem_jax.chemistry.initial_abundances import default_initial_abundances  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,29 +112,26 @@ def _inline_collapse(n_tracers: int, time_years: np.ndarray, seed: int) -> np.nd
                      p["zeta"] * ones], axis=-1)
 
 
-def bench_network(net, n_tracers: int, batch_size: int, n_steps: int, time_end_years: float,
-                  settings_kw: dict) -> dict:
-    settings = solver.SolverSettings(batch_size=batch_size, **settings_kw)
-    x0 = default_initial_abundances(net)
-    fn = solver.make_solver(net, settings)
-    warm_time, warm_phys, out_time = collapse_inputs(batch_size, n_steps, time_end_years, seed=1)
-    start = time.perf_counter()
-    solver.solve_tracks(net, x0, warm_time, warm_phys, out_time, settings, progress=False,
-                        solver_fn=fn)
-    first_call_s = time.perf_counter() - start
-    node_time, node_phys, out_time = collapse_inputs(n_tracers, n_steps, time_end_years, seed=2)
-    start = time.perf_counter()
-    res = solver.solve_tracks(net, x0, node_time, node_phys, out_time, settings, progress=False,
-                              solver_fn=fn)
-    wall_s = time.perf_counter() - start
-    per_batch_s = wall_s / max(1, -(-n_tracers // batch_size))
+def parse_workers(spec: str) -> list[int]:
+    """"1,all" -> [1, default_n_workers()] (deduplicated, in order)."""
+    counts: list[int] = []
+    for item in (w.strip() for w in spec.split(",") if w.strip()):
+        n = parallel.default_n_workers() if item == "all" else int(item)
+        if n < 1:
+            raise ValueError(f"--workers: expected 'all' or integers >= 1, found {item!r}")
+        if n not in counts:
+            counts.append(n)
+    return counts
+
+
+def run_label(n_workers: int) -> str:
+    if n_workers == 1:
+        return "per_core"
+    return "all_cores" if n_workers == parallel.default_n_workers() else f"workers_{n_workers}"
+
+
+def result_summary(res: solver.SolveResult) -> dict:
     return {
-        "n_species": net.n_species,
-        "n_reactions": net.n_reactions,
-        "trajectories_per_s": n_tracers / wall_s,
-        "wall_s": wall_s,
-        "first_call_s": first_call_s,
-        "compile_s_estimate": max(0.0, first_call_s - per_batch_s),
         "n_failed": int(np.sum(res.result_code != 0)),
         "steps_median": float(np.median(res.n_steps)),
         "steps_max": int(np.max(res.n_steps)),
@@ -135,10 +139,82 @@ def bench_network(net, n_tracers: int, batch_size: int, n_steps: int, time_end_y
     }
 
 
+def bench_in_process(net, settings, x0, warm, timed) -> tuple[dict, solver.SolveResult]:
+    """One worker in this process: warm-up call (compile) on `warm`, then the timed call."""
+    fn = solver.make_solver(net, settings)
+    start = time.perf_counter()
+    solver.solve_tracks(net, x0, *warm, settings, progress=False, solver_fn=fn)
+    first_call_s = time.perf_counter() - start
+    n_tracers = timed[0].shape[0]
+    start = time.perf_counter()
+    res = solver.solve_tracks(net, x0, *timed, settings, progress=False, solver_fn=fn)
+    wall_s = time.perf_counter() - start
+    per_batch_s = wall_s / max(1, -(-n_tracers // settings.batch_size))
+    return {
+        "workers": 1,
+        "trajectories_per_s": n_tracers / wall_s,
+        "wall_s": wall_s,
+        "first_call_s": first_call_s,
+        "compile_s_estimate": max(0.0, first_call_s - per_batch_s),
+        **result_summary(res),
+    }, res
+
+
+def bench_pool(net, settings, x0, timed, n_workers: int) -> tuple[dict, solver.SolveResult]:
+    """n_workers processes: start + warm every worker (untimed), then time the warm solve."""
+    node_time, node_phys, out_time = timed
+    with parallel.SolverPool(net, settings, n_workers, initial_abundances=x0,
+                             physical=node_phys[0, 0], n_nodes=node_time.shape[1],
+                             n_outputs=out_time.size) as pool:
+        start = time.perf_counter()
+        res = pool.solve(x0, *timed, progress=False)
+        wall_s = time.perf_counter() - start
+        stats = pool.stats
+    return {
+        "workers": n_workers,
+        "trajectories_per_s": node_time.shape[0] / wall_s,
+        "wall_s": wall_s,
+        "pool_start_s": stats.start_s,
+        "worker_warmup_s": stats.warmup_s,
+        **result_summary(res),
+    }, res
+
+
+def bench_network(net, n_tracers: int, batch_size: int, n_steps: int, time_end_years: float,
+                  settings_kw: dict, worker_counts: list[int]) -> dict:
+    settings = solver.SolverSettings(batch_size=batch_size, **settings_kw)
+    x0 = default_initial_abundances(net)
+    warm_time, warm_phys, out_time = collapse_inputs(batch_size, n_steps, time_end_years, seed=1)
+    timed = collapse_inputs(n_tracers, n_steps, time_end_years, seed=2)
+    report: dict = {"n_species": net.n_species, "n_reactions": net.n_reactions}
+    results: dict[int, solver.SolveResult] = {}
+    for n_workers in worker_counts:
+        if n_workers == 1:
+            run, results[1] = bench_in_process(net, settings, x0, (warm_time, warm_phys, out_time),
+                                               timed)
+        else:
+            run, results[n_workers] = bench_pool(net, settings, x0, timed, n_workers)
+        report[run_label(n_workers)] = run
+    if 1 in results:
+        reference = results[1]
+        for n_workers, res in results.items():
+            if n_workers != 1:
+                report[run_label(n_workers)]["identical_to_per_core"] = all(
+                    np.array_equal(getattr(res, f), getattr(reference, f))
+                    for f in ("abundances", "result_code", "n_steps", "n_accepted", "n_rejected"))
+    if "per_core" in report and "all_cores" in report:
+        report["all_cores_speedup"] = (report["all_cores"]["trajectories_per_s"]
+                                       / report["per_core"]["trajectories_per_s"])
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default=",".join(NETWORKS))
-    ap.add_argument("--n_tracers", type=int, default=16)
+    ap.add_argument("--workers", default="1,all",
+                    help="worker counts to time, comma-separated; 'all' = every usable core")
+    ap.add_argument("--n_tracers", type=int, default=None,
+                    help="timed tracers (default 2 x max(workers) x batch_size)")
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--n_steps", type=int, default=300)
     ap.add_argument("--time_end_years", type=float, default=1.5e6)
@@ -146,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--atol", type=float, default=1e-20)
     ap.add_argument("--shared", default=str(SHARED_DIR))
     args = ap.parse_args(argv)
+    worker_counts = parse_workers(args.workers)
+    n_tracers = args.n_tracers or 2 * max(worker_counts) * args.batch_size
     import jax
 
     report = {
@@ -153,7 +231,9 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "jax_devices": len(jax.devices()),
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "n_tracers": args.n_tracers,
+        "usable_cores": parallel.default_n_workers(),
+        "workers": worker_counts,
+        "n_tracers": n_tracers,
         "batch_size": args.batch_size,
         "n_steps": args.n_steps,
         "time_end_years": args.time_end_years,
@@ -166,10 +246,14 @@ def main(argv=None) -> int:
         if net is None:
             report["networks"][name] = {"note": note}
             continue
-        result = bench_network(net, args.n_tracers, args.batch_size, args.n_steps,
-                               args.time_end_years, {"rtol": args.rtol, "atol": args.atol})
+        result = bench_network(net, n_tracers, args.batch_size, args.n_steps,
+                               args.time_end_years, {"rtol": args.rtol, "atol": args.atol},
+                               worker_counts)
         report["networks"][name] = {"note": note, **result}
-        print(f"{name}: {result['trajectories_per_s']:.3g} trajectories/s", file=sys.stderr)
+        rates = ", ".join(f"{run_label(n)} ({n} worker{'s' if n > 1 else ''}) "
+                          f"{result[run_label(n)]['trajectories_per_s']:.3g}"
+                          for n in worker_counts)
+        print(f"{name}: trajectories/s: {rates}", file=sys.stderr)
     report["load_average_after"] = list(os.getloadavg())
     print(json.dumps(report, indent=2))
     return 0

@@ -59,6 +59,9 @@ def get_config() -> ConfigDict:
     g.solver.icoeff = 1.0
     g.solver.temperature_policy = "cutoff"  # rate laws outside [T_min, T_max] (see rates.py)
     g.solver.node_stops = "step_ts"  # "step_ts" (steps end at track nodes) | "jump_ts"
+    # Solver processes (chemistry/parallel.py): None = one per usable core, 1 = in this process.
+    # The written file is identical whatever the count (same batches, same compiled function).
+    g.solver_workers = config_dict.placeholder(int)
     # A tracer whose element totals or charge drift by more than this (relative) is a failure.
     g.conservation_rtol = 1e-6
 
