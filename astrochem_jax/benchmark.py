@@ -328,6 +328,17 @@ def solver_settings_for(raw: dict, overrides: ConfigDict):
     return SolverSettings(**values)
 
 
+def solver_workers(requested: int | None) -> int:
+    """Solver worker processes: `requested`, else one per usable core on the CPU backend (the
+    surrogate's rollout is sharded over one CPU device per core, so both use the whole machine)
+    and 1 on accelerators (the solver then runs on the accelerator, in process)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise BenchmarkError(f"benchmark.solver.workers: expected >= 1, found {requested}")
+        return int(requested)
+    return runtime.usable_cores() if jax.default_backend() == "cpu" else 1
+
+
 def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
                       log) -> dict:
     """Re-solve the scored validation tracks with the float64 solver; time it warm."""
@@ -365,35 +376,52 @@ def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigD
     idx = np.asarray([rows[int(t)] for t in data.tracer_ids[:n]])
     settings = solver_settings_for(raw, bench.solver)
     batch = max(1, int(getattr(settings, "batch_size", n) or n))
+    workers = solver_workers(bench.solver.get("workers"))
     # Whole batches of the generator's batch size (one compiled shape, usually already in the
-    # persistent compile cache); tracks repeat to fill the last one, all of them are timed.
-    n_solved = -(-n // batch) * batch
+    # persistent compile cache), at least one per worker; tracks repeat to fill them, and every
+    # solved track is timed.
+    n_batches = max(-(-n // batch), workers)
+    n_batches = -(-n_batches // workers) * workers
+    n_solved = n_batches * batch
     sel = idx[np.arange(n_solved) % n]
     node_time, node_phys = raw["node_time_years"][sel], raw["node_physical"][sel]
     output_time = raw["time_years"][idx[0]]
     x0 = raw["initial_abundances"]
-
-    def solve(k):
-        part = slice(k * batch, (k + 1) * batch)
-        res = solve_tracks(network, x0, node_time[part], node_phys[part], output_time,
-                           settings=settings, progress=False)
-        return np.asarray(res.abundances), np.asarray(res.result_code).reshape(-1)
-
     log(f"solver: compiling, then solving {n_solved} tracks ({n} validation tracers, batches of "
-        f"{batch}) ...")
-    start = time.perf_counter()
-    solve(0)
-    first_call_s = time.perf_counter() - start
-    start = time.perf_counter()
-    pieces = [solve(k) for k in range(n_solved // batch)]
-    solve_s = time.perf_counter() - start
+        f"{batch}, {workers} worker process{'es' if workers > 1 else ''}) ...")
+    if workers > 1:
+        from astrochem_jax.chemistry.parallel import SolverPool
+
+        start = time.perf_counter()
+        with SolverPool(network, settings, workers, initial_abundances=x0,
+                        physical=node_phys[0, 0], n_nodes=node_time.shape[1],
+                        n_outputs=output_time.size) as pool:
+            first_call_s = time.perf_counter() - start  # spawn + import + compile + warm-up
+            start = time.perf_counter()
+            res = pool.solve(x0, node_time, node_phys, output_time, progress=False)
+            solve_s = time.perf_counter() - start
+        pieces = [(np.asarray(res.abundances), np.asarray(res.result_code).reshape(-1))]
+    else:
+        def solve(k):
+            part = slice(k * batch, (k + 1) * batch)
+            res = solve_tracks(network, x0, node_time[part], node_phys[part], output_time,
+                               settings=settings, progress=False)
+            return np.asarray(res.abundances), np.asarray(res.result_code).reshape(-1)
+
+        start = time.perf_counter()
+        solve(0)
+        first_call_s = time.perf_counter() - start
+        start = time.perf_counter()
+        pieces = [solve(k) for k in range(n_batches)]
+        solve_s = time.perf_counter() - start
     solved = np.concatenate([p[0] for p in pieces])[:n]
     codes = np.concatenate([p[1] for p in pieces])[:n]
     stored = raw["abundances"][idx]
     big = stored > 1e-12
     dex = np.abs(np.log10(np.maximum(solved, 1e-30)) - np.log10(np.maximum(stored, 1e-30)))
-    log(f"solver: {n_solved / solve_s:.4g} traj/s ({solve_s:.2f} s for {n_solved}; first call "
-        f"incl. compile {first_call_s:.1f} s)")
+    log(f"solver: {n_solved / solve_s:.4g} traj/s ({solve_s:.2f} s for {n_solved}; "
+        f"{'workers started and warm' if workers > 1 else 'first call incl. compile'} in "
+        f"{first_call_s:.1f} s)")
     return {
         "available": True,
         "n_tracers": int(n),
@@ -402,6 +430,9 @@ def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigD
         "seconds": solve_s,
         "first_call_s_incl_compile": first_call_s,
         "batch_size": int(batch),
+        "n_workers": int(workers),
+        "parallelism": (f"{workers} worker processes, one per core, each one vmapped batch at a "
+                        "time" if workers > 1 else "one process, vmapped batches"),
         "device": speed.device_summary()["device_kind"],
         "settings": config_utils.to_dict(dataclasses.asdict(settings)),
         "failed": int(np.count_nonzero(codes != 0)),

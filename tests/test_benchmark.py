@@ -82,6 +82,17 @@ def test_bad_shapes_are_named():
         ev.element_conservation_summary(_truth(), _truth(), STOICH[:2], ELEMENTS)
 
 
+def test_solver_workers_default_to_every_core_on_cpu():
+    """The solver gets the cores the sharded rollout gets: one worker per usable core on CPU;
+    an explicit count wins; a count below 1 is refused."""
+    from astrochem_jax import benchmark, runtime
+
+    assert benchmark.solver_workers(None) == runtime.usable_cores()
+    assert benchmark.solver_workers(3) == 3
+    with pytest.raises(benchmark.BenchmarkError, match="benchmark.solver.workers"):
+        benchmark.solver_workers(0)
+
+
 def test_solver_unavailable_for_foreign_formats():
     from astrochem_jax import benchmark
 

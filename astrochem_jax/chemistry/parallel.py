@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import pickle
 import sys
 import threading
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astrochem_jax import runtime
 from astrochem_jax.chemistry import solver as solver_mod
 from astrochem_jax.chemistry import solver_worker
 from astrochem_jax.chemistry.network import Network
@@ -66,11 +66,7 @@ WARMUP_END_YEARS = 1.0e-6
 
 def default_n_workers() -> int:
     """CPU cores this process may run on (its affinity mask), at least 1."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    return max(1, count)
+    return runtime.usable_cores()
 
 
 def batch_plan(n_tracers: int, batch_size: int) -> list[tuple[int, int, np.ndarray]]:

@@ -28,6 +28,9 @@ def benchmark_config() -> ConfigDict:
     b.solver.atol = config_dict.placeholder(float)
     b.solver.max_steps = config_dict.placeholder(int)
     b.solver.batch_size = config_dict.placeholder(int)
+    # Worker processes (None = one per core on CPU, 1 on accelerators): the rollout is sharded
+    # over one CPU device per core, so the solver gets every core too.
+    b.solver.workers = config_dict.placeholder(int)
     # Plots: example-trajectory species (matched case-insensitively) + the worst species.
     b.plot_species = ("CO", "H2O", "HCO+", "N2H+", "e-")
     b.n_worst_species = 40
