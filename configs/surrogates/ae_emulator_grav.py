@@ -15,7 +15,7 @@ def benchmark_config() -> ConfigDict:
     # Validation tracers scored closed loop from t0 over the full trajectory (None = all).
     b.n_val_tracers = config_dict.placeholder(int)
     # Throughput: batch sizes in trajectories (validation tracks replicated to fill the batch).
-    b.batch_sizes = (1, 16, 64, 256, 1024)
+    b.batch_sizes = (1, 16, 64, 256, 1024, 4096)
     b.timing_repeats = 5  # timed calls per batch size after one untimed warm-up
     b.min_timing_s = 1.0  # keep repeating until this much time has been timed
     b.matmul_size = 2048  # [n, n] @ [n, n] float32 jnp.dot for the machine's peak
