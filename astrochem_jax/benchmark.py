@@ -506,8 +506,11 @@ def format_summary(report: dict) -> str:
                                   " of peak"),
     ]
     if solver["available"]:
+        workers = solver.get("n_workers", 1)
         rows.append(("solver, same tracks", f"{solver['trajectories_per_s']:.4g} traj/s "
-                                            f"({solver['n_tracers']} tracks)"))
+                                            f"({solver['n_tracers']} tracks, {solver['n_solved']} "
+                                            f"solves, {workers} worker process"
+                                            f"{'es' if workers > 1 else ''})"))
         su = report["speedup"]
         rows.append(("speedup", f"{su['same_tracks']:.4g}x same tracks and batch; "
                                 f"{su['best_batch']:.4g}x at the best batch"))
