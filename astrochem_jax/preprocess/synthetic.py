@@ -88,18 +88,12 @@ def _carray(group: h5py.Group, name: str, data=None, shape=None, dtype=None) -> 
     return ds
 
 
-def write_uclchem_fixed(path: str | Path, traj: Trajectories, key: str = "df",
-                        pad_names: bool = True, rows_per_write: int = 65536,
-                        edit_float_block: Callable[[np.ndarray, slice], None] | None = None
-                        ) -> Path:
-    """Write `traj` as a pandas fixed-format frame (float block + int64 block [Index, Tracer]),
-    rows sorted by tracer then time. `pad_names` pads species names with spaces like UCLCHEM's
-    .dat headers. `edit_float_block(block, rows)` may alter each float block before writing."""
-    path = Path(path)
-    n_b, n_t = traj.time_years.shape
-    n_rows = n_b * n_t
-    species = [f"{s:<7}" if pad_names else s for s in traj.species]
-    float_names = ["Time", *UCLCHEM_PHYSICAL, *species]
+def _write_fixed_frame(path: Path, key: str, float_names: Sequence[str], tracer_of_row: np.ndarray,
+                       float_block: Callable[[slice], np.ndarray], rows_per_write: int) -> Path:
+    """A pandas fixed-format frame: float block [n_rows, len(float_names)] written
+    `rows_per_write` rows at a time from `float_block(rows)`, then the int64 block
+    [Index, Tracer] with tracer_of_row [n_rows]."""
+    n_rows = int(tracer_of_row.shape[0])
     with h5py.File(path, "w") as f:
         f.attrs["PYTABLES_FORMAT_VERSION"] = np.bytes_(b"2.1")
         g = f.create_group(key)
@@ -116,14 +110,31 @@ def write_uclchem_fixed(path: str | Path, traj: Trajectories, key: str = "df",
         values = _carray(g, "block0_values", shape=(n_rows, len(float_names)), dtype=np.float64)
         for a in range(0, n_rows, rows_per_write):
             rows = slice(a, min(n_rows, a + rows_per_write))
-            block = _uclchem_float_block(traj, rows)
-            if edit_float_block is not None:
-                edit_float_block(block, rows)
-            values[rows] = block
+            values[rows] = float_block(rows)
         _carray(g, "block1_items", _string_array(["Index", "Tracer"]))
-        ints = np.stack([np.arange(n_rows), np.repeat(traj.tracer_ids, n_t)], axis=1)
+        ints = np.stack([np.arange(n_rows), tracer_of_row], axis=1)
         _carray(g, "block1_values", ints.astype(np.int64))
     return path
+
+
+def write_uclchem_fixed(path: str | Path, traj: Trajectories, key: str = "df",
+                        pad_names: bool = True, rows_per_write: int = 65536,
+                        edit_float_block: Callable[[np.ndarray, slice], None] | None = None
+                        ) -> Path:
+    """Write `traj` as a pandas fixed-format frame (float block + int64 block [Index, Tracer]),
+    rows sorted by tracer then time. `pad_names` pads species names with spaces like UCLCHEM's
+    .dat headers. `edit_float_block(block, rows)` may alter each float block before writing."""
+    n_t = traj.time_years.shape[1]
+    species = [f"{s:<7}" if pad_names else s for s in traj.species]
+
+    def float_block(rows: slice) -> np.ndarray:
+        block = _uclchem_float_block(traj, rows)
+        if edit_float_block is not None:
+            edit_float_block(block, rows)
+        return block
+
+    return _write_fixed_frame(Path(path), key, ["Time", *UCLCHEM_PHYSICAL, *species],
+                              np.repeat(traj.tracer_ids, n_t), float_block, rows_per_write)
 
 
 def _flat_table(traj: Trajectories, names: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -199,31 +210,18 @@ def write_uclchem_fixed_streamed(path: str | Path, n_tracers: int, n_steps: int,
                                  rows_per_write: int = 32768) -> Path:
     """A large UCLCHEM-layout (pandas fixed format) file generated block by block, so writing a
     multi-GB benchmark file needs little memory. Values are random but valid."""
-    path = Path(path)
     rng = np.random.default_rng(seed)
     n_rows = n_tracers * n_steps
-    float_names = ["Time", *UCLCHEM_PHYSICAL, *species]
+    n_phys = len(UCLCHEM_PHYSICAL)
     grid = np.linspace(0.0, 1.5e6, n_steps)
-    with h5py.File(path, "w") as f:
-        g = f.create_group(key)
-        for name, value in (("pandas_type", b"frame"), ("encoding", b"UTF-8"),
-                            ("axis0_variety", b"regular"), ("axis1_variety", b"regular")):
-            g.attrs[name] = np.bytes_(value)
-        g.attrs["nblocks"] = np.int64(2)
-        _carray(g, "axis0", _string_array(["Index", *float_names, "Tracer"]))
-        _carray(g, "axis1", np.arange(n_rows, dtype=np.int64))
-        _carray(g, "block0_items", _string_array(float_names))
-        values = _carray(g, "block0_values", shape=(n_rows, len(float_names)), dtype=np.float64)
-        for a in range(0, n_rows, rows_per_write):
-            b = min(n_rows, a + rows_per_write)
-            block = np.empty((b - a, len(float_names)))
-            block[:, 0] = grid[np.arange(a, b) % n_steps]
-            block[:, 1 : 1 + len(UCLCHEM_PHYSICAL)] = rng.uniform(
-                1.0, 100.0, (b - a, len(UCLCHEM_PHYSICAL)))
-            block[:, 1 + len(UCLCHEM_PHYSICAL) :] = 10.0 ** rng.uniform(-25, -0.5,
-                                                                         (b - a, len(species)))
-            values[a:b] = block
-        _carray(g, "block1_items", _string_array(["Index", "Tracer"]))
-        ints = np.stack([np.arange(n_rows), np.arange(n_rows) // n_steps], axis=1)
-        _carray(g, "block1_values", ints.astype(np.int64))
-    return path
+
+    def float_block(rows: slice) -> np.ndarray:
+        n = rows.stop - rows.start
+        block = np.empty((n, 1 + n_phys + len(species)))
+        block[:, 0] = grid[np.arange(rows.start, rows.stop) % n_steps]
+        block[:, 1 : 1 + n_phys] = rng.uniform(1.0, 100.0, (n, n_phys))
+        block[:, 1 + n_phys :] = 10.0 ** rng.uniform(-25, -0.5, (n, len(species)))
+        return block
+
+    return _write_fixed_frame(Path(path), key, ["Time", *UCLCHEM_PHYSICAL, *species],
+                              np.arange(n_rows) // n_steps, float_block, rows_per_write)
