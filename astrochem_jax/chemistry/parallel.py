@@ -45,7 +45,13 @@ from astrochem_jax import runtime
 from astrochem_jax.chemistry import solver as solver_mod
 from astrochem_jax.chemistry import solver_worker
 from astrochem_jax.chemistry.network import Network
-from astrochem_jax.chemistry.solver import SolveResult, SolverSettings
+from astrochem_jax.chemistry.solver import (
+    SolveResult,
+    SolverSettings,
+    assemble_result,
+    batch_plan,
+    prepare_inputs,
+)
 from astrochem_jax.chemistry.solver_worker import SolverPoolError
 
 __all__ = ["SolverPool", "SolverPoolError", "default_n_workers", "effective_n_workers",
@@ -69,17 +75,6 @@ def default_n_workers() -> int:
     return runtime.usable_cores()
 
 
-def batch_plan(n_tracers: int, batch_size: int) -> list[tuple[int, int, np.ndarray]]:
-    """`solve_tracks`' batches: [(start, stop, take [size])], `take` the tracer rows of a batch
-    of the one compiled size, the last batch padded with copies of its last tracer."""
-    size = max(1, min(batch_size, n_tracers))
-    plan = []
-    for start in range(0, n_tracers, size):
-        stop = min(start + size, n_tracers)
-        plan.append((start, stop, np.minimum(np.arange(start, start + size), stop - 1)))
-    return plan
-
-
 def effective_n_workers(n_workers: int | None, n_tracers: int, batch_size: int) -> int:
     """Worker processes worth starting: `n_workers` (None: `default_n_workers()`), never more
     than there are batches, at least 1."""
@@ -101,34 +96,6 @@ def warmup_inputs(initial_abundances, physical, batch_size: int, n_nodes: int,
             np.broadcast_to(node_time, (batch_size, n_nodes)).copy(),
             np.broadcast_to(physical, (batch_size, n_nodes, physical.size)).copy(),
             np.linspace(0.0, WARMUP_END_YEARS, n_outputs))
-
-
-def prepare_inputs(network: Network, initial_abundances, node_time_years, node_physical,
-                   output_time_years):
-    """float64 arrays, validated with `solve_tracks`' checks (same ValueErrors).
-
-    Returns (x0 [B, S], node_time_years [B, N], node_physical [B, N, 5], output_time_years [T]).
-    """
-    x0 = np.atleast_2d(np.asarray(initial_abundances, dtype=np.float64))
-    node_time_years = np.asarray(node_time_years, dtype=np.float64)
-    node_physical = np.asarray(node_physical, dtype=np.float64)
-    output_time_years = np.asarray(output_time_years, dtype=np.float64)
-    solver_mod._check_inputs(network, x0, node_time_years, node_physical, output_time_years)
-    x0 = np.broadcast_to(x0, (node_time_years.shape[0], network.n_species))
-    return x0, node_time_years, node_physical, output_time_years
-
-
-def assemble_result(network: Network, outputs: list[tuple[np.ndarray, ...]],
-                    output_time_years: np.ndarray) -> SolveResult:
-    """Concatenate per-batch solver outputs (already cut to their real tracers) exactly as
-    `solve_tracks` does."""
-    ys, code, steps, accepted, rejected = (np.concatenate(parts)
-                                           for parts in zip(*outputs, strict=True))
-    return SolveResult(
-        abundances=ys.astype(np.float64), result_code=code.astype(np.int64),
-        n_steps=steps.astype(np.int64), n_accepted=accepted.astype(np.int64),
-        n_rejected=rejected.astype(np.int64), output_time_years=output_time_years,
-        species=tuple(network.species))
 
 
 # --- parent side -----------------------------------------------------------------------------

@@ -460,10 +460,48 @@ def _check_inputs(network, x0, node_time_years, node_physical, output_time_years
         raise ValueError("node_physical: expected finite positive values (interpolated in log10)")
 
 
+def prepare_inputs(network: Network, initial_abundances, node_time_years, node_physical,
+                   output_time_years):
+    """float64 arrays, validated (ValueErrors name the argument and the expected shape).
+
+    Returns (x0 [B, S], node_time_years [B, N], node_physical [B, N, 5], output_time_years [T]).
+    """
+    x0 = np.atleast_2d(np.asarray(initial_abundances, dtype=np.float64))
+    node_time_years = np.asarray(node_time_years, dtype=np.float64)
+    node_physical = np.asarray(node_physical, dtype=np.float64)
+    output_time_years = np.asarray(output_time_years, dtype=np.float64)
+    _check_inputs(network, x0, node_time_years, node_physical, output_time_years)
+    x0 = np.broadcast_to(x0, (node_time_years.shape[0], network.n_species))
+    return x0, node_time_years, node_physical, output_time_years
+
+
+def batch_plan(n_tracers: int, batch_size: int) -> list[tuple[int, int, np.ndarray]]:
+    """The vmapped batches: [(start, stop, take [size])], `take` the tracer rows of a batch of
+    the one compiled size, the last batch padded with copies of its last tracer."""
+    size = max(1, min(batch_size, n_tracers))
+    plan = []
+    for start in range(0, n_tracers, size):
+        stop = min(start + size, n_tracers)
+        plan.append((start, stop, np.minimum(np.arange(start, start + size), stop - 1)))
+    return plan
+
+
+def assemble_result(network: Network, outputs: list[tuple[np.ndarray, ...]],
+                    output_time_years: np.ndarray) -> SolveResult:
+    """Concatenate per-batch solver outputs (already cut to their real tracers)."""
+    ys, code, steps, accepted, rejected = (np.concatenate(parts)
+                                           for parts in zip(*outputs, strict=True))
+    return SolveResult(
+        abundances=ys.astype(np.float64), result_code=code.astype(np.int64),
+        n_steps=steps.astype(np.int64), n_accepted=accepted.astype(np.int64),
+        n_rejected=rejected.astype(np.int64), output_time_years=output_time_years,
+        species=tuple(network.species))
+
+
 def solve_tracks(network: Network, initial_abundances, node_time_years, node_physical,
                  output_time_years, settings: SolverSettings = SolverSettings(),
                  progress: bool = True, solver_fn: Callable | None = None) -> SolveResult:
-    """Integrate B tracers in vmapped batches of `settings.batch_size`; numpy out.
+    """Integrate B tracers in vmapped batches of `settings.batch_size` (`batch_plan`); numpy out.
 
     initial_abundances [S] or [B, S]; node_time_years [B, N]; node_physical [B, N, 5];
     output_time_years [T]. Never raises for a failed tracer: see `result_code`. `solver_fn`:
@@ -471,34 +509,18 @@ def solve_tracks(network: Network, initial_abundances, node_time_years, node_phy
     """
     from astrochem_jax.progress import Progress
 
-    x0 = np.atleast_2d(np.asarray(initial_abundances, dtype=np.float64))
-    node_time_years = np.asarray(node_time_years, dtype=np.float64)
-    node_physical = np.asarray(node_physical, dtype=np.float64)
-    output_time_years = np.asarray(output_time_years, dtype=np.float64)
-    _check_inputs(network, x0, node_time_years, node_physical, output_time_years)
-    b = node_time_years.shape[0]
-    x0 = np.broadcast_to(x0, (b, network.n_species))
+    x0, node_time_years, node_physical, output_time_years = prepare_inputs(
+        network, initial_abundances, node_time_years, node_physical, output_time_years)
     fn = solver_fn if solver_fn is not None else make_solver(network, settings)
-    size = max(1, min(settings.batch_size, b))
     outputs: list[tuple[np.ndarray, ...]] = []
-    bar = Progress(b, "solve", "tracers") if progress else None
+    bar = Progress(node_time_years.shape[0], "solve", "tracers") if progress else None
     try:
-        for start in range(0, b, size):
-            stop = min(start + size, b)
-            # Pad the last batch with copies of its last tracer: one compiled shape for all.
-            take = np.minimum(np.arange(start, start + size), stop - 1)
+        for start, stop, take in batch_plan(node_time_years.shape[0], settings.batch_size):
             out = fn(x0[take], node_time_years[take], node_physical[take], output_time_years)
-            out = [np.asarray(o)[: stop - start] for o in out]
-            outputs.append(tuple(out))
+            outputs.append(tuple(np.asarray(o)[: stop - start] for o in out))
             if bar is not None:
                 bar.update(stop - start)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    ys, code, steps, accepted, rejected = (np.concatenate(parts) for parts in zip(*outputs,
-                                                                                     strict=True))
-    return SolveResult(
-        abundances=ys.astype(np.float64), result_code=code.astype(np.int64),
-        n_steps=steps.astype(np.int64), n_accepted=accepted.astype(np.int64),
-        n_rejected=rejected.astype(np.int64), output_time_years=output_time_years,
-        species=tuple(network.species))
+    return assemble_result(network, outputs, output_time_years)
