@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from astrochem_jax.models.autoencoder import DTYPE, gelu_exact
+from astrochem_jax.models.emulator import bound_state
 
 Dense = dict[str, jax.Array]
 
@@ -111,10 +112,11 @@ def decode(layers: list[Dense], state: jax.Array) -> jax.Array:
 def emulator_step(layers: dict, physical: jax.Array, state: jax.Array,
                   state_bounds: tuple[float, float] | None) -> jax.Array:
     """physical [..., P] scaled, state [..., D] -> next state [..., D] =
-    clip(state + MLP([physical, state]), *state_bounds) (no clip when bounds are None)."""
+    clip(state + MLP([physical, state]), *state_bounds) (no clip when bounds are None), the
+    trained `models.Emulator`'s own bound."""
     state = jnp.asarray(state, DTYPE)
     h = jnp.concatenate([jnp.asarray(physical, DTYPE), state], axis=-1)
     next_state = state + mlp([*layers["hidden"], layers["output"]], h)
     if state_bounds is not None:
-        next_state = jnp.clip(next_state, state_bounds[0], state_bounds[1])
+        next_state = bound_state(next_state, *state_bounds)
     return next_state
