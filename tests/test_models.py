@@ -17,6 +17,7 @@ from astrochem_jax.models import (
     rollout,
     rollout_module,
 )
+from astrochem_jax.models.autoencoder import gelu_exact
 from astrochem_jax.models.emulator import bound_state
 
 S, HIDDEN, LATENT, B = 12, (10, 6), 4, 16
@@ -29,6 +30,24 @@ def _x(key=0, shape=(B, S)):
 
 def _ae(dropout_rate=0.0, latent_noise_std=0.1, seed=0):
     return Autoencoder(S, HIDDEN, LATENT, dropout_rate, latent_noise_std, rngs=nnx.Rngs(seed))
+
+
+def test_gelu_exact_matches_float64_erf_gelu_and_jax_nn_gelu():
+    x64 = np.concatenate([np.linspace(-12.0, 12.0, 4001), [-1e-3, 0.0, 1e-3, 40.0, -40.0]])
+    reference = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x64])
+    x32 = jnp.asarray(x64, jnp.float32)
+    got = np.asarray(jax.jit(gelu_exact)(x32), np.float64)
+    assert gelu_exact(x32).dtype == jnp.float32
+    # float32 resolution of the value (relative) plus an absolute floor of a few ulp(1): in the
+    # x < -3 tail, 1 + erf cancels (as in PyTorch's formula).
+    np.testing.assert_allclose(got, reference, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(got, jax.nn.gelu(x32, approximate=False), rtol=2e-6, atol=1e-6)
+    assert np.max(np.abs(got - reference)) < 1e-6
+    # The derivative is the exact one: Phi(x) + x phi(x).
+    grad = np.asarray(jax.vmap(jax.grad(gelu_exact))(x32), np.float64)
+    phi = np.exp(-0.5 * x64**2) / math.sqrt(2.0 * math.pi)
+    cdf = np.array([0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x64])
+    np.testing.assert_allclose(grad, cdf + x64 * phi, rtol=1e-5, atol=1e-6)
 
 
 def test_registry():

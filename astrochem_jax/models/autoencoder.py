@@ -33,9 +33,20 @@ DTYPE = jnp.float32
 BATCHNORM_MOMENTUM = 0.9
 
 
+SQRT_HALF = 0.7071067811865476
+
+
 def gelu_exact(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as in PyTorch's default `nn.GELU()`."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact (erf) GELU, PyTorch's default `nn.GELU()` and its formula:
+    `0.5 * x * (1 + erf(x / sqrt(2)))`, x [...] -> [...] (same dtype).
+
+    Not `jax.nn.gelu(approximate=False)`: that evaluates `erfc(-x / sqrt(2))`, which XLA:CPU
+    computes ~2.5x slower than `erf` (measured on [2048, 256] float32: 1.47 vs 0.59 ns per value),
+    about 20% of a surrogate rollout's time. The price is the x < -3 tail, where `1 + erf`
+    cancels: absolute error <= 6e-7 there (a few float32 ulp of 1, as in PyTorch), float32
+    rounding elsewhere; tests check both forms against a float64 reference.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(SQRT_HALF, x.dtype)))
 
 
 def _batch_norm(n_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
