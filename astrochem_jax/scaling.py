@@ -75,6 +75,21 @@ class Scaler:
         return unscale_physical(s, self.physical_log10_min, self.physical_log10_max)
 
 
+LN10 = 2.302585092994046
+
+
+def pow10(y):
+    """10 ** y as `exp(y * ln 10)`, y [...] -> [...] (same dtype and namespace).
+
+    Same values as `power(10, y)` up to the rounding of `y * ln 10`: relative error <= 3e-6 in
+    float32 for |y| <= 20 (the resolution a float32 scaled abundance has anyway: ulp(s) * 20 ln 10),
+    1e-14 in float64. XLA:CPU's `power` is a general x ** y costing ~8x an `exp` (measured: 5.8 vs
+    0.7 ns per float32 value); the rollout unscales every decoded abundance with it.
+    """
+    xp = _xp(y)
+    return xp.exp(y * LN10)
+
+
 def scale_abundances(x, clip=DEFAULT_ABUNDANCE_CLIP):
     xp = _xp(x)
     lo, hi = float(np.log10(clip[0])), float(np.log10(clip[1]))
@@ -83,9 +98,8 @@ def scale_abundances(x, clip=DEFAULT_ABUNDANCE_CLIP):
 
 
 def unscale_abundances(s, clip=DEFAULT_ABUNDANCE_CLIP):
-    xp = _xp(s)
     lo, hi = float(np.log10(clip[0])), float(np.log10(clip[1]))
-    return xp.power(10.0, s * (hi - lo) + lo)
+    return pow10(s * (hi - lo) + lo)
 
 
 def scale_physical(p, log10_min, log10_max):
@@ -101,4 +115,4 @@ def unscale_physical(s, log10_min, log10_max):
     lo = xp.asarray(log10_min, dtype=s.dtype if hasattr(s, "dtype") else None)
     hi = xp.asarray(log10_max, dtype=lo.dtype)
     span = xp.where(hi > lo, hi - lo, 1.0)
-    return xp.power(10.0, s * span + lo)
+    return pow10(s * span + lo)

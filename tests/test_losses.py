@@ -15,7 +15,7 @@ from astrochem_jax.losses import (
     unscale_in_dtype,
     validation_metrics,
 )
-from astrochem_jax.scaling import scale_abundances, unscale_abundances
+from astrochem_jax.scaling import pow10, scale_abundances, unscale_abundances
 
 CLIP = (1e-20, 1.0)
 WEIGHTS = {"power_weight": 20.0, "worst_weight": 2.0, "conservation_weight": 1.0}
@@ -192,3 +192,18 @@ def test_conservation_accurate_near_and_far(offset):
     o = jnp.clip(t + offset, 0.0, 1.0)
     expected = _conservation_reference(o, t)
     np.testing.assert_allclose(_jit_conservation(o, t, SMAT), expected, rtol=2e-4)
+
+
+def test_pow10_equals_power_in_both_namespaces_and_keeps_dtype():
+    y = np.linspace(-20.0, 0.0, 2001)
+    np.testing.assert_allclose(pow10(y), np.power(10.0, y), rtol=1e-13)
+    y32 = jnp.asarray(y, jnp.float32)
+    got = jax.jit(pow10)(y32)
+    assert got.dtype == jnp.float32
+    # float32: the rounding of y * ln 10 (|.| <= 46) bounds the error, as the rounding of a
+    # scaled abundance s (20 s ln 10) already does.
+    exact = np.power(10.0, np.asarray(y32, np.float64))
+    np.testing.assert_allclose(np.asarray(got, np.float64), exact, rtol=4e-6)
+    s = np.linspace(0.0, 1.0, 101)
+    np.testing.assert_allclose(unscale_abundances(s, CLIP), 10.0 ** (-20.0 + 20.0 * s), rtol=1e-13)
+    np.testing.assert_allclose(scale_abundances(unscale_abundances(s, CLIP), CLIP), s, atol=1e-14)
