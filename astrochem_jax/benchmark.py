@@ -276,7 +276,8 @@ def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
             f"{entry['achieved_gflops']:8.3g} GFLOP/s ({100 * entry['fraction_of_peak']:.1f}% of "
             f"peak), compile {entry['compile_s']:.2f} s")
     best = max(throughput, key=lambda e: e["trajectories_per_s"]) if throughput else same
-    large = [e["fraction_of_peak"] for e in throughput if e["batch_size"] >= PEAK_TARGET_BATCH]
+    large = [e for e in throughput if e["batch_size"] >= PEAK_TARGET_BATCH]
+    best_large = max(large, key=lambda e: e["fraction_of_peak"]) if large else None
     return {
         "device": speed.device_summary(),
         "flops": flops,
@@ -290,8 +291,12 @@ def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
         "peak_target": {
             "fraction": PEAK_TARGET_FRACTION,
             "at_batch_size_ge": PEAK_TARGET_BATCH,
-            "best_fraction_at_large_batch": max(large) if large else None,
-            "met": bool(large) and max(large) >= PEAK_TARGET_FRACTION,
+            "best_fraction_at_large_batch": best_large and best_large["fraction_of_peak"],
+            # The conservative reading: against the fastest matmul repeat, not the median one.
+            "best_fraction_vs_best_peak": best_large
+            and best_large["achieved_gflops"] / peak["best_gflops"],
+            "met": best_large is not None
+            and best_large["fraction_of_peak"] >= PEAK_TARGET_FRACTION,
         },
     }
 
@@ -496,7 +501,8 @@ def format_summary(report: dict) -> str:
         ("device", f"{sp['device']['device_kind']} x{sp['device']['n_devices']} "
                    f"({sp['device']['backend']})"),
         ("FLOPs / trajectory", f"{sp['flops']['per_trajectory']:.4g}"),
-        ("matmul peak (fp32)", f"{sp['matmul_peak']['gflops']:.4g} GFLOP/s"),
+        ("matmul peak (fp32)", f"{sp['matmul_peak']['gflops']:.4g} GFLOP/s (median; best "
+                               f"{sp['matmul_peak']['best_gflops']:.4g})"),
         ("surrogate, same tracks", f"{sp['same_tracks']['trajectories_per_s']:.4g} traj/s "
                                    f"(batch {sp['same_tracks']['batch_size']}, compile "
                                    f"{sp['same_tracks']['compile_s']:.2f} s)"),

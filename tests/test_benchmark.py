@@ -123,7 +123,9 @@ REQUIRED = [
     "speed.device.device_kind", "speed.flops.per_trajectory", "speed.matmul_peak.gflops",
     "speed.same_tracks.trajectories_per_s", "speed.same_tracks.compile_s", "speed.throughput",
     "speed.best.achieved_gflops", "speed.best.fraction_of_peak",
-    "speed.peak_target.best_fraction_at_large_batch", "solver.available", "speedup", "plots",
+    "speed.peak_target.best_fraction_at_large_batch",
+    "speed.peak_target.best_fraction_vs_best_peak",
+    "solver.available", "speedup", "plots",
 ]
 
 
