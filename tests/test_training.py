@@ -4,6 +4,7 @@ sweeps. Tiny synthetic shards (tests/training_fixtures.py), tiny MLPs, 2-4 epoch
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from astrochem_jax.training import (
     loop,
     train_component,
 )
+from astrochem_jax.training import state as state_lib
 
 tf.enable_compile_cache()
 
@@ -195,8 +197,12 @@ def test_incompatible_autoencoder_is_refused(outputs_with_ae):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(monkeypatch):
     dirs = tf.write_preprocessed()
     c = tf.tiny_config("autoencoder", name="nan_run")
-    c.epochs = 1
-    train_component(c, preprocessed_dir=dirs["timeless"])
+    c.max_rollbacks = 0
+    r = tf.tiny_config("autoencoder", name="nan_rollback")
+    r.max_rollbacks = 2
+    for config in (c, r):
+        config.epochs = 1
+        train_component(config, preprocessed_dir=dirs["timeless"])
     good = (paths.weights_dir("nan_run") / "metrics.json").read_text()
 
     real = loop.total_loss
@@ -212,6 +218,79 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(monkeypatch):
     assert (paths.weights_dir("nan_run") / "metrics.json").read_text() == good
     kept = checkpoints.Checkpointer(paths.weights_dir("nan_run"), read_only=True)
     assert kept.latest_epoch() == 1
+
+    # With rollbacks allowed, a loss that stays NaN uses them up (each from the best epoch 1,
+    # halving the lr), then raises.
+    r.epochs = 5
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 4, step 1 of the epoch"):
+        train_component(r, preprocessed_dir=dirs["timeless"])
+    history = json.loads((paths.weights_dir("nan_rollback") / "metrics.json").read_text())
+    assert [h.get("rolled_back_to") for h in history] == [None, 1, 1]
+    assert [h["val_loss"] is None for h in history] == [False, True, True]
+    assert [h["lr"] for h in history] == pytest.approx([3e-3, 3e-3, 1.5e-3])
+    kept = checkpoints.Checkpointer(paths.weights_dir("nan_rollback"), read_only=True)
+    assert kept.best_epoch() == 1
+
+
+def test_divergence_rules():
+    c = tf.tiny_config("autoencoder")
+    c.divergence_factor, c.max_rollbacks, c.rollback_lr_factor = 3.0, 1, 0.25
+    fresh = loop.initial_loop_state(c)
+    assert loop.divergence(fresh, 1.0, 1e9, c) is None  # no best yet: nothing to compare with
+    assert "training loss is nan" in loop.divergence(fresh, math.nan, 1.0, c)
+    assert "validation loss is inf" in loop.divergence(fresh, 1.0, math.inf, c)
+    assert not loop.can_roll_back(fresh, c)  # no best checkpoint to go back to
+    seen = dict(fresh, best_val_loss=2.0, best_epoch=3)
+    assert loop.divergence(seen, 1.0, 6.0, c) is None
+    assert "> 3 x best" in loop.divergence(seen, 1.0, 6.01, c)
+    c.divergence_factor = None
+    assert loop.divergence(seen, 1.0, 1e9, c) is None
+    assert loop.can_roll_back(seen, c)
+    after, lr = loop.rollback_bookkeeping(dict(seen, plateau_count=2), 1e-3, c)
+    assert lr == pytest.approx(2.5e-4)
+    assert (after["rollbacks"], after["stagnant_epochs"], after["plateau_count"]) == (1, 1, 0)
+    assert not loop.can_roll_back(after, c)  # max_rollbacks used up
+    c.min_lr = 1e-3
+    assert loop.rollback_bookkeeping(seen, 1e-3, c)[1] == 1e-3  # never below min_lr
+    c.stagnant_epoch_patience = 1
+    assert "early stopping" in loop.rollback_bookkeeping(seen, 1e-3, c)[0]["stop_reason"]
+
+
+def test_divergence_rolls_back_to_best_and_resumes_exactly(monkeypatch):
+    """A validation loss 100x the best at epoch 3 (first pass only) -> back to the best epoch's
+    state with half the lr; a run interrupted right after the rollback resumes to the same
+    numbers."""
+    dirs = tf.write_preprocessed()
+
+    def config(name, epochs):
+        c = tf.tiny_config("autoencoder", name=name)
+        c.epochs, c.plateau_patience = epochs, 100  # the lr changes only by the rollback
+        return c
+
+    train_component(config("clean", 4), preprocessed_dir=dirs["timeless"])
+    clean = _metrics("clean")
+    steps_after_3 = clean[2]["steps"]
+    real = loop._evaluate
+
+    def spiking(steps, state, *args):
+        out = real(steps, state, *args)
+        if int(state.step) == steps_after_3 and state_lib.learning_rate(state) > 2e-3:
+            out = dict(out, loss=out["loss"] * 100.0)
+        return out
+
+    monkeypatch.setattr(loop, "_evaluate", spiking)
+    train_component(config("straight", 4), preprocessed_dir=dirs["timeless"])
+    straight = _metrics("straight")
+    best = min((1, 2), key=lambda e: clean[e - 1]["val_loss"])
+    assert straight[:2] == clean[:2]
+    assert straight[2]["rolled_back_to"] == best
+    assert straight[2]["steps"] == clean[best - 1]["steps"]  # the state really went back
+    assert [r["lr"] for r in straight] == pytest.approx([3e-3, 3e-3, 3e-3, 1.5e-3])
+    assert straight[3]["val_loss"] != clean[3]["val_loss"]  # epoch 4 retrained at half the lr
+
+    train_component(config("resumed", 3), preprocessed_dir=dirs["timeless"])
+    train_component(config("resumed", 4), preprocessed_dir=dirs["timeless"])
+    assert _metrics("resumed") == straight
 
 
 def test_batch_size_must_divide_device_count():

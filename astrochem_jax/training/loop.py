@@ -5,11 +5,14 @@
 
 Per epoch: a device-side permutation of the training items, one jitted step per batch
 (`jax.jit(step, donate_argnums=0)`, state replicated `P()`, batch sharded `P("data")`), one host
-fetch of the epoch's losses (NaN/inf -> `NonFiniteLossError`, last good checkpoint kept), a full
-validation pass in eval mode, reduce-on-plateau of the learning rate, optional dropout decay, a
-checkpoint (latest + best) and `metrics.json`. Early stopping after `stagnant_epoch_patience` epochs
-without a new best validation loss. Rerunning the same config resumes from the latest checkpoint and
-reproduces an uninterrupted run exactly.
+fetch of the epoch's losses, a full validation pass in eval mode, reduce-on-plateau of the learning
+rate, optional dropout decay, a checkpoint (latest + best) and `metrics.json`. A diverged epoch (a
+NaN/inf loss, or a validation loss above `divergence_factor` x the best) rolls the state back to
+the best checkpoint with the learning rate x `rollback_lr_factor`, at most `max_rollbacks` times;
+a non-finite loss with no rollback left raises `NonFiniteLossError` (last good checkpoint kept).
+Early stopping after `stagnant_epoch_patience` epochs without a new best validation loss.
+Rerunning the same config resumes from the latest checkpoint and reproduces an uninterrupted run
+exactly.
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ def initial_loop_state(config) -> dict:
         "dropout": float(config.dropout),
         "dropout_count": 0,
         "stop_reason": None,
+        "rollbacks": 0,
         "wall_time_s": 0.0,
         "history": [],
     }
@@ -203,6 +207,46 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
             f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
         )
     return loop, lr
+
+
+def divergence(loop: dict, train_loss: float, val_loss: float, config) -> str | None:
+    """Why this epoch counts as diverged, or None: a non-finite training or validation loss, or a
+    validation loss above `config.divergence_factor` (None/0 = off) times the best so far."""
+    if not math.isfinite(train_loss):
+        return f"training loss is {train_loss}"
+    if not math.isfinite(val_loss):
+        return f"validation loss is {val_loss}"
+    factor = config.get("divergence_factor")
+    best = loop["best_val_loss"]
+    if factor and best is not None and val_loss > float(factor) * best:
+        return f"validation loss {val_loss:.4e} > {float(factor):g} x best {best:.4e}"
+    return None
+
+
+def can_roll_back(loop: dict, config) -> bool:
+    """A best checkpoint exists and fewer than `config.max_rollbacks` rollbacks were used."""
+    used = int(loop.get("rollbacks", 0))
+    return loop["best_epoch"] is not None and used < int(config.get("max_rollbacks") or 0)
+
+
+def rollback_bookkeeping(loop: dict, lr: float, config) -> tuple[dict, float]:
+    """Bookkeeping after rolling back to the best checkpoint: one more rollback, the epoch counts
+    as stagnant (so early stopping still ends a run that keeps diverging), the plateau counter
+    restarts, and the learning rate is lr x `rollback_lr_factor` (>= min_lr)."""
+    loop = dict(loop)
+    loop["rollbacks"] = int(loop.get("rollbacks", 0)) + 1
+    loop["stagnant_epochs"] += 1
+    loop["plateau_count"] = 0
+    if loop["stagnant_epochs"] >= int(config.stagnant_epoch_patience):
+        loop["stop_reason"] = (
+            f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
+        )
+    new_lr = max(lr * float(config.rollback_lr_factor), float(config.min_lr))
+    return loop, new_lr
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def set_dropout(mdef: state_lib.ModelDef, params, batch_stats, rate: float) -> state_lib.ModelDef:
@@ -382,7 +426,28 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
         losses = np.concatenate([np.asarray(x) for x in jax.device_get(losses)])
         train_seconds = time.perf_counter() - t0
         bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
+        train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
+        val, val_loss = {}, math.nan
+        if not bad.size:
+            val = _evaluate(steps, state, val_res, val_src, setup, component, put, frozen,
+                            eval_batch_size, mesh)
+            val_loss = float(val["loss"])
+        lr = state_lib.learning_rate(state)
+        diverged = divergence(loop, train_loss, val_loss, config)
+        rolled_back_to = None
+        if diverged is not None and can_roll_back(loop, config):
+            rolled_back_to = int(loop["best_epoch"])
+            checkpointer.wait()
+            state, _ = checkpointer.restore(rolled_back_to, abstract)
+            loop["epoch"] = epoch + 1
+            loop, new_lr = rollback_bookkeeping(loop, lr, config)
+            state = state_lib.with_learning_rate(state, new_lr)
+            comp_lib.log_line(
+                f"{config.name} epoch {epoch + 1}: diverged ({diverged}); rolled back to epoch "
+                f"{rolled_back_to}, lr {lr:.2e} -> {new_lr:.2e} "
+                f"(rollback {loop['rollbacks']} of {int(config.max_rollbacks)})"
+            )
+        elif bad.size:
             k = int(bad[0])
             raise NonFiniteLossError(
                 f"{config.name}: training loss is {losses[k]} at epoch {epoch + 1}, step {k + 1} "
@@ -390,25 +455,22 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
                 f"The last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
                 f"{checkpointer.directory}; lower config.lr or check the data"
             )
-        val = _evaluate(steps, state, val_res, val_src, setup, component, put, frozen,
-                        eval_batch_size, mesh)
-        val_loss = float(val["loss"])
-        if not math.isfinite(val_loss):
+        elif not math.isfinite(val_loss):
             raise NonFiniteLossError(
                 f"{config.name}: validation loss is {val_loss} after epoch {epoch + 1}; stopping. "
                 f"The last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
                 f"{checkpointer.directory}"
             )
-        lr = state_lib.learning_rate(state)
-        loop["epoch"] = epoch + 1
-        loop, new_lr = update_bookkeeping(loop, val_loss, lr, config)
-        if new_lr != lr:
-            state = state_lib.with_learning_rate(state, new_lr)
+        else:
+            loop["epoch"] = epoch + 1
+            loop, new_lr = update_bookkeeping(loop, val_loss, lr, config)
+            if new_lr != lr:
+                state = state_lib.with_learning_rate(state, new_lr)
         seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)),
-            "val_loss": val_loss,
+            "train_loss": _finite_or_none(float(np.mean(losses))),
+            "val_loss": _finite_or_none(val_loss),
             "val": _scalars(val),
             "lr": lr,
             "dropout": dropout_used,
@@ -416,17 +478,22 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
             "seconds": seconds,
             "samples_per_s": n_samples / train_seconds,
         }
+        if rolled_back_to is not None:
+            record["rolled_back_to"] = rolled_back_to
         loop["history"] = [*loop["history"], record]
         loop["wall_time_s"] = float(loop["wall_time_s"]) + seconds
         every = max(1, int(config.checkpoint.get("every_epochs", 1)))
         if (loop["best_epoch"] == loop["epoch"] or loop["epoch"] % every == 0
                 or loop["epoch"] >= int(config.epochs) or loop["stop_reason"]):
-            checkpointer.save(loop["epoch"], state, loop, val_loss)
+            # The metric is the loss this epoch measured, so after a rollback the best checkpoint
+            # stays the original one (a non-finite loss is saved as the largest float).
+            saved_loss = val_loss if math.isfinite(val_loss) else float(np.finfo(np.float64).max)
+            checkpointer.save(loop["epoch"], state, loop, saved_loss)
         if _is_main():
             atomic.write_json(out_dir / METRICS_JSON, loop["history"])
         comp_lib.log_line(
             f"{config.name} epoch {epoch + 1}/{int(config.epochs)}  "
-            f"train {record['train_loss']:.4e}  val {val_loss:.4e}  "
+            f"train {float(np.mean(losses)):.4e}  val {val_loss:.4e}  "
             f"mre {100 * record['val'].get('mean_relative_error', math.nan):.3g}%  "
             f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  lr {lr:.2e}  "
             f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"

@@ -53,6 +53,12 @@ def get_config() -> ConfigDict:
     c.plateau_threshold = 1e-3  # relative improvement that counts
     c.min_lr = 1e-6
     c.stagnant_epoch_patience = 100  # early stopping
+    # Divergence: an epoch with a NaN/inf loss or a validation loss > divergence_factor x the best
+    # rolls back to the best checkpoint with lr x rollback_lr_factor (at most max_rollbacks times;
+    # divergence_factor None/0 = only non-finite losses; max_rollbacks 0 = never roll back).
+    c.divergence_factor = 3.0
+    c.rollback_lr_factor = 0.5
+    c.max_rollbacks = 4
     # dropout and its AstroChemNet-style decay: after `dropout_decay_patience` epochs without a
     # better validation loss, dropout *= dropout_decay_factor (set to 0 below dropout_min).
     c.dropout = 0.0
