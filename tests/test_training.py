@@ -265,6 +265,7 @@ def test_divergence_rolls_back_to_best_and_resumes_exactly(monkeypatch):
     def config(name, epochs):
         c = tf.tiny_config("autoencoder", name=name)
         c.epochs, c.plateau_patience = epochs, 100  # the lr changes only by the rollback
+        c.divergence_factor = 3.0
         return c
 
     train_component(config("clean", 4), preprocessed_dir=dirs["timeless"])

@@ -53,10 +53,13 @@ def get_config() -> ConfigDict:
     c.plateau_threshold = 1e-3  # relative improvement that counts
     c.min_lr = 1e-6
     c.stagnant_epoch_patience = 100  # early stopping
-    # Divergence: an epoch with a NaN/inf loss or a validation loss > divergence_factor x the best
-    # rolls back to the best checkpoint with lr x rollback_lr_factor (at most max_rollbacks times;
-    # divergence_factor None/0 = only non-finite losses; max_rollbacks 0 = never roll back).
-    c.divergence_factor = 3.0
+    # Divergence: an epoch with a NaN/inf loss (or, when divergence_factor is set, a validation
+    # loss > divergence_factor x the best) rolls back to the best checkpoint with lr x
+    # rollback_lr_factor, at most max_rollbacks times (0 = never: a NaN stops the run).
+    # divergence_factor is off by default: the shipped configs' validation loss has transient
+    # 3x spikes that recover on their own; with 3.0 the autoencoder rolled back 3 times and
+    # ended worse (val MRE 6.5% vs 6.2%), and the emulator on it reached 0.112 vs 0.082 dex.
+    c.divergence_factor = config_dict.placeholder(float)
     c.rollback_lr_factor = 0.5
     c.max_rollbacks = 4
     # dropout and its AstroChemNet-style decay: after `dropout_decay_patience` epochs without a
