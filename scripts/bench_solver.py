@@ -113,10 +113,10 @@ def _inline_collapse(n_tracers: int, time_years: np.ndarray, seed: int) -> np.nd
 
 
 def parse_workers(spec: str) -> list[int]:
-    """"1,all" -> [1, default_n_workers()] (deduplicated, in order)."""
+    """"1,all" -> [1, runtime.usable_cores()] (deduplicated, in order)."""
     counts: list[int] = []
     for item in (w.strip() for w in spec.split(",") if w.strip()):
-        n = parallel.default_n_workers() if item == "all" else int(item)
+        n = runtime.usable_cores() if item == "all" else int(item)
         if n < 1:
             raise ValueError(f"--workers: expected 'all' or integers >= 1, found {item!r}")
         if n not in counts:
@@ -127,7 +127,7 @@ def parse_workers(spec: str) -> list[int]:
 def run_label(n_workers: int) -> str:
     if n_workers == 1:
         return "per_core"
-    return "all_cores" if n_workers == parallel.default_n_workers() else f"workers_{n_workers}"
+    return "all_cores" if n_workers == runtime.usable_cores() else f"workers_{n_workers}"
 
 
 def result_summary(res: solver.SolveResult) -> dict:
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "jax_devices": len(jax.devices()),
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "usable_cores": parallel.default_n_workers(),
+        "usable_cores": runtime.usable_cores(),
         "workers": worker_counts,
         "n_tracers": n_tracers,
         "batch_size": args.batch_size,

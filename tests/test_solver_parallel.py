@@ -11,7 +11,7 @@ import pytest
 from fixtures import _enable_compile_cache, tiny_dataset_config
 from test_solver import collapse_like_track, tiny_initial, tiny_network
 
-from astrochem_jax import generate, rawio
+from astrochem_jax import generate, rawio, runtime
 from astrochem_jax.chemistry import parallel, solver
 
 RESULT_FIELDS = ("abundances", "result_code", "n_steps", "n_accepted", "n_rejected",
@@ -107,11 +107,11 @@ def test_worker_counts(problem, recording_pool):
     assert_same_result(parallel.solve_tracks_parallel(network, *inputs, settings, n_workers=8,
                                                       progress=False), reference)
     assert recording_pool == [3]
-    assert parallel.effective_n_workers(None, 1000, 16) == parallel.default_n_workers()
+    assert parallel.effective_n_workers(None, 1000, 16) == runtime.usable_cores()
     assert parallel.effective_n_workers(None, 5, 16) == 1
     with pytest.raises(ValueError, match="n_workers"):
         parallel.effective_n_workers(0, 100, 16)
-    assert parallel.default_n_workers() >= 1
+    assert runtime.usable_cores() >= 1
 
 
 def test_bad_inputs_raise_like_solve_tracks_before_spawning(problem, recording_pool):

@@ -54,8 +54,7 @@ from astrochem_jax.chemistry.solver import (
 )
 from astrochem_jax.chemistry.solver_worker import SolverPoolError
 
-__all__ = ["SolverPool", "SolverPoolError", "default_n_workers", "effective_n_workers",
-           "solve_tracks_parallel"]
+__all__ = ["SolverPool", "SolverPoolError", "effective_n_workers", "solve_tracks_parallel"]
 
 # Batches submitted ahead of the finished ones, per worker: enough to keep every worker busy
 # without pickling the whole input set at once.
@@ -70,17 +69,12 @@ DEFAULT_SETTINGS = SolverSettings()
 WARMUP_END_YEARS = 1.0e-6
 
 
-def default_n_workers() -> int:
-    """CPU cores this process may run on (its affinity mask), at least 1."""
-    return runtime.usable_cores()
-
-
 def effective_n_workers(n_workers: int | None, n_tracers: int, batch_size: int) -> int:
-    """Worker processes worth starting: `n_workers` (None: `default_n_workers()`), never more
+    """Worker processes worth starting: `n_workers` (None: `runtime.usable_cores()`), never more
     than there are batches, at least 1."""
     if n_workers is not None and int(n_workers) < 1:
         raise ValueError(f"n_workers: expected None (every core) or >= 1, found {n_workers}")
-    wanted = default_n_workers() if n_workers is None else int(n_workers)
+    wanted = runtime.usable_cores() if n_workers is None else int(n_workers)
     return max(1, min(wanted, len(batch_plan(n_tracers, batch_size))))
 
 
