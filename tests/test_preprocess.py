@@ -77,15 +77,13 @@ def test_sequential_round_trip_every_layout(tmp_path, layout):
     assert manifest["species"] == list(syn.DEMO_SPECIES)
     assert manifest["physical_parameters"] == ["Density", "Radfield", "Av", "gasTemp"]
     assert manifest["n_species"] == 10 and manifest["n_physical"] == 4
-    assert len(manifest["split_tracers"]["train"]) == 4
-    assert len(manifest["split_tracers"]["val"]) == 2
-    assert not set(manifest["split_tracers"]["train"]) & set(manifest["split_tracers"]["val"])
+    assert [len(manifest["split_tracers"][k]) for k in ("train", "val", "test")] == [4, 1, 1]
     np.testing.assert_allclose(manifest["time_years"], traj.time_years[0])
     scaler = Scaler.from_dict(manifest["scaling"])
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         data = shards.load_split(out, split)
         assert data.dtype == np.float32 and data.shape[1:] == (12, 14)
-        assert data.min() >= 0.0 and data.max() <= 1.0 + 1e-6 or split == "val"
+        assert data.min() >= 0.0 and data.max() <= 1.0 + 1e-6 or split != "train"
         physical, abundances = _expected_sequential(traj, manifest["split_tracers"][split])
         np.testing.assert_allclose(scaler.unscale_physical(data[..., :4].astype(np.float64)),
                                    physical, rtol=2e-5)
@@ -128,20 +126,21 @@ def test_row_methods_round_trip_and_shuffle(tmp_path, method):
     manifest = shards.read_manifest(out)
     scaler = Scaler.from_dict(manifest["scaling"])
     train, val = shards.load_split(out, "train"), shards.load_split(out, "val")
-    assert train.shape[1:] == val.shape[1:] == (10,)
-    assert train.shape[0] + val.shape[0] == 8 * 25
+    test = shards.load_split(out, "test")
+    assert train.shape[1:] == val.shape[1:] == test.shape[1:] == (10,)
+    assert train.shape[0] + val.shape[0] + test.shape[0] == 8 * 25
     everything = np.clip(traj.abundances.reshape(-1, 10), *CLIP)
     if method == "timeless":
         assert manifest["split_unit"] == "tracer"
-        assert train.shape[0] == 6 * 25
+        assert train.shape[0] == 6 * 25 and val.shape[0] == test.shape[0] == 25
         index = {int(t): i for i, t in enumerate(traj.tracer_ids)}
         rows = [index[t] for t in manifest["split_tracers"]["train"]]
         expected = np.clip(traj.abundances[rows].reshape(-1, 10), *CLIP)
     else:
         assert manifest["split_unit"] == "row"
-        assert train.shape[0] == int(200 * 0.75)
+        assert (train.shape[0], val.shape[0], test.shape[0]) == (140, 30, 30)
         expected = everything
-    got = scaler.unscale_abundances(np.concatenate([train, val]).astype(np.float64))
+    got = scaler.unscale_abundances(np.concatenate([train, val, test]).astype(np.float64))
     if method == "timeless":
         got = scaler.unscale_abundances(train.astype(np.float64))
     # Same multiset of values per species, in a different (shuffled) row order.
@@ -187,8 +186,9 @@ def test_real_uclchem_file_preprocesses(shared_dir):
     assert "H3CO+" in manifest["species"] and "H2COH+" not in manifest["species"]
     # 5 conditions (Density, Radfield, Av, gasTemp, zeta) + 333 species
     assert manifest["physical_parameters"][-1] == "zeta"
-    assert manifest["splits"]["train"]["shape"] == [2, 61, 338]
+    assert manifest["splits"]["train"]["shape"] == [1, 61, 338]
     assert manifest["splits"]["val"]["shape"] == [1, 61, 338]
+    assert manifest["splits"]["test"]["shape"] == [1, 61, 338]
     assert manifest["tracers_not_starting_from_initial_abundances"] == []
     assert manifest["tracer_length_counts"] == {"61": 3}
     worst = max(manifest["element_drift"].values())
@@ -220,6 +220,7 @@ def test_real_uclchem_examples_need_point_dropped_and_crop(shared_dir):
     out = preprocess(ds, "timeless", verbose=False)
     sizes = [shards.read_manifest(out)["splits"][s]["shape"][0] for s in ("train", "val")]
     assert sorted(sizes) == [90, 283]
+    assert shards.read_manifest(out)["splits"]["test"]["shape"][0] == 0
 
 
 def test_cli_bare_names_and_override(tmp_path):
@@ -289,7 +290,7 @@ def test_end_to_end_with_generated_dataset(tmp_path):
     ds = fixtures.tiny_dataset_config(raw, n_tracers=4, n_steps=10)
     out = preprocess(ds, "sequential", verbose=False)
     manifest = shards.read_manifest(out)
-    assert manifest["splits"]["train"]["shape"][:2] == [3, 10]
+    assert manifest["splits"]["train"]["shape"][:2] == [2, 10]
     assert max(manifest["element_drift"].values()) < 1e-5
     assert manifest["tracers_not_starting_from_initial_abundances"] == []
     assert manifest["time_years"][0] == 0.0 and manifest["time_grid_shared"]
@@ -302,3 +303,24 @@ def test_rebuild_is_deterministic(tmp_path):
     first = shards.load_split(preprocess(ds, method, verbose=False), "train").copy()
     second = shards.load_split(preprocess(ds, method, force=True, verbose=False), "train")
     np.testing.assert_array_equal(first, second)
+
+
+def test_three_way_split_is_disjoint_deterministic_and_shared_by_methods(tmp_path):
+    """Train / val / test by tracer: disjoint, covering every tracer, the same on a rebuild and
+    for every tracer-split method (a test tracer is never an autoencoder's training row)."""
+    traj = syn.make_trajectories(20, 6, seed=7)
+    ds = _write(tmp_path, "astrochem_jax", traj)
+    manifests = {m: shards.read_manifest(preprocess(ds, m, verbose=False))
+                 for m in ("sequential", "timeless")}
+    splits = manifests["sequential"]["split_tracers"]
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [14, 3, 3]
+    sets = [set(splits[k]) for k in ("train", "val", "test")]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set().union(*sets) == {int(t) for t in traj.tracer_ids}
+    assert manifests["timeless"]["split_tracers"] == splits
+    assert manifests["timeless"]["splits"]["test"]["shape"][0] == 3 * 6
+    rebuilt = shards.read_manifest(preprocess(ds, "sequential", force=True, verbose=False))
+    assert rebuilt["split_tracers"] == splits
+    ds.seed = 43  # another dataset seed, another split
+    other = shards.read_manifest(preprocess(ds, "sequential", verbose=False))["split_tracers"]
+    assert other["test"] != splits["test"]

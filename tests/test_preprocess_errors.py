@@ -197,5 +197,8 @@ def test_bad_method_and_split(tmp_path):
     method.method = "shuffled"
     assert_fails(config(path), method, "'shuffled'", "random", "timeless")
     ds = config(path)
-    ds.train_split = 0.2
-    assert_fails(ds, "sequential", "train_split = 0.2", "0 train")
+    ds.train_split, ds.test_split = 0.2, 0.9
+    assert_fails(ds, "sequential", "train_split = 0.2", "test_split = 0.9", "summing below 1")
+    ds = config(path)
+    ds.train_split = 1.0
+    assert_fails(ds, "sequential", "train_split = 1", "fractions in (0, 1)")

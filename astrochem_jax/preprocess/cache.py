@@ -25,7 +25,7 @@ from astrochem_jax import __version__, config_utils
 from astrochem_jax.shards import MANIFEST_NAME
 
 # Bump when the meaning or layout of preprocessed outputs changes.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: train / val / test splits
 CACHE_IGNORED_DATASET_FIELDS = ("raw_path", "generator")
 _HASH_BLOCK_BYTES = 8 * 2**20
 

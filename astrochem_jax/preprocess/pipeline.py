@@ -200,21 +200,56 @@ def select_tracers(table: RawTable, scan_result: Scan, method: Method, policy: s
     )
 
 
-def split_tracers(tracer_ids: np.ndarray, train_split: float, seed: int, where: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean train mask [T] over `tracer_ids`: a seeded permutation, the first
-    int(T * train_split) tracers are train (AstroChemNet's rule)."""
-    n = tracer_ids.size
-    n_train = int(n * float(train_split))
-    if not 0 < n_train < n:
+SPLITS = ("train", "val", "test")
+
+
+def split_counts(n: int, train_split: float, test_split: float, where: str) -> tuple[int, ...]:
+    """(train, val, test) counts of n items: round(n * (1 - train_split - test_split))
+    validation and round(n * test_split) test, each at least one, the rest train (at least one).
+    Only when n is too small for three non-empty splits (n = 2) is the test split left empty:
+    such a dataset trains, and the benchmark says it has nothing to score."""
+    train_split, test_split = float(train_split), float(test_split)
+    val_split = 1.0 - train_split - test_split
+    n_val = max(1, int(round(n * val_split)))
+    n_test = max(1, int(round(n * test_split)))
+    if n - n_val - n_test < 1:
+        n_test = max(0, n - n_val - 1)
+    n_train = n - n_val - n_test
+    if not (0.0 < train_split < 1.0 and 0.0 < test_split < 1.0 and val_split > 0.0
+            and n_train >= 1):
         raise PreprocessError(
-            f"{where}: {n} tracers with dataset.train_split = {train_split} give {n_train} train "
-            f"and {n - n_train} val tracers; expected at least one of each"
+            f"{where}: {n} items with dataset.train_split = {train_split:g} and "
+            f"dataset.test_split = {test_split:g} (validation: the rest, {val_split:g}) give "
+            f"{n_train} train, {n_val} validation and {n_test} test items; expected fractions "
+            "in (0, 1) summing below 1 and at least one item in each split (at least 3 tracers)"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    train = np.zeros(n, dtype=bool)
-    train[order[:n_train]] = True
-    return train, ~train
+    return n_train, n_val, n_test
+
+
+def split_tracers(all_tracer_ids: np.ndarray, kept_ids: np.ndarray, train_split: float,
+                  test_split: float, seed: int, where: str) -> np.ndarray:
+    """Split index per kept tracer [K] int8 (0 train, 1 val, 2 test).
+
+    The assignment is a seeded permutation of EVERY tracer of the file (not only the kept ones),
+    so a tracer lands in the same split whichever method dropped which tracers: the timeless
+    rows of a test tracer are never training rows of an autoencoder whose emulator is scored on
+    it. Counts follow `split_counts` over the whole file."""
+    n_train, n_val, _ = split_counts(all_tracer_ids.size, train_split, test_split, where)
+    order = np.random.default_rng(seed).permutation(all_tracer_ids.size)
+    split_of = np.empty(all_tracer_ids.size, dtype=np.int8)
+    split_of[order[:n_train]] = 0
+    split_of[order[n_train:n_train + n_val]] = 1
+    split_of[order[n_train + n_val:]] = 2
+    by_id = dict(zip(all_tracer_ids.tolist(), split_of.tolist(), strict=True))
+    out = np.asarray([by_id[int(t)] for t in kept_ids], dtype=np.int8)
+    n_test = int(np.count_nonzero(split_of == 2))
+    missing = [SPLITS[k] for k in range(3 if n_test else 2) if not np.any(out == k)]
+    if missing:
+        raise PreprocessError(
+            f"{where}: after dropping tracers, split(s) {missing} have no tracer left; "
+            "expected at least one tracer in each of train, val and test"
+        )
+    return out
 
 
 def make_scaler(dataset, plan: ColumnPlan, scan_result: Scan, kept: np.ndarray,
@@ -256,41 +291,41 @@ def make_scaler(dataset, plan: ColumnPlan, scan_result: Scan, kept: np.ndarray,
 @dataclass(frozen=True)
 class SplitPlan:
     """counts: items per split (tracers for sequential, rows otherwise); tracer_ids per split;
-    train_tracer [T] bool over table tracers (tracer splits) or train_row [rows] bool (row split);
-    range_mask [kept] bool: tracers whose physical values set the scaling ranges."""
+    tracer_split [T] int8 over table tracers (0 train, 1 val, 2 test; tracer splits) or
+    row_split [rows] int8 (row split); range_mask [kept] bool: tracers whose physical values set
+    the scaling ranges (the train tracers)."""
 
     counts: dict[str, int]
     tracer_ids: dict[str, list[int]]
-    train_tracer: np.ndarray | None
-    train_row: np.ndarray | None
+    tracer_split: np.ndarray | None
+    row_split: np.ndarray | None
     range_mask: np.ndarray
 
 
 def plan_split(table: RawTable, method: Method, kept: np.ndarray, n_rows_kept: np.ndarray,
-               train_split: float, seed: int, where: str) -> SplitPlan:
-    """Train/val assignment: by tracer (seeded permutation of the kept tracers), or for the
-    row-split ablation by row (seeded permutation of every output row, in stream order)."""
+               dataset, where: str) -> SplitPlan:
+    """Train/val/test assignment: by tracer (`split_tracers`), or for the row-split ablation by
+    row (seeded permutation of every output row, in stream order)."""
     ids = table.tracer_ids[kept]
+    seed, train_split = int(dataset.seed), float(dataset.train_split)
+    test_split = float(dataset.get("test_split") or 0.0)
     if method.split_by == "tracer":
-        train_k, val_k = split_tracers(ids, train_split, seed, where)
-        train_tracer = np.zeros(table.tracer_ids.size, dtype=bool)
-        train_tracer[kept[train_k]] = True
-        if method.item == "row":
-            counts = {"train": int(n_rows_kept[train_k].sum()),
-                      "val": int(n_rows_kept[val_k].sum())}
-        else:
-            counts = {"train": int(train_k.sum()), "val": int(val_k.sum())}
-        return SplitPlan(counts, {"train": ids[train_k].tolist(), "val": ids[val_k].tolist()},
-                         train_tracer, None, train_k)
+        of_kept = split_tracers(table.tracer_ids, ids, train_split, test_split, seed, where)
+        tracer_split = np.full(table.tracer_ids.size, -1, dtype=np.int8)
+        tracer_split[kept] = of_kept
+        sizes = n_rows_kept if method.item == "row" else np.ones(kept.size, dtype=np.int64)
+        counts = {name: int(sizes[of_kept == k].sum()) for k, name in enumerate(SPLITS)}
+        return SplitPlan(counts, {name: ids[of_kept == k].tolist()
+                                  for k, name in enumerate(SPLITS)},
+                         tracer_split, None, of_kept == 0)
     total = int(n_rows_kept.sum())
-    n_train = int(total * float(train_split))
-    if not 0 < n_train < total:
-        raise PreprocessError(f"{where}: {total} rows with dataset.train_split = {train_split} "
-                              f"give {n_train} train rows; expected at least one in each split")
-    train_row = np.zeros(total, dtype=bool)
-    train_row[np.random.default_rng(seed).permutation(total)[:n_train]] = True
-    return SplitPlan({"train": n_train, "val": total - n_train},
-                     {"train": ids.tolist(), "val": ids.tolist()}, None, train_row,
+    n_train, n_val, _ = split_counts(total, train_split, test_split, where)
+    row_split = np.full(total, 2, dtype=np.int8)
+    order = np.random.default_rng(seed).permutation(total)
+    row_split[order[:n_train]] = 0
+    row_split[order[n_train:n_train + n_val]] = 1
+    counts = {name: int(np.count_nonzero(row_split == k)) for k, name in enumerate(SPLITS)}
+    return SplitPlan(counts, {name: ids.tolist() for name in SPLITS}, None, row_split,
                      np.ones(kept.size, dtype=bool))
 
 
@@ -321,27 +356,26 @@ class Routing:
     """Where the rows of pass 2 go: writers per split and the train membership."""
 
     writers: dict[str, Any]
-    train_tracer: np.ndarray | None  # [T] bool, tracer-split methods
-    train_row: np.ndarray | None  # [total rows] bool, the row-split method
+    tracer_split: np.ndarray | None  # [T] int8, tracer-split methods
+    row_split: np.ndarray | None  # [total rows] int8, the row-split method
     row_cursor: int = 0
 
 
 def _route(routing: Routing, method: Method, out: np.ndarray, tracers: list[int],
            steps: int) -> None:
     if method.split_by == "tracer":
-        member = routing.train_tracer[tracers]
+        member = routing.tracer_split[tracers]
         if method.item == "row":
             member = np.repeat(member, steps)
     else:
-        member = routing.train_row[routing.row_cursor : routing.row_cursor + out.shape[0]]
+        member = routing.row_split[routing.row_cursor : routing.row_cursor + out.shape[0]]
         routing.row_cursor += out.shape[0]
-    if member.all():
-        routing.writers["train"].append(out)
-    elif not member.any():
-        routing.writers["val"].append(out)
-    else:
-        routing.writers["train"].append(out[member])
-        routing.writers["val"].append(out[~member])
+    for k, name in enumerate(SPLITS):
+        mine = member == k
+        if mine.all():
+            routing.writers[name].append(out)
+        elif mine.any():
+            routing.writers[name].append(out[mine])
 
 
 def _batches(tracers: list[int], rows: list[np.ndarray]):
@@ -448,7 +482,7 @@ def open_writers(directory: Path, method: Method, method_cfg, counts: dict[str, 
     bucket_bytes = int(float(method_cfg.get("shuffle_bucket_mb", 128)) * 2**20)
     rng = np.random.default_rng([seed, 1])
     writers: dict[str, Any] = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         writer = ShardWriter(directory, split, counts[split], item_shape, max_shard_bytes)
         if method.shuffle:
             writer = ShuffleWriter(writer, directory / ".scratch", bucket_bytes, rng)
@@ -543,7 +577,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
         n_rows_kept = (np.full(kept.size, steps) if steps is not None
                        else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
         seed = int(dataset.seed)
-        split = plan_split(table, method, kept, n_rows_kept, dataset.train_split, seed, where)
+        split = plan_split(table, method, kept, n_rows_kept, dataset, where)
         if prescan or configured_ranges:
             scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
                                                            split.range_mask)
@@ -560,7 +594,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
 
         with atomic.atomic_dir(directory) as tmp:
             writers = open_writers(tmp, method, method_cfg, split.counts, item_shape, seed)
-            routing = Routing(writers, split.train_tracer, split.train_row)
+            routing = Routing(writers, split.tracer_split, split.row_split)
             stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
                               routing, chunk_rows, label, None if prescan else scanned)
             if not (prescan or configured_ranges):

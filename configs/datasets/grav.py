@@ -22,7 +22,10 @@ def get_config() -> ConfigDict:
 
     # --- ground truth generator (owned by astrochem_jax.generate) -------------------------------
     c.generator = g = ConfigDict()
-    g.network = "default"  # "default" or a path to a UMIST-format .rates file
+    # "default", a UMIST-format .rates path, or a UCLCHEM reactions .csv path (+ its species CSV)
+    g.network = "default"
+    g.network_species_csv = config_dict.placeholder(str)  # UCLCHEM networks only
+    g.network_gas_phase = False  # keep only the gas-phase subset of the network
     # Initial abundances: UCLCHEM-like dark-cloud defaults (chemistry/initial_abundances.py), H
     # atomic instead of molecular with atomic_hydrogen, or a full {species: x/H} mapping.
     g.atomic_hydrogen = False
@@ -75,7 +78,11 @@ def get_config() -> ConfigDict:
     c.columns_to_drop = ["dustTemp", "dstep", "SURFACE", "BULK"]
     c.abundance_clip = (1e-20, 1.0)
     c.n_species = config_dict.placeholder(int)  # checked against the file when set
-    c.train_split = 0.75
+    # Tracer-level split, a seeded permutation of every tracer of the file (dataset.seed):
+    # int(n x train_split) train, round(n x test_split) test (read only by the benchmark), the
+    # rest validation (early stopping, checkpoint choice, any tuning).
+    c.train_split = 0.7
+    c.test_split = 0.15
     c.prepend_initial_abundances = False  # our files start at t = 0 (row 0 = initial state)
     c.shift_physical = True  # row t carries the conditions driving t -> t+1 (AstroChemNet)
     c.negative_tolerance = 1e-14  # abundances in [-tol, 0) become 0; more negative is an error
