@@ -1,4 +1,4 @@
-"""Benchmark a surrogate: closed-loop accuracy on the validation tracers and speed versus the
+"""Benchmark a surrogate: closed-loop accuracy on the TEST tracers and speed versus the
 ground-truth solver on the same tracks.
 
     python -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py \
@@ -9,13 +9,16 @@ Thin absl main around `run_benchmark(config) -> dict`, which writes
 table and returns the report.
 
 Protocol:
-- Accuracy: each validation tracer starts from its true t0 abundances and is rolled out closed loop
+- Accuracy: each test tracer starts from its true t0 abundances and is rolled out closed loop
   over its whole trajectory, driven by the stored physical conditions (the preprocessed
-  `sequential` split, unscaled to physical units). Steps 1..T-1 are scored against the truth
-  (error vs step includes step 0, the reconstruction of the initial state).
+  `sequential` split `test`, unscaled to physical units). Test tracers are never read by training:
+  no weight, checkpoint choice or hyperparameter saw them, and the benchmark refuses to score a
+  tracer any component recorded as seen (`data_info.seen_tracers`: its train + val tracers).
+  Steps 1..T-1 are scored against the truth (error vs step includes step 0, the reconstruction
+  of the initial state).
 - Speed: the jitted rollout is compiled first (compile time reported separately), warmed up once,
-  then timed over repeats with `block_until_ready`; batches replicate the validation tracks. The
-  solver re-solves the same validation tracks from the raw file's network text, initial
+  then timed over repeats with `block_until_ready`; batches replicate the scored tracks. The
+  solver re-solves the same scored tracks from the raw file's network text, initial
   abundances and nodes (only for `astrochem_jax`-format datasets that carry `network_rates`),
   compile excluded the same way. FLOPs are the rollout's matrix-product FLOPs counted from its
   jaxpr (`surrogates.flops`); the peak is a warm float32 `jnp.dot` timed in the same run.
@@ -61,12 +64,15 @@ class BenchmarkError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ValidationData:
-    """Validation tracers in physical units.
+class ScoredData:
+    """Scored tracers (one split of the sequential data) in physical units.
 
-    tracer_ids [N]; time_years [T]; abundances [N, T, S] (float64, clipped at the scaling floor as
-    in training); physical [N, T, P] (row t drives step t -> t + 1).
+    split: "test" (the benchmark) or "val"; tracer_ids [N]; time_years [T]; abundances
+    [N, T, S] (float64, clipped at the scaling floor as in training); physical [N, T, P] (row t
+    drives step t -> t + 1).
     """
+
+    split: str
 
     tracer_ids: np.ndarray
     time_years: np.ndarray
@@ -74,20 +80,49 @@ class ValidationData:
     physical: np.ndarray
 
 
-def load_validation(surrogate: Surrogate, n_tracers: int | None) -> ValidationData:
-    """The scored validation tracers from the emulator's preprocessed `sequential` split."""
+def check_unseen(surrogate: Surrogate, tracer_ids: np.ndarray, where: str) -> None:
+    """Refuse to score tracers that any component saw in training or checkpoint choice."""
+    for role, seen in surrogate.seen_tracers.items():
+        if seen is None:
+            raise BenchmarkError(
+                f"{where}: component {surrogate.components[role]!r} ({role}) does not record "
+                "which tracers it trained on (trained before train / val / test splits "
+                "existed); retrain it so that the test tracers can be checked as unseen")
+        leaked = sorted(set(seen) & {int(t) for t in tracer_ids})
+        if leaked:
+            raise BenchmarkError(
+                f"{where}: the scored tracers {leaked[:10]} were seen by component "
+                f"{surrogate.components[role]!r} ({role}) in training or checkpoint choice; "
+                "scores on them would be optimistic. Re-preprocess and retrain the components on "
+                "the current split (train / val / test), or score another split"
+            )
+
+
+def load_split_tracers(surrogate: Surrogate, n_tracers: int | None,
+                       split: str = "test") -> ScoredData:
+    """Tracers of the emulator's preprocessed `sequential` split `split` (the benchmark scores
+    "test"; the trainer check re-reads "val")."""
     directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
     manifest = shards.read_manifest(directory)
-    val = np.asarray(shards.load_split(directory, "val"), np.float64)
+    if split not in manifest["splits"]:
+        raise BenchmarkError(
+            f"{directory}/manifest.json: no split {split!r} (found {sorted(manifest['splits'])});"
+            " it was written before test splits existed: rerun preprocessing and retrain")
+    val = np.asarray(shards.load_split(directory, split), np.float64)
     n_p = surrogate.n_physical
     if val.ndim != 3 or val.shape[-1] != n_p + surrogate.n_species:
         raise BenchmarkError(
-            f"{directory}: split 'val' has shape {val.shape}, expected [tracers, steps, "
+            f"{directory}: split {split!r} has shape {val.shape}, expected [tracers, steps, "
             f"{n_p} physical + {surrogate.n_species} species] (a 'sequential' preprocessing)"
         )
-    ids = np.asarray(manifest.get("split_tracers", {}).get("val", range(val.shape[0])))
-    if ids.shape[0] != val.shape[0]:
-        ids = np.arange(val.shape[0])
+    ids = manifest.get("split_tracers", {}).get(split)
+    if ids is None or len(ids) != val.shape[0]:
+        raise BenchmarkError(
+            f"{directory}/manifest.json: split_tracers[{split!r}] lists "
+            f"{None if ids is None else len(ids)} tracers, the split holds {val.shape[0]}")
+    ids = np.asarray(ids, np.int64)
+    if split == "test":
+        check_unseen(surrogate, ids, f"{directory} split {split!r}")
     if n_tracers is not None:
         val, ids = val[: int(n_tracers)], ids[: int(n_tracers)]
     # Tracers of different lengths are NaN-padded at the end: score the common finite length.
@@ -96,13 +131,15 @@ def load_validation(surrogate: Surrogate, n_tracers: int | None) -> ValidationDa
     if lengths.size and lengths.min() < val.shape[1]:
         val = val[:, : int(lengths.min())]
     if val.shape[0] == 0 or val.shape[1] < 2:
-        raise BenchmarkError(f"{directory}: split 'val' {val.shape} has no trajectory to score")
+        raise BenchmarkError(f"{directory}: split {split!r} {val.shape} has no trajectory to "
+                             "score")
     time_years = np.asarray(manifest.get("time_years") or np.arange(val.shape[1]), np.float64)
     time_years = time_years[: val.shape[1]]
     if time_years.shape[0] != val.shape[1]:
         time_years = np.arange(val.shape[1], dtype=np.float64)
     scaler = surrogate.scaler
-    return ValidationData(
+    return ScoredData(
+        split=split,
         tracer_ids=ids.astype(np.int64),
         time_years=time_years,
         abundances=np.asarray(scaler.unscale_abundances(val[..., n_p:]), np.float64),
@@ -128,14 +165,14 @@ def stoichiometry_for(surrogate: Surrogate) -> tuple[list[str], np.ndarray]:
 # Accuracy
 
 
-def predict(surrogate: Surrogate, data: ValidationData) -> np.ndarray:
-    """Closed-loop rollout of every validation tracer from its t0: [N, T, S] float64."""
+def predict(surrogate: Surrogate, data: ScoredData) -> np.ndarray:
+    """Closed-loop rollout of every scored tracer from its t0: [N, T, S] float64."""
     x0 = shard_batch(np.asarray(data.abundances[:, 0], np.float32))
     phys = shard_batch(np.asarray(data.physical[:, :-1], np.float32))
     return np.asarray(surrogate(x0, phys), np.float64)
 
 
-def accuracy_section(surrogate: Surrogate, data: ValidationData, pred: np.ndarray,
+def accuracy_section(surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
                      elements: list[str], matrix: np.ndarray, n_worst: int) -> dict:
     report = ev.accuracy_report(data.abundances[:, 1:], pred[:, 1:], surrogate.species,
                                 data.tracer_ids, matrix, elements)
@@ -151,8 +188,8 @@ def accuracy_section(surrogate: Surrogate, data: ValidationData, pred: np.ndarra
     return report
 
 
-def reconstruction_floor(surrogate: Surrogate, data: ValidationData) -> dict:
-    """decode(encode(x)) on every validation row: the best any rollout can do."""
+def reconstruction_floor(surrogate: Surrogate, data: ScoredData) -> dict:
+    """decode(encode(x)) on every scored row: the best any rollout can do."""
     flat = data.abundances.reshape(-1, surrogate.n_species)
     x_hat = np.asarray(surrogate.reconstruct(surrogate.params, shard_batch(
         np.asarray(flat, np.float32))), np.float64)
@@ -160,11 +197,11 @@ def reconstruction_floor(surrogate: Surrogate, data: ValidationData) -> dict:
     summary = ev.summarize_species_errors(per_species, surrogate.species, n_worst=5)
     summary.pop("per_species")
     return {"relative_error": summary, "abs_dlog10": ev.dlog10_summary(flat, x_hat),
-            "what": "decode(encode(x)) on every validation row (identity + clipping for direct "
+            "what": "decode(encode(x)) on every scored row (identity + clipping for direct "
                     "emulators)"}
 
 
-def window_validation_metrics(surrogate: Surrogate, data: ValidationData, horizon: int,
+def window_validation_metrics(surrogate: Surrogate, data: ScoredData, horizon: int,
                               chunk: int = 1024) -> dict:
     """The emulator trainer's validation protocol, run through the surrogate: every stride-1
     window of `horizon` steps of every tracer, rolled out from the true state at its start;
@@ -200,7 +237,8 @@ def trainer_check(surrogate: Surrogate) -> dict:
         return {"available": False, "reason": f"no horizon in the emulator's data_info or no "
                                               f"{summary_path}"}
     trainer = json.loads(summary_path.read_text()).get("best_val_metrics", {})
-    ours = window_validation_metrics(surrogate, load_validation(surrogate, None), int(horizon))
+    ours = window_validation_metrics(surrogate, load_split_tracers(surrogate, None, "val"),
+                                     int(horizon))
     out = {"available": True, "surrogate": ours,
            "trainer": {k: trainer.get(k) for k in ("mean_relative_error", "mean_abs_dlog10")}}
     out["relative_difference"] = {
@@ -234,8 +272,8 @@ def rollout_flops(surrogate: Surrogate, n_steps: int) -> dict:
     }
 
 
-def replicate_tracks(data: ValidationData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x0 [B, S], physical [B, T-1, P]) float32, validation tracks repeated to fill B."""
+def replicate_tracks(data: ScoredData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x0 [B, S], physical [B, T-1, P]) float32, scored tracks repeated to fill B."""
     idx = np.arange(batch_size) % data.abundances.shape[0]
     return (np.asarray(data.abundances[idx, 0], np.float32),
             np.asarray(data.physical[idx, :-1], np.float32))
@@ -251,7 +289,7 @@ def time_rollout(surrogate: Surrogate, x0: np.ndarray, phys: np.ndarray, repeats
     return compile_s, times
 
 
-def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
+def speed_section(surrogate: Surrogate, data: ScoredData, bench: ConfigDict,
                   log) -> dict:
     n_steps = data.abundances.shape[1] - 1
     flops = rollout_flops(surrogate, n_steps)
@@ -259,18 +297,18 @@ def speed_section(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
     peak = speed.matmul_peak_gflops(int(bench.matmul_size), min_total_s=float(bench.min_timing_s))
     repeats, min_s = int(bench.timing_repeats), float(bench.min_timing_s)
 
-    n_val = data.abundances.shape[0]
-    compile_s, times = time_rollout(surrogate, *replicate_tracks(data, n_val), repeats, min_s)
-    same = ev.throughput_entry(n_val, times, flops["per_trajectory"], peak["gflops"])
+    n_scored = data.abundances.shape[0]
+    compile_s, times = time_rollout(surrogate, *replicate_tracks(data, n_scored), repeats, min_s)
+    same = ev.throughput_entry(n_scored, times, flops["per_trajectory"], peak["gflops"])
     same["compile_s"] = compile_s
-    log(f"surrogate on the {n_val} validation tracks: {same['trajectories_per_s']:.4g} traj/s "
+    log(f"surrogate on the {n_scored} scored tracks: {same['trajectories_per_s']:.4g} traj/s "
         f"(compile {compile_s:.2f} s)")
 
     throughput = []
     for b in sorted({int(b) for b in bench.batch_sizes}):
         c_s, t = time_rollout(surrogate, *replicate_tracks(data, b), repeats, min_s)
         entry = ev.throughput_entry(b, t, flops["per_trajectory"], peak["gflops"])
-        entry["compile_s"] = compile_s if b == n_val else c_s  # n_val: compiled just above
+        entry["compile_s"] = compile_s if b == n_scored else c_s  # n_scored: compiled just above
         throughput.append(entry)
         log(f"batch {b:5d}: {entry['trajectories_per_s']:10.4g} traj/s, "
             f"{entry['achieved_gflops']:8.3g} GFLOP/s ({100 * entry['fraction_of_peak']:.1f}% of "
@@ -344,9 +382,9 @@ def solver_workers(requested: int | None) -> int:
     return runtime.usable_cores() if jax.default_backend() == "cpu" else 1
 
 
-def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigDict,
+def solve_same_tracks(surrogate: Surrogate, data: ScoredData, bench: ConfigDict,
                       log) -> dict:
-    """Re-solve the scored validation tracks with the float64 solver; time it warm."""
+    """Re-solve the scored tracks with the float64 solver; time it warm."""
     if not bench.solver.enabled:
         return solver_unavailable("disabled by config benchmark.solver.enabled=False")
     raw_path = _raw_path(surrogate)
@@ -375,7 +413,7 @@ def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigD
     rows = {int(t): k for k, t in enumerate(raw["tracer_ids"])}
     missing = [int(t) for t in data.tracer_ids if int(t) not in rows]
     if missing:
-        return solver_unavailable(f"validation tracers {missing[:5]} are not in {raw_path}")
+        return solver_unavailable(f"scored tracers {missing[:5]} are not in {raw_path}")
     n = data.tracer_ids.shape[0] if bench.solver.n_tracers is None else min(
         int(bench.solver.n_tracers), data.tracer_ids.shape[0])
     idx = np.asarray([rows[int(t)] for t in data.tracer_ids[:n]])
@@ -392,7 +430,7 @@ def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigD
     node_time, node_phys = raw["node_time_years"][sel], raw["node_physical"][sel]
     output_time = raw["time_years"][idx[0]]
     x0 = raw["initial_abundances"]
-    log(f"solver: compiling, then solving {n_solved} tracks ({n} validation tracers, batches of "
+    log(f"solver: compiling, then solving {n_solved} tracks ({n} scored tracers, batches of "
         f"{batch}, {workers} worker process{'es' if workers > 1 else ''}) ...")
     if workers > 1:
         from astrochem_jax.chemistry.parallel import SolverPool
@@ -451,7 +489,7 @@ def solve_same_tracks(surrogate: Surrogate, data: ValidationData, bench: ConfigD
 # Plots and summary
 
 
-def write_plots(out_dir: Path, surrogate: Surrogate, data: ValidationData, pred: np.ndarray,
+def write_plots(out_dir: Path, surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
                 report: dict, bench: ConfigDict) -> dict:
     acc = report["accuracy"]
     floor = report.get("reconstruction_floor", {}).get("relative_error", {}).get("mean")
@@ -466,7 +504,7 @@ def write_plots(out_dir: Path, surrogate: Surrogate, data: ValidationData, pred:
     files["example_trajectories"] = plots.plot_example_trajectories(
         out_dir / "example_trajectories.png", data.time_years, data.abundances[0], pred[0],
         surrogate.species, indices, f"{surrogate.name}: tracer {int(data.tracer_ids[0])}")
-    if report["speed"]["throughput"]:
+    if report["speed"] and report["speed"]["throughput"]:
         files["throughput"] = plots.plot_throughput(
             out_dir / "throughput.png", report["speed"]["throughput"],
             report["solver"].get("trajectories_per_s"),
@@ -481,7 +519,8 @@ def format_summary(report: dict) -> str:
     floor = report["reconstruction_floor"]
     rows = [
         ("surrogate", f"{report['surrogate']} ({report['type']}) on {report['dataset']}"),
-        ("validation", f"{acc['n_tracers']} tracers x {acc['n_steps']} scored steps, closed loop"),
+        ("scored", f"{acc['n_tracers']} {report.get('scored_split', 'test')} tracers x "
+                   f"{acc['n_steps']} steps, closed loop from t0"),
         ("mean relative error", f"{rel['mean']:.4g} (std over species {rel['std']:.3g}; worst "
                                 f"{rel['worst_species']} {rel['worst_value']:.3g})"),
         ("|dlog10| mean / median / p99", f"{dex['mean']:.3g} / {dex['median']:.3g} / "
@@ -497,6 +536,9 @@ def format_summary(report: dict) -> str:
         rows.append(("element conservation", f"worst element {worst_el[0]}: mean "
                                              f"{worst_el[1]['mean']:.3g}, max "
                                              f"{worst_el[1]['max']:.3g} (relative)"))
+    if sp is None:
+        rows.append(("speed", "not measured (benchmark.measure_speed=False)"))
+        return _table(rows)
     rows += [
         ("device", f"{sp['device']['device_kind']} x{sp['device']['n_devices']} "
                    f"({sp['device']['backend']})"),
@@ -522,6 +564,10 @@ def format_summary(report: dict) -> str:
                                 f"{su['best_batch']:.4g}x at the best batch"))
     else:
         rows.append(("solver", solver["reason"]))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     bar = "-" * max(len(line) for line in lines)
@@ -551,12 +597,13 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
     surrogate = build(config)
     log(f"surrogate {surrogate.name}: {surrogate.type} {surrogate.components}, "
         f"{surrogate.n_species} species, physical {list(surrogate.physical_parameters)}")
-    data = load_validation(surrogate, bench.n_val_tracers)
+    data = load_split_tracers(surrogate, bench.n_test_tracers, "test")
     elements, matrix = stoichiometry_for(surrogate)
     out_dir = paths.benchmarks_dir(str(config.name))
 
     # Speed first, so each batch shape's compile time is measured before anything compiled it.
-    speed_report = speed_section(surrogate, data, bench, log)
+    measure_speed = bool(bench.get("measure_speed", True))
+    speed_report = speed_section(surrogate, data, bench, log) if measure_speed else None
     pred = predict(surrogate, data)
     if not np.isfinite(pred).all():
         log("WARNING: the rollout produced non-finite abundances (a diverging closed loop); "
@@ -570,7 +617,12 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
         "species": list(surrogate.species),
         "physical_parameters": list(surrogate.physical_parameters),
         "elements": elements,
-        "validation_tracers": data.tracer_ids.tolist(),
+        "scored_split": data.split,
+        "scored_tracers": data.tracer_ids.tolist(),
+        "scored_note": "closed-loop accuracy on the test tracers only: no component trained on "
+                       "them or chose a checkpoint or hyperparameter with them (checked against "
+                       "each component's recorded train + val tracers)",
+        "package_versions": runtime.package_versions(),
         "accuracy": _quiet(accuracy_section, surrogate, data, pred, elements, matrix,
                            int(bench.n_worst_species)),
         "reconstruction_floor": reconstruction_floor(surrogate, data),
@@ -579,7 +631,8 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
     log(f"accuracy: mean relative error {report['accuracy']['relative_error']['mean']:.4g}, "
         f"mean |dlog10| {report['accuracy']['abs_dlog10']['mean']:.3g} dex")
     report["speed"] = speed_report
-    report["solver"] = solve_same_tracks(surrogate, data, bench, log)
+    report["solver"] = (solve_same_tracks(surrogate, data, bench, log) if measure_speed else
+                        solver_unavailable("speed not measured (benchmark.measure_speed=False)"))
     if report["solver"]["available"]:
         solver_rate = report["solver"]["trajectories_per_s"]
         report["speedup"] = {

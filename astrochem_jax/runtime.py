@@ -77,3 +77,22 @@ def setup_entry_point(*, x64: bool = True, cpu_device_per_core: bool = False) ->
     configure_jax(x64=x64)
     if cpu_device_per_core:
         configure_cpu_devices()
+
+
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py",
+                      "ml-collections", "diffrax", "equinox")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide the numbers (recorded in every
+    summary.json and report.json), plus Python's."""
+    import platform
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

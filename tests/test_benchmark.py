@@ -162,6 +162,46 @@ def test_benchmark_report_has_every_metric(monkeypatch):
     assert report["solver"]["reason"].startswith("solver: not available")
     assert report["speedup"] is None
     assert report["trainer_check"]["relative_difference"]["mean_abs_dlog10"] < 1e-4
+    # Scored on the test split only, recorded as such.
+    manifest = json.loads((paths.preprocessed_dir("tiny", "sequential") / "manifest.json")
+                          .read_text())
+    assert report["scored_split"] == "test"
+    assert report["scored_tracers"] == manifest["split_tracers"]["test"]
+    assert report["accuracy"]["n_tracers"] == len(manifest["split_tracers"]["test"])
+    assert report["package_versions"]["jax"]
+
+
+def test_benchmark_refuses_tracers_a_component_saw(monkeypatch, tmp_path):
+    """A component whose recorded train/val tracers include a test tracer (e.g. trained on an
+    older split), or that records none, is refused before any work."""
+    import shutil
+
+    from surrogate_helpers import EMULATOR, surrogate_config, tiny_trained_outputs
+
+    from astrochem_jax import paths
+    from astrochem_jax.benchmark import BenchmarkError, run_benchmark
+
+    outputs = tmp_path / "outputs"
+    shutil.copytree(tiny_trained_outputs(), outputs)
+    monkeypatch.setenv("ASTROCHEM_JAX_OUTPUTS", str(outputs))
+    manifest = json.loads((paths.preprocessed_dir("tiny", "sequential") / "manifest.json")
+                          .read_text())
+    test_ids = manifest["split_tracers"]["test"]
+    path = paths.weights_dir(EMULATOR) / "config.json"
+    saved = json.loads(path.read_text())
+    assert not set(saved["data_info"]["seen_tracers"]) & set(test_ids)
+    saved["data_info"]["seen_tracers"] = [*saved["data_info"]["seen_tracers"], test_ids[0]]
+    path.write_text(json.dumps(saved))
+    config = surrogate_config(name="leaky")
+    config.benchmark.measure_speed = False
+    with pytest.raises(BenchmarkError, match=rf"tracers \[{test_ids[0]}\] were seen by "
+                                             rf"component '{EMULATOR}'"):
+        run_benchmark(config, log=lambda m: None)
+    del saved["data_info"]["seen_tracers"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(BenchmarkError, match="does not record which tracers"):
+        run_benchmark(config, log=lambda m: None)
+    assert not (paths.benchmarks_dir("leaky") / "report.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,6 +76,9 @@ class Surrogate:
     reconstruct: Callable
     info: dict = field(repr=False)  # the emulator's data facts (config.json["data_info"])
     component_configs: dict = field(repr=False)
+    # Tracer ids each component (by role) trained on or chose its checkpoint with (None: not
+    # recorded, a component trained before the train / val / test split existed).
+    seen_tracers: dict = field(repr=False, default_factory=dict)
 
     def __call__(self, abundances_0, physical):
         return self.rollout(self.params, abundances_0, physical)
@@ -309,6 +312,9 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
         reconstruct=make_reconstruct(parts, scaler),
         info=info,
         component_configs={role: config_utils.to_dict(c.config) for role, c in loaded.items()},
+        seen_tracers={role: (None if c.info.get("seen_tracers") is None
+                             else [int(t) for t in c.info["seen_tracers"]])
+                      for role, c in loaded.items()},
     )
 
 

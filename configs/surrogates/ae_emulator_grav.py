@@ -8,13 +8,18 @@ under outputs/weights/). Everything else configures the benchmark.
 
 from ml_collections import ConfigDict, config_dict
 
+from configs import datasets
+
 
 def benchmark_config() -> ConfigDict:
     """Benchmark settings shared by every surrogate config."""
     b = ConfigDict()
-    # Validation tracers scored closed loop from t0 over the full trajectory (None = all).
-    b.n_val_tracers = config_dict.placeholder(int)
-    # Throughput: batch sizes in trajectories (validation tracks replicated to fill the batch).
+    # Test tracers scored closed loop from t0 over the full trajectory (None = all).
+    b.n_test_tracers = config_dict.placeholder(int)
+    # False: accuracy only (no throughput, matmul peak or solver timing; scripts that sweep
+    # seeds use it).
+    b.measure_speed = True
+    # Throughput: batch sizes in trajectories (scored tracks replicated to fill the batch).
     b.batch_sizes = (1, 16, 64, 256, 1024, 4096)
     b.timing_repeats = 5  # timed calls per batch size after one untimed warm-up
     b.min_timing_s = 1.0  # keep repeating until this much time has been timed
@@ -22,7 +27,7 @@ def benchmark_config() -> ConfigDict:
     # Ground-truth solver on the same validation tracks (only for datasets it can solve).
     b.solver = ConfigDict()
     b.solver.enabled = True
-    b.solver.n_tracers = config_dict.placeholder(int)  # None = every scored validation tracer
+    b.solver.n_tracers = config_dict.placeholder(int)  # None = every scored tracer
     # None = the settings stored in the raw file (those that generated the dataset).
     b.solver.rtol = config_dict.placeholder(float)
     b.solver.atol = config_dict.placeholder(float)
@@ -37,13 +42,15 @@ def benchmark_config() -> ConfigDict:
     return b
 
 
-def get_config() -> ConfigDict:
+def get_config(dataset: str | None = None) -> ConfigDict:
+    """dataset: a configs/datasets name (`--config=...ae_emulator_grav.py:<dataset>`): the
+    surrogate of the components trained on it (named as in the component configs)."""
     c = ConfigDict()
-    c.name = "ae_emulator_grav"
+    c.name = datasets.component_name("ae_emulator_grav", dataset)
     c.type = "ae_emulator"
     c.components = ConfigDict()
-    c.components.encoder = "autoencoder_grav_large"
-    c.components.emulator = "emulator_grav_sequential"
-    c.components.decoder = "autoencoder_grav_large"
+    c.components.encoder = datasets.component_name("autoencoder_grav_large", dataset)
+    c.components.emulator = datasets.component_name("emulator_grav_sequential", dataset)
+    c.components.decoder = c.components.encoder
     c.benchmark = benchmark_config()
     return c
