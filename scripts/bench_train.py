@@ -99,7 +99,7 @@ def bench_component(name, component, config, setup, host_data, batch_sizes, n_st
 
         def full(k, box=box, perm=perm, n=n):
             box["state"], losses = steps.train(box["state"], prepared.arrays, perm, np.int32(0),
-                                               setup.frozen, n)
+                                               setup.frozen, np.ones(n, np.float32), n)
             return losses
 
         def compute(k, box=box, batches=batches):

@@ -362,3 +362,140 @@ def test_end_to_end_from_raw_dataset(tmp_path):
     summary = train_component(emu)
     assert np.isfinite(summary["best_val_loss"])
     assert len(summary["best_val_per_species"]["relative_error_per_species"]) == n_species
+
+
+# --- recipe mechanics: schedule, truncated backpropagation, non-finite guard, verdict ----------
+
+
+def test_warmup_cosine_schedule():
+    c = tf.tiny_config("autoencoder")
+    c.epochs, c.lr_schedule, c.warmup_epochs, c.lr_final_factor = 10, "warmup_cosine", 2.0, 0.1
+    f = state_lib.lr_schedule_factor(c, np.array([0.0, 1.0, 2.0, 6.0, 10.0, 12.0]))
+    np.testing.assert_allclose(f, [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], atol=1e-9)
+    assert np.all(np.diff(state_lib.lr_schedule_factor(c, np.linspace(2, 10, 50))) <= 0)
+    c.lr_schedule = "constant"
+    np.testing.assert_array_equal(state_lib.lr_schedule_factor(c, np.arange(4.0)), 1.0)
+    c.lr_schedule = "cyclic"
+    with pytest.raises(ValueError, match="lr_schedule = 'cyclic'"):
+        state_lib.lr_schedule_factor(c, np.arange(2.0))
+
+
+def test_gradient_window_truncates_backpropagation_only():
+    """Forward values are those of the full rollout; the gradient of a late step with respect to
+    the first state vanishes past the window, and equals full backpropagation within it."""
+    from flax import nnx
+
+    from astrochem_jax.models import Emulator, rollout_module
+
+    model = Emulator(2, 3, hidden_dims=(8,), rngs=nnx.Rngs(0))
+    model.eval()
+    graphdef, model_state = nnx.split(model)
+    phys = jax.random.uniform(jax.random.key(1), (2, 6, 2))
+    s0 = jax.random.uniform(jax.random.key(2), (2, 3))
+
+    def roll(state0, k):
+        return rollout_module(nnx.merge(graphdef, model_state, copy=True), state0, phys,
+                              gradient_window=k)
+
+    def last(state0, k, t):
+        return jnp.sum(roll(state0, k)[:, t])
+
+    np.testing.assert_array_equal(roll(s0, 2), roll(s0, 0))
+    assert np.all(np.asarray(jax.grad(last)(s0, 2, 5)) == 0.0)  # step 5 is past the first cut
+    np.testing.assert_allclose(jax.grad(last)(s0, 2, 1), jax.grad(last)(s0, 0, 1), rtol=1e-6)
+    assert np.any(np.asarray(jax.grad(last)(s0, 0, 5)) != 0.0)
+
+
+def test_non_finite_gradient_skips_the_step(monkeypatch):
+    """A step whose gradient overflows changes nothing (params, moments) and is counted; an epoch
+    made mostly of such steps stops the run with the last good checkpoint kept."""
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="skips")
+    c.epochs, c.max_rollbacks = 1, 0
+    real = loop.step_diagnostics
+    calls = {"n": 0}
+
+    def overflowing(loss, parts, grads, updates):
+        out = real(loss, parts, grads, updates)
+        # Every other step of the epoch reports an infinite gradient norm.
+        return dict(out, grad_norm=jnp.where(out["loss"] > -1, jnp.inf, out["grad_norm"]))
+
+    monkeypatch.setattr(loop, "step_diagnostics", overflowing)
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient"):
+        train_component(c, preprocessed_dir=dirs["timeless"])
+    kept = checkpoints.Checkpointer(paths.weights_dir("skips"), read_only=True)
+    assert kept.latest_epoch() is None  # nothing trained, nothing saved as if it had
+    del calls
+
+
+def test_skipped_steps_leave_the_state_unchanged(monkeypatch):
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="frozen_by_skips")
+    monkeypatch.setattr(loop, "MAX_SKIPPED_STEP_FRACTION", 1.0)  # never stop for skips here
+    real = loop.step_diagnostics
+
+    def overflowing(loss, parts, grads, updates):
+        return dict(real(loss, parts, grads, updates), grad_norm=jnp.asarray(jnp.inf))
+
+    monkeypatch.setattr(loop, "step_diagnostics", overflowing)
+    c.epochs = 1
+    train_component(c, preprocessed_dir=dirs["timeless"])
+    history = _metrics("frozen_by_skips")
+    assert history[0]["train"]["non_finite_steps"] == history[0]["steps"] > 0
+    # Every step skipped: the saved weights are the initial ones.
+    loaded = load_component("frozen_by_skips")
+    mdef, params, _ = state_lib.build_split(lambda: components.get_component(
+        "autoencoder").build_model(c, loaded.info, __import__("flax").nnx.Rngs(int(c.seed))))
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_training_lowers_the_loss_and_records_diagnostics():
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="learns")
+    c.epochs, c.lr_schedule, c.warmup_epochs, c.lr_final_factor = 40, "warmup_cosine", 2.0, 0.1
+    c.lr, c.plateau_patience = 1e-2, 1000  # the schedule alone sets the learning rate
+    c.converged_loss_ratio = 0.5
+    summary = train_component(c, preprocessed_dir=dirs["timeless"])
+    history = _metrics("learns")
+    assert summary["status"] == "converged" and summary["failure"] is None
+    assert summary["best_val_loss"] < 0.5 * summary["initial_val_loss"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    for record in history:
+        assert record["train"]["grad_norm_max"] >= record["train"]["grad_norm_mean"] > 0
+        assert record["train"]["non_finite_steps"] == 0
+        assert {"loss_mean", "loss_worst", "loss_conservation"} <= set(record["train"])
+    assert history[-1]["lr_applied"] == pytest.approx(c.lr * 0.1)
+    assert summary["package_versions"]["jax"] == jax.__version__
+
+
+def test_a_run_that_does_not_converge_fails_loudly():
+    """Best validation loss not below converged_loss_ratio x the untrained model's: train raises,
+    summary.json says failed, and neither an emulator nor a surrogate will use it."""
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="stuck")
+    c.epochs, c.lr = 1, 1e-9  # learns nothing
+    c.converged_loss_ratio = 0.5
+    with pytest.raises(loop.TrainingFailedError, match="FAILED to converge.*converged_loss_ratio"):
+        train_component(c, preprocessed_dir=dirs["timeless"])
+    summary = json.loads((paths.weights_dir("stuck") / "summary.json").read_text())
+    assert summary["status"] == "failed" and "0.5 x the untrained" in summary["failure"]
+    with pytest.raises(checkpoints.ComponentFailedError, match="failed to converge"):
+        load_component("stuck")
+    assert load_component("stuck", allow_failed=True).epoch == 1
+
+
+def test_frozen_autoencoder_stays_frozen(outputs_with_ae):
+    """Training a latent emulator leaves the autoencoder's weights, checkpoints and latent
+    scaling untouched."""
+    ae_dir = paths.weights_dir("tiny_autoencoder")
+    before = {p: p.read_bytes() for p in sorted(ae_dir.rglob("*")) if p.is_file()}
+    params_before = jax.device_get(load_component("tiny_autoencoder").params)
+    c = tf.tiny_config("emulator", name="on_frozen")
+    c.epochs = 2
+    train_component(c, preprocessed_dir=paths.preprocessed_dir("synth", "sequential"))
+    after = {p: p.read_bytes() for p in sorted(ae_dir.rglob("*")) if p.is_file()}
+    assert after == before
+    for a, b in zip(jax.tree.leaves(params_before),
+                    jax.tree.leaves(load_component("tiny_autoencoder").params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -34,6 +34,8 @@ BATCHNORM_MOMENTUM = 0.9
 
 
 SQRT_HALF = 0.7071067811865476
+# Hidden-layer normalisation: "batch" (AstroChemNet's BatchNorm) or "none".
+NORMALIZATIONS = ("batch", "none")
 
 
 def gelu_exact(x: jax.Array) -> jax.Array:
@@ -91,6 +93,7 @@ class Autoencoder(nnx.Module):
         dropout_rate: float = 0.0,
         latent_noise_std: float = 0.1,
         *,
+        normalization: str = "batch",
         rngs: nnx.Rngs,
     ):
         if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -109,20 +112,30 @@ class Autoencoder(nnx.Module):
                 for d_in, d_out in zip(widths[:-1], widths[1:], strict=True)
             ]
         )
-        self.encoder_norms = nnx.List([_batch_norm(h, rngs) for h in self.hidden_dims])
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"Autoencoder: normalization must be one of {NORMALIZATIONS}, got "
+                             f"{normalization!r}")
+        self.normalization = normalization
+        use_norm = normalization == "batch"
+        self.encoder_norms = nnx.List(
+            [_batch_norm(h, rngs) for h in self.hidden_dims] if use_norm else [])
         # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed.
         self.decoder_biases = nnx.List(
             [nnx.Param(jnp.zeros((d,), DTYPE)) for d in reversed(widths[:-1])]
         )
-        self.decoder_norms = nnx.List([_batch_norm(h, rngs) for h in reversed(self.hidden_dims)])
+        self.decoder_norms = nnx.List(
+            [_batch_norm(h, rngs) for h in reversed(self.hidden_dims)] if use_norm else [])
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.latent_noise = GaussianNoise(latent_noise_std, rngs=rngs)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x [B, S] scaled abundances in [0, 1] -> z [B, L] in (0, 1)."""
         h = jnp.asarray(x, DTYPE)
-        for layer, norm in zip(self.encoder_layers[:-1], self.encoder_norms, strict=True):
-            h = self.dropout(gelu_exact(norm(layer(h))))
+        for k, layer in enumerate(self.encoder_layers[:-1]):
+            h = layer(h)
+            if self.encoder_norms:
+                h = self.encoder_norms[k](h)
+            h = self.dropout(gelu_exact(h))
         return jax.nn.sigmoid(self.encoder_layers[-1](h))
 
     def decode(self, z: jax.Array) -> jax.Array:
@@ -133,7 +146,9 @@ class Autoencoder(nnx.Module):
             kernel = self.encoder_layers[n - 1 - k].kernel[...]  # [d_in_enc, d_out_enc]
             h = h @ kernel.T + self.decoder_biases[k][...]
             if k < n - 1:
-                h = self.dropout(gelu_exact(self.decoder_norms[k](h)))
+                if self.decoder_norms:
+                    h = self.decoder_norms[k](h)
+                h = self.dropout(gelu_exact(h))
         return jax.nn.sigmoid(h)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:

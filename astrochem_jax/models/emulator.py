@@ -163,11 +163,19 @@ def rollout(
     return jnp.swapaxes(states, 0, 1)
 
 
-def rollout_module(model: nnx.Module, state0: jax.Array, physical_seq: jax.Array) -> jax.Array:
+def rollout_module(model: nnx.Module, state0: jax.Array, physical_seq: jax.Array,
+                   gradient_window: int = 0) -> jax.Array:
     """`rollout` of an NNX module that may update its own state while stepping (dropout RNG
     counters in training mode). The module's state is threaded through the scan carry and written
     back into `model` afterwards, so this works eagerly and inside `jax.jit` (on a model obtained
-    with `nnx.merge` there). Shapes as in `rollout`."""
+    with `nnx.merge` there). Shapes as in `rollout`.
+
+    gradient_window k > 0: the carried state is cut from the gradient (`stop_gradient`) before
+    steps k, 2k, ... (truncated backpropagation through time). The forward values are unchanged:
+    every step still starts from the model's own previous output, so the loss sees closed-loop
+    states, but no gradient is a product of more than k step Jacobians, which bounds its growth.
+    0 = full backpropagation through the window.
+    """
     graphdef, model_state = nnx.split(model)
     out = jax.eval_shape(
         lambda ms, p, s: nnx.merge(graphdef, ms, copy=True)(p, s),
@@ -177,14 +185,20 @@ def rollout_module(model: nnx.Module, state0: jax.Array, physical_seq: jax.Array
     )
     state0 = jnp.asarray(state0).astype(out.dtype)
 
-    def body(carry, physical):
+    k = int(gradient_window)
+
+    def body(carry, xs):
         carried_model_state, state = carry
+        physical, t = xs
+        if k > 0:
+            state = jnp.where((t > 0) & (t % k == 0), jax.lax.stop_gradient(state), state)
         module = nnx.merge(graphdef, carried_model_state)
         next_state = module(physical, state)
         return (nnx.state(module), next_state), next_state
 
+    steps = jnp.arange(physical_seq.shape[1], dtype=jnp.int32)
     (final_model_state, _), states = jax.lax.scan(
-        body, (model_state, state0), jnp.swapaxes(physical_seq, 0, 1)
+        body, (model_state, state0), (jnp.swapaxes(physical_seq, 0, 1), steps)
     )
     nnx.update(model, final_model_state)
     return jnp.swapaxes(states, 0, 1)

@@ -76,7 +76,7 @@ def decoder_layers(autoencoder, latent_min=None, latent_span=None) -> list[Dense
             lo, span = _array(latent_min), _array(latent_span)
             bias = bias + lo @ kernel
             kernel = kernel * span[:, None]
-        if k < n - 1:
+        if k < len(autoencoder.decoder_norms):
             kernel, bias = fold_batchnorm(kernel, bias, autoencoder.decoder_norms[k])
         layers.append(_dense(kernel, bias))
     return layers

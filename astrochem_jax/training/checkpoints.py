@@ -154,12 +154,26 @@ def training_command(name: str) -> str:
     return command
 
 
-def load_component(name: str, *, sharding=None) -> LoadedComponent:
+class ComponentFailedError(ValueError):
+    """The component's training ended without converging (summary.json status "failed")."""
+
+
+def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> LoadedComponent:
     """Rebuild component `name` from `outputs/weights/<name>/config.json` and restore its best
-    parameters and batch statistics (on `sharding`, default the first local device)."""
+    parameters and batch statistics (on `sharding`, default the first local device).
+
+    A component whose summary.json says status "failed" is refused unless `allow_failed`."""
     from astrochem_jax.training.components import get_component
 
     directory = paths.weights_dir(name)
+    summary_path = directory / "summary.json"
+    if not allow_failed and summary_path.exists():
+        status = json.loads(summary_path.read_text()).get("status")
+        if status == "failed":
+            reason = json.loads(summary_path.read_text()).get("failure")
+            raise ComponentFailedError(
+                f"component {name!r}: {summary_path} says its training failed to converge "
+                f"({reason}); it is not used. Retrain it: {training_command(name)}")
     checkpoint_dir = directory / CHECKPOINT_DIR
     if not (directory / CONFIG_JSON).exists() or not checkpoint_dir.is_dir():
         raise ComponentNotFoundError(
@@ -186,7 +200,6 @@ def load_component(name: str, *, sharding=None) -> LoadedComponent:
         checkpointer.close()
     minmax_path = directory / "latents_minmax.npy"
     minmax = np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None
-    summary_path = directory / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return LoadedComponent(
         name=name, directory=directory, type=str(config.type), config=config, info=info,

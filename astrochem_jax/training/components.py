@@ -120,6 +120,10 @@ def _base_info(config, manifest: dict) -> dict:
         "n_species": int(manifest.get("n_species", len(manifest["species"]))),
         "n_physical": int(manifest.get("n_physical", len(manifest.get("physical_parameters", [])))),
         "scaling": manifest["scaling"],
+        # Tracers whose data trained this component or chose its checkpoint: the benchmark
+        # refuses to score any of them.
+        "seen_tracers": sorted({int(t) for split in ("train", "val")
+                                for t in manifest.get("split_tracers", {}).get(split, [])}),
     }
 
 
@@ -169,6 +173,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         latent_dim=int(config.model.latent_dim),
         dropout_rate=float(config.dropout),
         latent_noise_std=float(config.model.latent_noise_std),
+        normalization=str(config.model.get("normalization") or "batch"),
         rngs=rngs,
     )
 
@@ -287,6 +292,10 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
             f"config.val_horizon must be None, 0 (full trajectory) or 1..{val_steps - 1} (the "
             f"validation split has {val_steps} steps), found {config.get('val_horizon')}")
     info["val_horizon"] = int(val_horizon)
+    info["gradient_window"] = int(config.get("gradient_window") or 0)
+    if info["gradient_window"] < 0:
+        raise ComponentError(f"config.gradient_window must be >= 0 (0 = full backpropagation "
+                             f"through the window), found {info['gradient_window']}")
     for field in ("window_stride", "t0_window_repeats"):
         value = int(config.get(field) or 1)
         if value < 1:
@@ -439,7 +448,8 @@ def _window_batch(setup: Setup, arrays: dict, idx: jax.Array) -> dict:
 
 def _latent_predict(model, batch: dict, frozen, setup: Setup):
     """Roll the latent emulator over the window and decode with the frozen autoencoder."""
-    states = rollout_module(model, batch["state0"], batch["physical"])  # [B, H, L] scaled
+    states = rollout_module(model, batch["state0"], batch["physical"],
+                            int(setup.info.get("gradient_window", 0)))  # [B, H, L] scaled
     b, h, d = states.shape
     z = states.reshape(b * h, d) * frozen["latent_span"] + frozen["latent_min"]
     ae = state_lib.merge_model(setup.static, frozen["ae_params"], frozen["ae_batch_stats"],
@@ -449,7 +459,8 @@ def _latent_predict(model, batch: dict, frozen, setup: Setup):
 
 
 def _direct_predict(model, batch: dict, frozen, setup: Setup):
-    return rollout_module(model, batch["state0"], batch["physical"]), batch["target"]
+    return rollout_module(model, batch["state0"], batch["physical"],
+                          int(setup.info.get("gradient_window", 0))), batch["target"]
 
 
 def _no_after(finished: Finished) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from astrochem_jax import atomic, config_utils, paths, shards
+from astrochem_jax import atomic, config_utils, paths, runtime, shards
 from astrochem_jax.losses import total_loss, validation_metrics
 from astrochem_jax.training import checkpoints as ckpt_lib
 from astrochem_jax.training import components as comp_lib
@@ -50,6 +51,32 @@ class NonFiniteLossError(FloatingPointError):
     """A NaN / inf loss: training stops, the last good checkpoint stays in place."""
 
 
+class TrainingFailedError(RuntimeError):
+    """A run ended without converging (see `convergence_verdict`); summary.json says so."""
+
+
+def convergence_verdict(loop: dict, best_val_loss: float, config) -> str | None:
+    """Why a finished run does not count as converged, or None.
+
+    - the best validation loss is not finite;
+    - it is not below `config.converged_loss_ratio` x the untrained model's validation loss
+      (the run learned next to nothing: e.g. it diverged early and rolled back to epoch 1);
+    - every allowed rollback was used (the recipe is unstable on this data).
+    """
+    if not math.isfinite(best_val_loss):
+        return f"the best validation loss is {best_val_loss}"
+    ratio = config.get("converged_loss_ratio")
+    initial = loop.get("initial_val_loss")
+    if ratio and initial is not None and not best_val_loss < float(ratio) * initial:
+        return (f"best validation loss {best_val_loss:.4e} is not below "
+                f"config.converged_loss_ratio = {float(ratio):g} x the untrained model's "
+                f"{initial:.4e}")
+    allowed = int(config.get("max_rollbacks") or 0)
+    if allowed and int(loop.get("rollbacks", 0)) >= allowed:
+        return f"all {allowed} rollbacks after diverged epochs were used"
+    return None
+
+
 class ResumeMismatchError(ValueError):
     """An output directory that holds a run with a different config."""
 
@@ -65,6 +92,29 @@ def _loss_weights(config) -> dict:
     }
 
 
+def step_diagnostics(loss, parts: dict, grads, updates) -> dict:
+    """Per-step scalars recorded for every training step: the loss, its unweighted terms, the
+    global norm of the raw gradient (before clipping) and of the applied update."""
+    out = {"loss": loss, "grad_norm": optax.global_norm(grads),
+           "update_norm": optax.global_norm(updates)}
+    out.update({f"loss_{k}": v for k, v in parts.items() if k != "total"})
+    return out
+
+
+def train_summary(diagnostics: dict) -> dict:
+    """One epoch's per-step diagnostics [n_steps] each -> JSON scalars: the mean of every loss
+    term, mean and max of the gradient norm, and the number of non-finite steps."""
+    out = {k: _finite_or_none(float(np.mean(v))) for k, v in diagnostics.items()
+           if k.startswith("loss_")}
+    norms = diagnostics["grad_norm"]
+    out["grad_norm_mean"] = _finite_or_none(float(np.mean(norms)))
+    out["grad_norm_max"] = _finite_or_none(float(np.max(norms)))
+    out["update_norm_mean"] = _finite_or_none(float(np.mean(diagnostics["update_norm"])))
+    out["non_finite_steps"] = int(np.count_nonzero(~np.isfinite(diagnostics["loss"])
+                                                   | ~np.isfinite(norms)))
+    return out
+
+
 def _constrain_batch(batch: Any, mesh) -> Any:
     return jax.tree.map(
         lambda x: jax.lax.with_sharding_constraint(x, mesh_lib.batch_sharded(mesh, x.ndim)), batch
@@ -75,10 +125,11 @@ def _constrain_batch(batch: Any, mesh) -> Any:
 class Steps:
     """Jitted functions for one model definition (rebuilt if dropout changes).
 
-    train(state, arrays, perm [n_batches, B], start, frozen, n) -> (state, losses [n]): n
+    train(state, arrays, perm [n_batches, B], start, frozen, lr_factors [n], n) ->
+    (state, diagnostics {name: [n]}): n
     consecutive steps (batches start .. start + n - 1 sliced on device) in ONE dispatch
     (`lax.scan`), so small models are not bound by per-step dispatch; `n` is static.
-    train_on_batches(state, batches (leading axis n), frozen) -> (state, losses [n]): the same
+    train_on_batches(state, batches (leading axis n), frozen) -> (state, diagnostics): the same
     updates on batches already cut (benchmarks use it to time the input pipeline separately).
     evaluate(params, batch_stats, arrays, idx [B], frozen) -> batch-mean metrics.
     """
@@ -97,30 +148,46 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
         return total_loss(pred, true, stoichiometric_matrix=stoich,
                           abundance_clip=setup.abundance_clip, **weights)
 
-    def update(state: state_lib.TrainState, batch, frozen):
+    def update(state: state_lib.TrainState, batch, frozen, lr_factor):
         batch = _constrain_batch(batch, mesh)
         key = state_lib.step_key(state)
 
         def loss_fn(params):
             model = state_lib.merge_model(mdef, params, state.batch_stats, train=True, key=key)
             pred, true = component.predict(model, batch, frozen, setup)
-            loss, _ = loss_of(pred, true)
-            return loss, nnx.state(model, nnx.BatchStat)
+            loss, parts = loss_of(pred, true)
+            return loss, (parts, nnx.state(model, nnx.BatchStat))
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # The schedule's factor scales the whole update: for AdamW exactly lr x factor.
+        updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
+        diagnostics = step_diagnostics(loss, parts, grads, updates)
+        # A step whose loss or gradient is not finite (e.g. a float32 overflow of the gradient
+        # norm) changes nothing: params, optimizer moments and BatchNorm statistics stay as
+        # they were. It is counted (`non_finite_steps`), and an epoch made of such steps still
+        # reads as diverged through its NaN loss.
+        ok = jnp.isfinite(loss) & jnp.isfinite(diagnostics["grad_norm"])
+        params, opt_state, batch_stats = jax.tree.map(
+            lambda new, old: jnp.where(ok, new, old), (params, opt_state, batch_stats),
+            (state.params, state.opt_state, state.batch_stats))
         new = state_lib.TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                                    opt_state=opt_state, rng=state.rng)
-        return new, loss
+        return new, diagnostics
 
-    def train_steps(state: state_lib.TrainState, arrays, perm, start, frozen, n: int):
+    def train_steps(state: state_lib.TrainState, arrays, perm, start, frozen, lr_factors,
+                    n: int):
         idx = jax.lax.dynamic_slice_in_dim(perm, start, n, axis=0)  # [n, B]
         return jax.lax.scan(
-            lambda s, i: update(s, component.make_batch(setup, arrays, i), frozen), state, idx)
+            lambda s, xs: update(s, component.make_batch(setup, arrays, xs[0]), frozen, xs[1]),
+            state, (idx, lr_factors))
 
     def train_on_batches(state: state_lib.TrainState, batches, frozen):
-        return jax.lax.scan(lambda s, b: update(s, b, frozen), state, batches)
+        ones = jnp.ones((jax.tree.leaves(batches)[0].shape[0],), jnp.float32)
+        return jax.lax.scan(lambda s, xs: update(s, xs[0], frozen, xs[1]), state,
+                            (batches, ones))
 
     def eval_step(params, batch_stats, arrays, idx, frozen):
         batch = component.make_batch(setup, arrays, idx)
@@ -138,8 +205,9 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
     train = jax.jit(
         train_steps,
         donate_argnums=0,
-        static_argnums=5,
-        in_shardings=(state_sharding, None, mesh_lib.batch_sharded(mesh, 2, axis=1), repl, None),
+        static_argnums=6,
+        in_shardings=(state_sharding, None, mesh_lib.batch_sharded(mesh, 2, axis=1), repl, None,
+                      repl),
         out_shardings=(state_sharding, repl),
     )
     on_batches = jax.jit(train_on_batches, donate_argnums=0,
@@ -165,6 +233,7 @@ def initial_loop_state(config) -> dict:
         "stop_reason": None,
         "rollbacks": 0,
         "wall_time_s": 0.0,
+        "initial_val_loss": None,
         "history": [],
     }
 
@@ -209,11 +278,21 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
     return loop, lr
 
 
-def divergence(loop: dict, train_loss: float, val_loss: float, config) -> str | None:
-    """Why this epoch counts as diverged, or None: a non-finite training or validation loss, or a
-    validation loss above `config.divergence_factor` (None/0 = off) times the best so far."""
+# An epoch in which more than this fraction of the steps had a non-finite gradient (and were
+# skipped) counts as diverged.
+MAX_SKIPPED_STEP_FRACTION = 0.1
+
+
+def divergence(loop: dict, train_loss: float, val_loss: float, config,
+               skipped_fraction: float = 0.0) -> str | None:
+    """Why this epoch counts as diverged, or None: a non-finite training or validation loss, more
+    than MAX_SKIPPED_STEP_FRACTION of its steps skipped for a non-finite gradient, or a validation
+    loss above `config.divergence_factor` (None/0 = off) times the best so far."""
     if not math.isfinite(train_loss):
         return f"training loss is {train_loss}"
+    if skipped_fraction > MAX_SKIPPED_STEP_FRACTION:
+        return (f"{100 * skipped_fraction:.0f}% of the epoch's steps had a non-finite gradient "
+                "(skipped)")
     if not math.isfinite(val_loss):
         return f"validation loss is {val_loss}"
     factor = config.get("divergence_factor")
@@ -396,6 +475,13 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
             steps_by_dropout[rate] = make_steps(component, setup, m, tx, config, mesh, abstract)
         return steps_by_dropout[rate]
 
+    if loop["epoch"] == 0 and loop.get("initial_val_loss") is None:
+        # The untrained model's validation loss: the reference a run must beat to count as
+        # converged (for emulators, whose output layer starts near zero, this is ~ persistence).
+        initial = _evaluate(steps_for(float(loop["dropout"])), state, val_res, val_src, setup,
+                            component, put, frozen, eval_batch_size, mesh)
+        loop["initial_val_loss"] = _finite_or_none(float(initial["loss"]))
+
     while loop["stop_reason"] is None and loop["epoch"] < int(config.epochs):
         epoch = loop["epoch"]  # 0-based index of the epoch being trained
         t0 = time.perf_counter()
@@ -406,6 +492,8 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
         losses, n_samples = [], 0
         chunks = train_res if train_res is not None else list(
             _stream(train_src, setup, component, put))
+        epoch_batches = max(1, sum(c.n_items // batch_size for c in chunks))
+        batches_done = 0
         for ci in order:
             prepared = chunks[ci]
             if prepared.n_items < batch_size:
@@ -414,16 +502,21 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
                                           prepared.n_items, batch_size, mesh)
             for start in range(0, perm.shape[0], steps_per_call):
                 n = min(steps_per_call, perm.shape[0] - start)
+                done = batches_done + start + np.arange(n)
+                factors = state_lib.lr_schedule_factor(config, epoch + done / epoch_batches)
                 state, chunk_losses = steps.train(state, prepared.arrays, perm, np.int32(start),
-                                                  frozen, n)
+                                                  frozen, factors.astype(np.float32), n)
                 losses.append(chunk_losses)
+            batches_done += perm.shape[0]
             n_samples += perm.shape[0] * batch_size
         if not losses:
             raise ValueError(
                 f"{pre_dir}: the train split has fewer {component.item} per chunk than "
                 f"config.batch_size = {batch_size}; lower the batch size"
             )
-        losses = np.concatenate([np.asarray(x) for x in jax.device_get(losses)])
+        diagnostics = {k: np.concatenate([np.asarray(d[k]) for d in jax.device_get(losses)])
+                       for k in losses[0]}
+        losses = diagnostics["loss"]
         train_seconds = time.perf_counter() - t0
         bad = np.flatnonzero(~np.isfinite(losses))
         train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
@@ -433,7 +526,8 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
                             eval_batch_size, mesh)
             val_loss = float(val["loss"])
         lr = state_lib.learning_rate(state)
-        diverged = divergence(loop, train_loss, val_loss, config)
+        skipped = float(np.mean(~np.isfinite(diagnostics["grad_norm"])))
+        diverged = divergence(loop, train_loss, val_loss, config, skipped)
         rolled_back_to = None
         if diverged is not None and can_roll_back(loop, config):
             rolled_back_to = int(loop["best_epoch"])
@@ -455,6 +549,12 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
                 f"The last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
                 f"{checkpointer.directory}; lower config.lr or check the data"
             )
+        elif skipped > MAX_SKIPPED_STEP_FRACTION:
+            raise NonFiniteLossError(
+                f"{config.name}: epoch {epoch + 1}: {diverged}; stopping. The last good "
+                f"checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
+                f"{checkpointer.directory}; lower config.lr or check the data"
+            )
         elif not math.isfinite(val_loss):
             raise NonFiniteLossError(
                 f"{config.name}: validation loss is {val_loss} after epoch {epoch + 1}; stopping. "
@@ -470,9 +570,12 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
         record = {
             "epoch": epoch + 1,
             "train_loss": _finite_or_none(float(np.mean(losses))),
+            "train": train_summary(diagnostics),
             "val_loss": _finite_or_none(val_loss),
             "val": _scalars(val),
-            "lr": lr,
+            "lr": lr,  # config.lr x plateau / rollback reductions, at the start of the epoch
+            # ... x the schedule factor at the epoch's last step: what the optimizer applied
+            "lr_applied": lr * float(state_lib.lr_schedule_factor(config, epoch + 1.0)),
             "dropout": dropout_used,
             "steps": int(state.step),
             "seconds": seconds,
@@ -494,8 +597,11 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
         comp_lib.log_line(
             f"{config.name} epoch {epoch + 1}/{int(config.epochs)}  "
             f"train {float(np.mean(losses)):.4e}  val {val_loss:.4e}  "
+            f"|g| {record['train']['grad_norm_mean'] or math.nan:.2g}/"
+            f"{record['train']['grad_norm_max'] or math.nan:.2g}  "
             f"mre {100 * record['val'].get('mean_relative_error', math.nan):.3g}%  "
-            f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  lr {lr:.2e}  "
+            f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  "
+            f"lr {record['lr_applied']:.2e}  "
             f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"
             + (f"  [{loop['stop_reason']}]" if loop["stop_reason"] else "")
         )
@@ -524,7 +630,12 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         config=config, setup=setup, mdef=mdef, params=best_state.params,
         batch_stats=best_state.batch_stats, train_chunks=train_src.chunks, directory=out_dir,
     ))
+    verdict = convergence_verdict(loop, float(val["loss"]), config)
     summary = {
+        "status": "failed" if verdict else "converged",
+        "failure": verdict,
+        "initial_val_loss": loop.get("initial_val_loss"),
+        "rollbacks": int(loop.get("rollbacks", 0)),
         "component": config.name,
         "component_type": config.type,
         "dataset": setup.info["dataset"],
@@ -545,9 +656,15 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "train_split_shape": list(train_src.shape),
         "wall_time_s": float(wall_s),
         "training_time_s": float(loop["wall_time_s"]),
+        "package_versions": runtime.package_versions(),
     }
     if _is_main():
         atomic.write_json(out_dir / SUMMARY_JSON, summary)
+    if verdict:
+        raise TrainingFailedError(
+            f"{config.name}: training FAILED to converge: {verdict}. The checkpoints and "
+            f"{out_dir / SUMMARY_JSON} (status 'failed') are kept for inspection; surrogates "
+            "refuse this component. Check the data, or lower config.lr")
     mre = 100 * summary["best_val_metrics"].get("mean_relative_error", math.nan)
     comp_lib.log_line(
         f"{config.name}: best epoch {best}, val loss {summary['best_val_loss']:.4e}, mean "

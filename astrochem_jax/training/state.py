@@ -119,6 +119,32 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.inject_hyperparams(chain)(learning_rate=jnp.asarray(config.lr, jnp.float32))
 
 
+LR_SCHEDULES = ("constant", "warmup_cosine")
+
+
+def lr_schedule_factor(config, progress_epochs) -> np.ndarray:
+    """Learning-rate multiplier at fractional epochs `progress_epochs` [n] (float64 numpy).
+
+    "constant": 1. "warmup_cosine": linear from 0 to 1 over `config.warmup_epochs`, then a cosine
+    from 1 down to `config.lr_final_factor` at `config.epochs`. The learning rate that reaches the
+    optimizer is config.lr x (plateau / rollback reductions) x this factor.
+    """
+    kind = str(config.get("lr_schedule") or "constant")
+    progress = np.asarray(progress_epochs, np.float64)
+    if kind == "constant":
+        return np.ones_like(progress)
+    if kind != "warmup_cosine":
+        raise ValueError(f"config.lr_schedule = {kind!r}; expected one of {list(LR_SCHEDULES)}")
+    warmup = float(config.get("warmup_epochs") or 0.0)
+    total = float(config.epochs)
+    final = float(config.get("lr_final_factor") or 0.0)
+    ramp = np.minimum(1.0, (progress + 1e-12) / warmup) if warmup > 0 else np.ones_like(progress)
+    decay_span = max(total - warmup, 1e-12)
+    frac = np.clip((progress - warmup) / decay_span, 0.0, 1.0)
+    cosine = final + (1.0 - final) * 0.5 * (1.0 + np.cos(np.pi * frac))
+    return ramp * cosine
+
+
 def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
                seed: int) -> TrainState:
     return TrainState(

@@ -2,6 +2,8 @@
 
     python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py \
         [--config.lr=5e-4 --config.batch_size=256 ...] [--sweep="lr=1e-3,5e-4,1e-4"]
+    python -m astrochem_jax.train \
+        --config=configs/components/autoencoder_grav_large.py:uclchem_grav_train
 
 This file is also the base of every component config: it holds every training hyperparameter
 (the other component configs import it and override a few fields).
@@ -9,14 +11,17 @@ This file is also the base of every component config: it holds every training hy
 
 from ml_collections import ConfigDict, config_dict
 
-from configs.datasets import grav
+from configs import datasets
 
 
-def get_config() -> ConfigDict:
+def get_config(dataset: str | None = None) -> ConfigDict:
+    """dataset: a configs/datasets name (`--config=...autoencoder_grav_large.py:<dataset>`);
+    None = the default dataset `grav`. The component is named after the dataset."""
     c = ConfigDict()
-    c.name = "autoencoder_grav_large"  # output directory under outputs/weights/
+    # output directory under outputs/weights/
+    c.name = datasets.component_name("autoencoder_grav_large", dataset)
     c.type = "autoencoder"  # key of training.components.COMPONENTS
-    c.dataset = grav.get_config()
+    c.dataset = datasets.by_name(dataset)
     c.preprocessing_method = "timeless"  # configs/preprocessing/<name>.py
     c.seed = 0
 
@@ -28,6 +33,7 @@ def get_config() -> ConfigDict:
     # at CI-sized budgets (2 CPU cores): noise 0.1 -> val mean relative error 15.8%, 0.02 ->
     # 10.7%, 0.0 -> 5.0%; raise it for a latent emulator that must tolerate its own drift.
     c.model.latent_noise_std = 0.0
+    c.model.normalization = "batch"  # hidden-layer normalisation: "batch" or "none"
 
     # --- optimisation --------------------------------------------------------------------------
     # Epoch cap (CI-sized: ~2 min on 2 idle CPU cores). Measured val mean relative error on a
@@ -52,6 +58,11 @@ def get_config() -> ConfigDict:
     c.plateau_patience = 20
     c.plateau_threshold = 1e-3  # relative improvement that counts
     c.min_lr = 1e-6
+    # Learning-rate schedule multiplying lr (state.lr_schedule_factor): "constant" or
+    # "warmup_cosine" (linear warmup over warmup_epochs, cosine to lr x lr_final_factor).
+    c.lr_schedule = "constant"
+    c.warmup_epochs = 0.0
+    c.lr_final_factor = 0.0
     c.stagnant_epoch_patience = 100  # early stopping
     # Divergence: an epoch with a NaN/inf loss (or, when divergence_factor is set, a validation
     # loss > divergence_factor x the best) rolls back to the best checkpoint with lr x
@@ -62,6 +73,10 @@ def get_config() -> ConfigDict:
     c.divergence_factor = config_dict.placeholder(float)
     c.rollback_lr_factor = 0.5
     c.max_rollbacks = 4
+    # A finished run counts as converged only if its best validation loss is below this fraction
+    # of the untrained model's (and it is finite, and not every rollback was used); otherwise
+    # train exits with an error and summary.json says status "failed" (surrogates refuse it).
+    c.converged_loss_ratio = 0.5
     # dropout and its AstroChemNet-style decay: after `dropout_decay_patience` epochs without a
     # better validation loss, dropout *= dropout_decay_factor (set to 0 below dropout_min).
     c.dropout = 0.0
@@ -82,6 +97,9 @@ def get_config() -> ConfigDict:
     # validation windows (stride 1): None = `horizon` steps, 0 = the full trajectory from t0
     c.val_horizon = config_dict.placeholder(int)
     c.autoencoder_component = config_dict.placeholder(str)
+    # Truncated backpropagation through the window: no gradient through more than this many
+    # consecutive steps (0 = through the whole window).
+    c.gradient_window = 0
 
     # --- data placement, checkpoints, multi-host ------------------------------------------------
     c.device_resident_max_mb = 2048.0  # splits up to this size live on the devices

@@ -2,12 +2,14 @@
 
 from ml_collections import ConfigDict
 
+from configs import datasets
 from configs.components import autoencoder_grav_large
 
 
-def get_config() -> ConfigDict:
-    c = autoencoder_grav_large.get_config()
-    c.name = "autoencoder_grav_small"
+def get_config(dataset: str | None = None) -> ConfigDict:
+    c = autoencoder_grav_large.get_config(dataset)
+    c.name = datasets.component_name("autoencoder_grav_small", dataset) + (
+        "_small" if dataset and dataset != datasets.DEFAULT else "")
     c.model.hidden_dims = (64, 32)
     c.model.latent_dim = 8
     return c

@@ -10,12 +10,13 @@ non-finite value either way. The old recipe (horizon 16, unbounded) overflowed t
 
 from ml_collections import ConfigDict
 
+from configs import datasets
 from configs.components import emulator_grav_sequential
 
 
-def get_config() -> ConfigDict:
-    c = emulator_grav_sequential.get_config()
-    c.name = "direct_emulator_grav"
+def get_config(dataset: str | None = None) -> ConfigDict:
+    c = emulator_grav_sequential.get_config(dataset)
+    c.name = datasets.component_name("direct_emulator_grav", dataset)
     c.type = "direct_emulator"
     c.autoencoder_component = None
     c.lr = 2e-3

@@ -31,15 +31,16 @@ Caveat: the best checkpoint is chosen on the validation tracers the benchmark al
 
 from ml_collections import ConfigDict, config_dict
 
+from configs import datasets
 from configs.components import autoencoder_grav_large
 
 
-def get_config() -> ConfigDict:
-    c = autoencoder_grav_large.get_config()
-    c.name = "emulator_grav_sequential"
+def get_config(dataset: str | None = None) -> ConfigDict:
+    c = autoencoder_grav_large.get_config(dataset)
+    c.name = datasets.component_name("emulator_grav_sequential", dataset)
     c.type = "emulator"
     c.preprocessing_method = "sequential"
-    c.autoencoder_component = "autoencoder_grav_large"
+    c.autoencoder_component = datasets.component_name("autoencoder_grav_large", dataset)
     c.model = ConfigDict()
     c.model.hidden_dims = (256, 256, 128)
     c.model.latent_dim = config_dict.placeholder(int)  # None = the autoencoder's; set to check
