@@ -46,14 +46,18 @@ def resolve_config_path(name_or_path: str, kind: str) -> Path:
 
 
 def load_config(name_or_path: str, kind: str) -> ConfigDict:
-    """Execute a config file's `get_config()` (bare names resolved under `configs/<kind>/`)."""
+    """Execute a config file's `get_config()` (bare names resolved under `configs/<kind>/`).
+
+    `name:arg` passes `arg` to `get_config(arg)`, as ml_collections' `--config=path:arg` does
+    (component and surrogate configs take a dataset name there)."""
     ensure_configs_importable()
     path = resolve_config_path(name_or_path, kind)
+    _, sep, arg = name_or_path.partition(":")
     spec = importlib.util.spec_from_file_location(f"_astrochem_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg) if sep and arg else module.get_config()
 
 
 def to_dict(config: ConfigDict | dict) -> dict[str, Any]:

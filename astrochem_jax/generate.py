@@ -109,24 +109,47 @@ def conservation_errors(
 # --- stages ----------------------------------------------------------------------------------
 
 
-def load_network(spec: str):
-    """`"default"` -> the packaged demonstration network; otherwise a UMIST RATE22 .rates path.
+def load_network(spec: str, species_csv: str | None = None, gas_phase: bool = False):
+    """The network to integrate and its UMIST RATE22 text (stored in the raw file, so that the
+    benchmark re-solves the same network): (Network, text).
 
-    Returns (Network, rate file text).
+    spec: `"default"` (the packaged demonstration network), a UMIST RATE22 `.rates` path, or a
+    UCLCHEM reactions `.csv` path with its species CSV in `species_csv`; `gas_phase` keeps the
+    gas-phase subset (`network.gas_phase_subset`). A UCLCHEM network is converted to RATE22 text
+    and read back from it, so the stored text reproduces exactly the network that was solved.
     """
     from astrochem_jax.chemistry import network as network_module
 
     if spec == "default":
         net = network_module.load_default_network()
-        return net, _default_rates_text(network_module)
-    path = Path(spec)
-    if not path.is_file():
-        raise GenerateError(
-            f"config generator.network: expected 'default' or an existing UMIST .rates file, "
-            f"found {spec!r} (no such file)"
-        )
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return network_module.parse_umist_text(text, path.stem, str(path)), text
+        text = _default_rates_text(network_module)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise GenerateError(
+                f"config generator.network: expected 'default', an existing UMIST .rates file or "
+                f"a UCLCHEM reactions .csv file, found {spec!r} (no such file)"
+            )
+        if path.suffix.lower() == ".csv":
+            if not species_csv or not Path(species_csv).is_file():
+                raise GenerateError(
+                    f"config generator.network_species_csv: a UCLCHEM network ({path}) needs its "
+                    f"species CSV; found {species_csv!r}")
+            net = network_module.read_uclchem_network(path, species_csv, name=path.stem)
+            if gas_phase:
+                net = network_module.gas_phase_subset(net, f"{path.stem}_gas")
+            text = network_module.format_umist_text(
+                net, header=f"{net.name}: converted from {path.name} + "
+                            f"{Path(species_csv).name}" + (" (gas-phase subset)" if gas_phase
+                                                            else ""))
+            net = network_module.parse_umist_text(text, net.name, str(path))
+            return net, text
+        text = path.read_text(encoding="utf-8", errors="replace")
+        net = network_module.parse_umist_text(text, path.stem, str(path))
+    if gas_phase:
+        net = network_module.gas_phase_subset(net, net.name)
+        text = network_module.format_umist_text(net, header=f"{net.name} (gas-phase subset)")
+    return net, text
 
 
 def _default_rates_text(network_module) -> str:
@@ -268,7 +291,8 @@ def generate_dataset(config: ConfigDict, *, stream=None) -> Path:
     output_time_years = output_time_grid(
         int(config.n_steps), g.time_end_years, g.time_spacing, g.log_first_time_years
     )
-    network, rates_text = load_network(g.network)
+    network, rates_text = load_network(g.network, g.get("network_species_csv"),
+                                       bool(g.get("network_gas_phase", False)))
     species = list(network.species)
     x0 = initial_abundances_for(network, g.initial_abundances, g.atomic_hydrogen)
     ids, node_time, node_phys, at_output, params = build_tracks(config, output_time_years)

@@ -1,0 +1,34 @@
+"""Dataset configs. `by_name(name)` loads `configs/datasets/<name>.py`: component and surrogate
+configs take a dataset name after `:` (`--config=configs/components/autoencoder_grav_large.py:
+uclchem_grav_train`), which ml_collections passes to their `get_config(arg)`."""
+
+import importlib
+
+from ml_collections import ConfigDict
+
+DEFAULT = "grav"
+
+
+def by_name(name: str | None) -> ConfigDict:
+    """The dataset config `configs/datasets/<name>.py` (None or "" = the default dataset)."""
+    name = name or DEFAULT
+    try:
+        module = importlib.import_module(f"configs.datasets.{name}")
+    except ModuleNotFoundError as err:
+        from pathlib import Path
+
+        available = sorted(p.stem for p in Path(__file__).parent.glob("*.py")
+                           if not p.stem.startswith("_"))
+        raise ValueError(f"dataset {name!r} not found: no configs/datasets/{name}.py; available: "
+                         f"{available}") from err
+    return module.get_config()
+
+
+def component_name(base: str, dataset: str | None) -> str:
+    """Name of a component (or surrogate) trained on `dataset`: `base` for the default dataset,
+    else `<kind>_<dataset>` (e.g. `autoencoder_uclchem_grav_train`), where kind is `base`
+    without its `_grav...` suffix."""
+    if not dataset or dataset == DEFAULT:
+        return base
+    kind = base.split("_grav")[0]
+    return f"{kind}_{dataset}"

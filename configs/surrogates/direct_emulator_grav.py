@@ -6,16 +6,17 @@ No autoencoder: `components.encoder` / `components.decoder` are empty.
 
 from ml_collections import ConfigDict
 
+from configs import datasets
 from configs.surrogates.ae_emulator_grav import benchmark_config
 
 
-def get_config() -> ConfigDict:
+def get_config(dataset: str | None = None) -> ConfigDict:
     c = ConfigDict()
-    c.name = "direct_emulator_grav"
+    c.name = datasets.component_name("direct_emulator_grav", dataset)
     c.type = "direct_emulator"
     c.components = ConfigDict()
     c.components.encoder = ""
-    c.components.emulator = "direct_emulator_grav"
+    c.components.emulator = datasets.component_name("direct_emulator_grav", dataset)
     c.components.decoder = ""
     c.benchmark = benchmark_config()
     return c

@@ -1,0 +1,28 @@
+"""A realistic network for the default collapse tracks: the gas-phase subset of UCLCHEM v3's
+network (164 species, 2,236 reactions, from ../shared/networks), integrated along the same
+free-fall tracks as the default dataset, 128 tracers:
+
+    python -m astrochem_jax.generate --config=configs/datasets/uclchem_gas_grav.py
+
+The network files are development material next to the checkout (MIT licence, see
+../shared/networks/UCLCHEM_LICENSE.txt), read in place and never copied; generating this dataset
+needs ../shared (tests that use it skip without it). The raw file stores the network as UMIST
+RATE22 text, so the benchmark can re-solve it.
+"""
+
+from ml_collections import ConfigDict
+
+from configs.datasets import grav
+
+SHARED_NETWORKS = "../shared/networks"
+
+
+def get_config() -> ConfigDict:
+    c = grav.get_config()
+    c.name = "uclchem_gas_grav"
+    c.raw_path = "data/raw/uclchem_gas_grav.h5"
+    c.n_tracers = 128
+    c.generator.network = f"{SHARED_NETWORKS}/uclchem_reactions.csv"
+    c.generator.network_species_csv = f"{SHARED_NETWORKS}/uclchem_species.csv"
+    c.generator.network_gas_phase = True
+    return c
