@@ -5,10 +5,12 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# requirements.lock pins the tested version of every package (a constraints file: it decides
+# versions, pyproject.toml decides what is installed).
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
