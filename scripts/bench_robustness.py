@@ -1,0 +1,203 @@
+"""Robustness of the shipped recipe: train the default pipeline for several seeds and datasets and
+report closed-loop accuracy on each dataset's TEST tracers, per seed and as min / median / max.
+
+    .venv/bin/python scripts/bench_robustness.py                      # grav, seeds 0-4
+    .venv/bin/python scripts/bench_robustness.py --datasets grav,grav_seed7,uclchem_gas_grav \
+        --seeds 0,1,2,3,4
+    .venv/bin/python scripts/bench_robustness.py --datasets uclchem_grav_train --seeds 0,1,2
+
+For every (dataset, seed) the exact user commands run, each in its own process:
+`astrochem_jax.generate` (only when the raw file is missing and the dataset is generated),
+`astrochem_jax.train` for the autoencoder and the latent emulator (`--config.seed=<k>` for both,
+components named `robustness/<dataset>/s<k>/{autoencoder,emulator}`), and
+`astrochem_jax.benchmark --config.benchmark.measure_speed=False` (accuracy on the test split;
+the benchmark refuses tracers a component saw). A run that fails (training that does not
+converge exits non-zero) is reported as failed with the end of its log, never skipped.
+
+Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>.json:
+per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
+error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
+on the test rows), epochs and wall time; per dataset the min / median / max of each over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+AE_CONFIG = "configs/components/autoencoder_grav_large.py"
+EMULATOR_CONFIG = "configs/components/emulator_grav_sequential.py"
+SURROGATE_CONFIG = "configs/surrogates/ae_emulator_grav.py"
+# Datasets whose raw file needs ../shared (generated from its network, or read from it).
+NEEDS_SHARED = ("uclchem_grav_train", "uclchem_gas_grav")
+LOG_TAIL_CHARS = 2000
+
+
+def run(cmd: list[str], log_path: Path) -> tuple[int, float, str]:
+    """Run `cmd` in the repository root; (exit code, seconds, tail of its output)."""
+    start = time.perf_counter()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+    seconds = time.perf_counter() - start
+    return proc.returncode, seconds, log_path.read_text()[-LOG_TAIL_CHARS:]
+
+
+def dataset_config(name: str):
+    sys.path.insert(0, str(REPO_ROOT))
+    from configs import datasets
+
+    return datasets.by_name(name)
+
+
+def ensure_raw(name: str, logs: Path) -> dict:
+    """Generate the dataset's raw file if it is missing and can be generated."""
+    config = dataset_config(name)
+    raw = REPO_ROOT / config.raw_path
+    if raw.exists():
+        return {"raw_path": str(config.raw_path), "generated": False}
+    if config.format != "astrochem_jax":
+        raise SystemExit(f"dataset {name}: raw file {raw} is missing and format "
+                         f"{config.format!r} is not generated here")
+    code, seconds, tail = run([sys.executable, "-m", "astrochem_jax.generate",
+                               f"--config=configs/datasets/{name}.py"], logs / "generate.log")
+    if code != 0:
+        raise SystemExit(f"dataset {name}: generate failed (exit {code}):\n{tail}")
+    return {"raw_path": str(config.raw_path), "generated": True, "generate_s": seconds}
+
+
+def history_facts(component: str, outputs: Path) -> dict:
+    directory = outputs / "weights" / component
+    out: dict = {}
+    summary_path = directory / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        out.update(status=summary.get("status"), best_epoch=summary.get("best_epoch"),
+                   final_epoch=summary.get("final_epoch"), rollbacks=summary.get("rollbacks"),
+                   stop_reason=summary.get("stop_reason"),
+                   training_time_s=summary.get("training_time_s"))
+    metrics_path = directory / "metrics.json"
+    if metrics_path.exists():
+        history = json.loads(metrics_path.read_text())
+        out["non_finite_steps"] = sum(int((r.get("train") or {}).get("non_finite_steps") or 0)
+                                      for r in history)
+    return out
+
+
+def run_seed(name: str, seed: int, outputs: Path, logs: Path) -> dict:
+    prefix = f"robustness/{name}/s{seed}"
+    ae, emulator = f"{prefix}/autoencoder", f"{prefix}/emulator"
+    py = sys.executable
+    steps = [
+        ("autoencoder", [py, "-m", "astrochem_jax.train", f"--config={AE_CONFIG}:{name}",
+                         f"--config.seed={seed}", f"--config.name={ae}"]),
+        ("emulator", [py, "-m", "astrochem_jax.train", f"--config={EMULATOR_CONFIG}:{name}",
+                      f"--config.seed={seed}", f"--config.name={emulator}",
+                      f"--config.autoencoder_component={ae}"]),
+        ("benchmark", [py, "-m", "astrochem_jax.benchmark", f"--config={SURROGATE_CONFIG}:{name}",
+                       f"--config.name={prefix}", f"--config.components.encoder={ae}",
+                       f"--config.components.decoder={ae}",
+                       f"--config.components.emulator={emulator}",
+                       "--config.benchmark.measure_speed=False"]),
+    ]
+    result: dict = {"dataset": name, "seed": seed, "status": "ok", "seconds": {}}
+    for stage, cmd in steps:
+        code, seconds, tail = run(cmd, logs / f"s{seed}_{stage}.log")
+        result["seconds"][stage] = seconds
+        if code != 0:
+            result.update(status=f"failed at {stage}", exit_code=code, log_tail=tail)
+            break
+    result["wall_time_s"] = sum(result["seconds"].values())
+    result["autoencoder"] = history_facts(ae, outputs)
+    result["emulator"] = history_facts(emulator, outputs)
+    report_path = outputs / "benchmarks" / prefix / "report.json"
+    if result["status"] == "ok":
+        report = json.loads(report_path.read_text())
+        acc, floor = report["accuracy"], report["reconstruction_floor"]
+        conservation = acc.get("element_conservation") or {}
+        worst_element = max(conservation.items(), key=lambda kv: kv[1]["mean"],
+                            default=(None, {"mean": None}))
+        result.update(
+            scored_split=report.get("scored_split"),
+            n_test_tracers=len(report.get("scored_tracers", [])),
+            mean_abs_dlog10=acc["abs_dlog10"]["mean"],
+            median_abs_dlog10=acc["abs_dlog10"]["median"],
+            p99_abs_dlog10=acc["abs_dlog10"]["p99"],
+            mean_relative_error=acc["relative_error"]["mean"],
+            worst_species=acc["relative_error"]["worst_species"],
+            worst_species_relative_error=acc["relative_error"]["worst_value"],
+            non_finite=acc["non_finite_predictions"]["count"],
+            element_conservation_worst={"element": worst_element[0],
+                                        "mean": worst_element[1]["mean"]},
+            autoencoder_floor_abs_dlog10=floor["abs_dlog10"]["mean"],
+            autoencoder_floor_relative_error=floor["relative_error"]["mean"],
+        )
+    return result
+
+
+SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
+              "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
+              "autoencoder_floor_relative_error", "wall_time_s")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """min / median / max over the seeds that finished, and how many did not."""
+    import numpy as np
+
+    done = [r for r in runs if r["status"] == "ok"]
+    out: dict = {"seeds": [r["seed"] for r in runs], "finished": len(done),
+                 "failed": [r["seed"] for r in runs if r["status"] != "ok"]}
+    for key in SUMMARISED:
+        values = np.asarray([r[key] for r in done if r.get(key) is not None], np.float64)
+        if values.size:
+            out[key] = {"min": float(values.min()), "median": float(np.median(values)),
+                        "max": float(values.max())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="grav",
+                        help="comma-separated configs/datasets names (default: grav)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO_ROOT))
+    from astrochem_jax import paths, runtime
+
+    outputs = paths.outputs_dir()
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    report: dict = {"datasets": {}, "package_versions": runtime.package_versions(),
+                    "recipe": {"autoencoder": AE_CONFIG, "emulator": EMULATOR_CONFIG,
+                               "surrogate": SURROGATE_CONFIG}}
+    for name in names:
+        if name in NEEDS_SHARED and not (REPO_ROOT.parent / "shared").is_dir():
+            report["datasets"][name] = {"skipped": "needs ../shared (not present)"}
+            continue
+        logs = outputs / "benchmarks" / "robustness" / name / "logs"
+        raw = ensure_raw(name, logs)
+        runs = []
+        for seed in seeds:
+            runs.append(run_seed(name, seed, outputs, logs))
+            print(json.dumps({k: runs[-1].get(k) for k in (
+                "dataset", "seed", "status", "mean_abs_dlog10", "p99_abs_dlog10",
+                "mean_relative_error", "autoencoder_floor_abs_dlog10", "wall_time_s")}),
+                file=sys.stderr, flush=True)
+        report["datasets"][name] = {"raw": raw, "runs": runs, "summary": summarise(runs)}
+    from astrochem_jax import atomic
+
+    out_path = outputs / "benchmarks" / "robustness" / f"{'_'.join(names)}.json"
+    atomic.write_json(out_path, report)
+    print(json.dumps(report, indent=1))
+    print(f"written: {out_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
