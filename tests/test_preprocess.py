@@ -34,6 +34,7 @@ def dataset_config(raw_path, fmt, name="synth", key=""):
     # AstroChemNet's four conditions (PHYS_ORDER above); the default dataset also feeds zeta.
     c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
     c.columns_to_drop = [*c.columns_to_drop, "zeta"]
+    c.max_element_drift = None  # synthetic abundances are random, not chemistry
     return c
 
 
@@ -198,29 +199,35 @@ def test_real_uclchem_file_preprocesses(shared_dir):
     assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
 
 
-def test_real_uclchem_examples_need_point_dropped_and_crop(shared_dir):
+def test_real_uclchem_v3_examples_preprocess_with_the_shipped_config(shared_dir):
+    """UCLCHEM v3 names its step column `point`: the shipped config drops it (no override but the
+    file), and its stoichiometry conserves elements. Its two tracers have different time grids:
+    timeless works, sequential refuses (even cropped to a common length)."""
     raw = shared_dir / "data" / "uclchem_examples.h5"
     if not raw.exists():
         pytest.skip(f"{raw} not present")
     ds = config_utils.load_config("uclchem_grav", "datasets")
-    ds.name = "uclchem_examples"
     ds.raw_path = str(raw)
-    ds.n_species = None
-    ds.train_split = 0.5
+    out = preprocess(ds, "timeless", verbose=False)
+    manifest = shards.read_manifest(out)
+    assert manifest["n_species"] == 333 and "point" not in manifest["species"]
+    assert max(manifest["element_drift"].values()) <= 4e-6, manifest["element_drift"]
+    assert manifest["time_grid_shared"] is False
+    sizes = sorted(manifest["splits"][s]["shape"][0] for s in ("train", "val"))
+    assert sizes == [90, 283] and manifest["splits"]["test"]["shape"][0] == 0
+
     from astrochem_jax.preprocess import PreprocessError
 
-    with pytest.raises(PreprocessError, match="'point'"):
-        preprocess(ds, "timeless", verbose=False)
-    ds.columns_to_drop = [*ds.columns_to_drop, "point"]
-    with pytest.raises(PreprocessError, match="different lengths"):
-        preprocess(ds, "sequential", verbose=False)
-    out = preprocess(ds, method_config("sequential", length_policy="crop"), verbose=False)
-    assert shards.read_manifest(out)["steps"] == 90
-    assert shards.read_manifest(out)["time_grid_shared"] is False
-    out = preprocess(ds, "timeless", verbose=False)
-    sizes = [shards.read_manifest(out)["splits"][s]["shape"][0] for s in ("train", "val")]
-    assert sorted(sizes) == [90, 283]
-    assert shards.read_manifest(out)["splits"]["test"]["shape"][0] == 0
+    for method in ("sequential", method_config("sequential", length_policy="crop")):
+        with pytest.raises(PreprocessError) as info:
+            preprocess(ds, method, verbose=False)
+        message = str(info.value)
+        for fragment in ("tracers 0 and 1", "different output times", "one time grid",
+                         "--method=timeless", str(raw)):
+            assert fragment in message, message
+        assert not (paths.preprocessed_dir(ds.name, "sequential")).exists()
+    # Nothing left over from the refused runs next to the timeless output.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["timeless"]
 
 
 def test_cli_bare_names_and_override(tmp_path):
@@ -230,7 +237,7 @@ def test_cli_bare_names_and_override(tmp_path):
            "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "astrochem_jax.preprocess", "--dataset=uclchem_grav",
            "--method", "timeless", f"--dataset.raw_path={raw}", "--dataset.n_species=10",
-           "--dataset.name=cli"]
+           "--dataset.max_element_drift=inf", "--dataset.name=cli"]
     first = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                            timeout=120)
     assert first.returncode == 0, first.stderr

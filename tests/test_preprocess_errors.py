@@ -21,6 +21,7 @@ def config(raw_path, fmt="astrochem_jax", key=""):
     c.raw_path = str(raw_path)
     c.format = fmt
     c.key = key
+    c.max_element_drift = None  # synthetic abundances are random, not chemistry
     return c
 
 
@@ -202,3 +203,64 @@ def test_bad_method_and_split(tmp_path):
     ds = config(path)
     ds.train_split = 1.0
     assert_fails(ds, "sequential", "train_split = 1", "fractions in (0, 1)")
+
+
+def test_abundance_above_one_is_an_error_not_a_clip(tmp_path):
+    path, traj = ours(tmp_path)
+    edit(path, "data", lambda d: d.__setitem__((9, FIRST_SPECIES + 5), 5.0))  # tracer 1, CO
+    assert_fails(config(path), "sequential", "column CO", f"tracer {traj.tracer_ids[1]}", "5.0",
+                 "expected <= 1", "above_one_tolerance")
+    # Rounding just above 1 is clipped, as before.
+    edit(path, "data", lambda d: d.__setitem__((9, FIRST_SPECIES + 5), 1.0 + 1e-9))
+    preprocess(config(path), "timeless", verbose=False)
+
+
+def test_element_drift_above_threshold_is_refused(tmp_path):
+    path, traj = ours(tmp_path)
+    ds = config(path)
+    ds.max_element_drift = 1e-4  # the shipped default (the helper switches it off)
+    message = assert_fails(ds, "timeless", "drifts by", "max_element_drift = 0.0001",
+                           "--dataset.max_element_drift=inf", f"tracer {traj.tracer_ids[0]}")
+    assert "element" in message
+    # The recorded drift is what the threshold is checked against.
+    ds.max_element_drift = float("inf")
+    manifest = shards.read_manifest(preprocess(ds, "timeless", verbose=False))
+    assert max(manifest["element_drift"].values()) > 1e-4
+
+
+def _add_text_column(path, name="comment", key="df"):
+    """Append a pandas object (text) column the way PyTables stores one: a block of one
+    variable-length row of pickled bytes."""
+    import pickle
+
+    with h5py.File(path, "r+") as f:
+        g = f[key]
+        axis0 = [c.decode() for c in g["axis0"][()]] + [name]
+        del g["axis0"]
+        g.create_dataset("axis0", data=np.array([c.encode() for c in axis0]))
+        g.create_dataset("block2_items", data=np.array([name.encode()]))
+        blob = np.frombuffer(pickle.dumps(np.array([["x"] * g["axis1"].shape[0]], dtype=object)),
+                             dtype=np.uint8)
+        values = g.create_dataset("block2_values", shape=(1,), dtype=h5py.vlen_dtype(np.uint8))
+        values[0] = blob
+        values.attrs["transposed"] = np.uint8(1)
+        g.attrs["nblocks"] = np.int64(3)
+
+
+def test_text_column_is_named_and_can_be_dropped(tmp_path):
+    traj = syn.make_trajectories(4, 5)
+    path = syn.write_uclchem_fixed(tmp_path / "u.h5", traj)
+    _add_text_column(path)
+    assert_fails(config(path, "uclchem", key="df"), "timeless", "['comment']", "hold text",
+                 "--dataset.columns_to_drop=", "comment")
+    ds = config(path, "uclchem", key="df")
+    ds.columns_to_drop = [*ds.columns_to_drop, "comment"]
+    manifest = shards.read_manifest(preprocess(ds, "timeless", verbose=False))
+    assert manifest["n_species"] == len(syn.DEMO_SPECIES)
+
+
+def test_pandas_file_read_as_our_format_says_which_config(tmp_path):
+    traj = syn.make_trajectories(4, 5)
+    path = syn.write_uclchem_fixed(tmp_path / "u.h5", traj)
+    assert_fails(config(path), "timeless", "pandas frame under key 'df'", "uclchem_grav",
+                 "--dataset.format=uclchem")

@@ -27,7 +27,7 @@ from astrochem_jax.preprocess.errors import PreprocessError
 from astrochem_jax.preprocess.methods import PREPROCESSORS, Method, TracerBatch
 from astrochem_jax.preprocess.readers import RawTable, open_raw
 from astrochem_jax.preprocess.sinks import ShardWriter, ShuffleWriter
-from astrochem_jax.preprocess.stoichiometry import relative_drift, species_matrix
+from astrochem_jax.preprocess.stoichiometry import species_matrix, trajectory_drift
 from astrochem_jax.preprocess.validate import (
     ColumnPlan,
     check_abundances,
@@ -84,7 +84,8 @@ def is_cached(dataset_config, method_config) -> bool:
 @dataclass
 class Scan:
     """What pass 1 learned. Arrays are per tracer, in file order: lengths [T] (rows), first_time
-    [T], physical_min / physical_max [T, P] (after floors), time grid of each distinct length."""
+    [T], physical_min / physical_max [T, P] (after floors), time grid of each distinct length,
+    times {tracer index: Time column [rows]} (8 bytes a row, for the shared-grid check)."""
 
     lengths: np.ndarray
     first_time: np.ndarray
@@ -93,6 +94,7 @@ class Scan:
     grids: dict[int, np.ndarray] = field(default_factory=dict)
     shared_grid: bool = True
     n_floored: int = 0
+    times: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def _floors(dataset, plan: ColumnPlan) -> list[float | None]:
@@ -146,6 +148,7 @@ def scan_chunk(table: RawTable, plan: ColumnPlan, floors, prepend: bool, chunk: 
     out.physical_max[index] = np.maximum.reduceat(physical, offsets[:-1], axis=0)
     for j in range(len(chunk)):
         tracer_time = time[offsets[j] : offsets[j + 1]]
+        out.times[int(chunk[j])] = tracer_time.copy()
         grid = out.grids.setdefault(tracer_time.size, tracer_time.copy())
         if out.shared_grid and (len(out.grids) > 1 or not np.array_equal(grid, tracer_time)):
             out.shared_grid = False
@@ -174,7 +177,56 @@ def scan(table: RawTable, plan: ColumnPlan, floors, prepend: bool, chunk_rows: i
     return out
 
 
-# Split, lengths, scaling ------------------------------------------------------------------------
+# Split, lengths, time grid, scaling -------------------------------------------------------------
+# Output times of two tracers closer than this (relative) are the same time.
+TIME_GRID_RTOL = 1e-9
+
+
+def first_grid_mismatch(scan_result: Scan, kept: np.ndarray, steps: int | None
+                        ) -> tuple[int, int, int] | None:
+    """(reference tracer index, other tracer index, row) of the first kept tracer whose output
+    times (its first `steps` rows; all when None) differ from the first kept tracer's, or None
+    when they all share one time grid."""
+    if kept.size == 0:
+        return None
+    reference = scan_result.times[int(kept[0])][:steps]
+    for k in kept[1:]:
+        times = scan_result.times[int(k)][:steps]
+        n = min(times.size, reference.size)
+        close = np.isclose(times[:n], reference[:n], rtol=TIME_GRID_RTOL, atol=0.0)
+        if times.size != reference.size or not close.all():
+            row = int(np.argmin(close)) if not close.all() else n
+            return int(kept[0]), int(k), row
+    return None
+
+
+def check_shared_time_grid(table: RawTable, scan_result: Scan, kept: np.ndarray,
+                           steps: int | None) -> None:
+    """Sequential data: every kept tracer must have the same output times. The emulator learns a
+    fixed step t -> t + 1 and takes no step size as input, so mixed grids would silently train
+    it on mixed step sizes."""
+    mismatch = first_grid_mismatch(scan_result, kept, steps)
+    if mismatch is None:
+        return
+    a, b, row = mismatch
+    ta, tb = scan_result.times[a][:steps], scan_result.times[b][:steps]
+
+    def at(times: np.ndarray) -> str:
+        if row >= times.size:
+            return "no such row"
+        step = f"; step {times[row] - times[row - 1]:.6g} yr" if row > 0 else ""
+        return f"Time {times[row]!r} yr{step}"
+
+    raise PreprocessError(
+        f"raw file {table.path}: tracers {int(table.tracer_ids[a])} and "
+        f"{int(table.tracer_ids[b])} have different output times (row {row}: {at(ta)} vs "
+        f"{at(tb)}); the sequential method needs one time grid shared by every tracer, because "
+        "the emulator learns a fixed step t -> t + 1 and takes no step size as input. Resample "
+        "the tracers onto one grid (e.g. UCLCHEM's output times set to one list), or use "
+        "--method=timeless (autoencoders), which does not depend on time"
+    )
+
+
 def select_tracers(table: RawTable, scan_result: Scan, method: Method, policy: str
                    ) -> tuple[np.ndarray, int | None, list[int]]:
     """(kept tracer indices, rows per tracer for sequential or None, dropped tracer ids)."""
@@ -396,9 +448,20 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
     n_phys = len(plan.physical)
     prepend = bool(dataset.prepend_initial_abundances)
     tolerance = float(dataset.get("negative_tolerance", 1e-14))
-    _, matrix, _ = species_matrix(plan.species_names)
+    above_one = dataset.get("above_one_tolerance", 1e-6)
+    elements, matrix, _ = species_matrix(plan.species_names)
     drift = np.zeros(matrix.shape[1])
     check_conservation = bool(dataset.get("check_conservation", True))
+    max_drift = dataset.get("max_element_drift") if check_conservation else None
+
+    def track_drift(tracers, trajectories: np.ndarray) -> np.ndarray:
+        """trajectories [B, T, S] of table tracers `tracers` -> running worst drift [E]."""
+        per_tracer = trajectory_drift(trajectories, matrix)  # [B, E]
+        if max_drift is not None and np.any(per_tracer > float(max_drift)):
+            j, e = (int(v[0]) for v in np.nonzero(per_tracer > float(max_drift)))
+            check_element_drift(table, int(tracers[j]), elements[e], float(per_tracer[j, e]),
+                                float(max_drift))
+        return np.maximum(drift, per_tracer.max(axis=0))
     n_zeroed = 0
     # Do the tracers that start at t = 0 all start from the recorded initial abundances?
     initial_mismatch: list[int] = []
@@ -413,7 +476,7 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                 scan_chunk(table, plan, floors, prepend, chunk, offsets, meta, scan_into)
             time = meta[:, 0]
             n_zeroed += check_abundances(table, chunk, offsets, abundances, plan.species_names,
-                                         time, tolerance)
+                                         time, tolerance, above_one)
             starts_at_zero = time[offsets[:-1]] == 0
             if starts_at_zero.any():
                 first = abundances[offsets[:-1]][starts_at_zero]
@@ -428,8 +491,7 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                 batches = [(chunk, meta.reshape(*shape, -1),
                             abundances.astype(np.float32).reshape(*shape, -1))]
                 if check_conservation and lengths[0] > 1:
-                    drift = np.maximum(drift, relative_drift(abundances.reshape(*shape, -1),
-                                                             matrix))
+                    drift = track_drift(chunk, abundances.reshape(*shape, -1))
             else:
                 per_tracer = []
                 for j in range(len(chunk)):
@@ -438,7 +500,7 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                     if steps is not None:
                         rows = rows[:steps]
                     if check_conservation and rows.shape[0] > 1:
-                        drift = np.maximum(drift, relative_drift(rows[:, 1 + n_phys :], matrix))
+                        drift = track_drift([chunk[j]], rows[None, :, 1 + n_phys :])
                     if prepend:
                         first = np.concatenate([[0.0], rows[0, 1 : 1 + n_phys], initial])
                         rows = np.concatenate([first[None], rows])
@@ -456,10 +518,24 @@ def run_pass2(table: RawTable, plan: ColumnPlan, dataset, method: Method, kept: 
                 out = method.transform(batch, scaler, bool(dataset.shift_physical))
                 _route(routing, method, out, tracers, stacked_meta.shape[1])
             progress.update(stop - start)
-    elements, _, _ = species_matrix(plan.species_names)
     return {"element_drift": dict(zip(elements, drift.tolist(), strict=True)) if
             check_conservation else None, "abundances_zeroed": n_zeroed,
             "tracers_not_starting_from_initial_abundances": initial_mismatch[:100]}
+
+
+def check_element_drift(table: RawTable, tracer: int, element: str, drift: float,
+                        max_drift: float) -> None:
+    """A tracer whose element total drifts by more than `max_drift` (relative) is refused."""
+    raise PreprocessError(
+        f"raw file {table.path}: the total of element {element} along tracer "
+        f"{int(table.tracer_ids[tracer])} (rows {int(table.starts[tracer])}:"
+        f"{int(table.stops[tracer])}) drifts by {drift:.3g} (relative to its first row); "
+        f"expected <= dataset.max_element_drift = {max_drift:g}. A solver output conserves "
+        "elements to ~1e-6: a corrupted abundance, a species column dropped by "
+        "dataset.columns_to_drop, or a non-species column counted as a species? Fix the file, "
+        "or set --dataset.max_element_drift=inf to record the drift in the manifest without "
+        "checking it"
+    )
 
 
 def _progress(total: int, label: str) -> Progress:
@@ -572,7 +648,14 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
         prescan = method.item == "tracer" and not configured_ranges
         scanned = (scan(table, plan, floors, prepend, chunk_rows, label) if prescan
                    else empty_scan(table, plan))
+        if prescan and policy == "error":
+            # Different grids, not different lengths, are the problem to report (cropping to
+            # a common length would not help).
+            check_shared_time_grid(table, scanned, np.arange(table.tracer_ids.size),
+                                   int(scanned.lengths.min()))
         kept, steps, dropped = select_tracers(table, scanned, method, policy)
+        if prescan:
+            check_shared_time_grid(table, scanned, kept, steps)
         where = f"raw file {raw_path}"
         n_rows_kept = (np.full(kept.size, steps) if steps is not None
                        else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
@@ -597,6 +680,8 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
             routing = Routing(writers, split.tracer_split, split.row_split)
             stats = run_pass2(table, plan, dataset, method, kept, steps, floors, scaler, initial,
                               routing, chunk_rows, label, None if prescan else scanned)
+            if method.item == "tracer" and not prescan:
+                check_shared_time_grid(table, scanned, kept, steps)
             if not (prescan or configured_ranges):
                 scaler, ranges, ranges_source = make_scaler(dataset, plan, scanned, kept,
                                                                split.range_mask)
@@ -627,7 +712,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 "split_tracers": split.tracer_ids,
                 "dropped_tracers": dropped,
                 "time_years": time_grid.tolist(),
-                "time_grid_shared": bool(scanned.shared_grid),
+                "time_grid_shared": first_grid_mismatch(scanned, kept, steps) is None,
                 "tracer_length_counts": {int(v): int(c) for v, c in zip(
                     *np.unique(scanned.lengths, return_counts=True), strict=True)},
                 "steps": int(item_shape[0]) if method.item == "tracer" else None,

@@ -89,6 +89,9 @@ class RawTable:
     _file: h5py.File = field(repr=False)
     _read_groups: Callable[[int, int, Sequence[Sequence[int]]], list[np.ndarray]] = field(
         repr=False, default=None)
+    # Columns stored as text or Python objects (pandas object blocks): never read; an error
+    # names them if the plan needs one (`validate.plan_columns`).
+    non_numeric: tuple[str, ...] = ()
 
     def read(self, start: int, stop: int, columns: Sequence[int]) -> np.ndarray:
         """Rows [start, stop) of the given columns as float64 [stop - start, len(columns)]."""
@@ -267,10 +270,28 @@ def _initial_from_dataset(columns: tuple[str, ...], values: np.ndarray) -> dict[
     return dict(zip(columns[len(columns) - values.size:], values.tolist(), strict=True))
 
 
+def _looks_like_pandas(group: h5py.Group) -> str | None:
+    """The key of a pandas frame in `group` (a UCLCHEM dump opened with the wrong format)."""
+    for name in sorted(group.keys()):
+        item = group[name]
+        if isinstance(item, h5py.Group) and "axis0" in item and "pandas_type" in item.attrs:
+            return name
+    return None
+
+
 def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
     f = _open_file(path)
     try:
         group = f[key] if key else f
+        frame = _looks_like_pandas(group)
+        if frame is not None and "data" not in group:
+            raise PreprocessError(
+                f"raw file {path}: dataset.format is 'astrochem_jax', but the file holds a pandas "
+                f"frame under key {frame!r} (a UCLCHEM dump); expected groups columns, data, "
+                f"tracer_id, tracer_ptr. Use a UCLCHEM dataset config (`--dataset=uclchem_grav` "
+                f"for preprocess, `--config=<component>.py:uclchem_grav` for train) or set "
+                f"--dataset.format=uclchem --dataset.key={frame}"
+            )
         _require(path, group, ["columns", "data", "tracer_id", "tracer_ptr"], "the file")
         raw = tuple(c.strip() for c in _decode(group["columns"][()]))
         columns = _canonical_columns(path, raw, COLUMN_RENAMES)
@@ -280,6 +301,7 @@ def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
                 f"raw file {path}: /data has shape {data.shape}, expected [rows, {len(columns)}] "
                 "(one column per /columns entry)"
             )
+        _require_numeric(path, data, "/data")
         ids, starts, stops = _ptr_ranges(
             path, group["tracer_id"][()], group["tracer_ptr"][()], data.shape[0], "/"
         )
@@ -326,6 +348,7 @@ def open_carbox(path: Path, key: str = "") -> RawTable:
                 f"raw file {path}: /{key}/data has shape {data.shape}, expected "
                 f"[rows, {len(columns)}] (one column per /{key}/columns entry)"
             )
+        _require_numeric(path, data, f"/{key}/data")
         ids, starts, stops = _ptr_ranges(
             path, group["tracer_id"][()], group["tracer_ptr"][()], data.shape[0], f"/{key}/"
         )
@@ -359,8 +382,18 @@ class _Block:
         return self.values[:, start:stop].T
 
 
+def _require_numeric(path: Path, data: h5py.Dataset, where: str) -> None:
+    if data.dtype.kind not in NUMERIC_KINDS:
+        raise PreprocessError(
+            f"raw file {path}: {where} has dtype {data.dtype}; expected numbers (float64)")
+
+
+NUMERIC_KINDS = "fiub"
+
+
 def _pandas_blocks(path: Path, group: h5py.Group, key: str):
-    """[(block, [column names])] of a pandas fixed-format frame."""
+    """[(block, [column names])] of a pandas fixed-format frame; block is None for a block of
+    text / Python objects (pandas stores those as one pickled variable-length row)."""
     nblocks = group.attrs.get("nblocks")
     if nblocks is None:
         nblocks = sum(1 for k in group if k.startswith("block") and k.endswith("_values"))
@@ -371,6 +404,9 @@ def _pandas_blocks(path: Path, group: h5py.Group, key: str):
         ds = group[values]
         transposed = bool(ds.attrs.get("transposed", 1))
         names = _decode(group[items][()])
+        if ds.dtype.kind not in NUMERIC_KINDS:
+            blocks.append((None, names))
+            continue
         n_cols = ds.shape[1] if transposed else ds.shape[0]
         if ds.ndim != 2 or n_cols != len(names):
             raise PreprocessError(
@@ -452,7 +488,11 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
         position = {c: i for i, c in enumerate(columns)}
         where: list[tuple[int, int] | None] = [None] * len(columns)
         blocks = _pandas_blocks(path, group, key)
+        non_numeric = tuple(canonical_column(name) for block, names in blocks if block is None
+                            for name in names)
         for b, (block, names) in enumerate(blocks):
+            if block is None:
+                continue
             n_block_rows = block.values.shape[0] if block.transposed else block.values.shape[1]
             if n_block_rows != n_rows:
                 raise PreprocessError(
@@ -467,7 +507,8 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
                         f"which is not in /{key}/axis0"
                     )
                 where[c] = (b, j)
-        missing = [raw[i] for i, w in enumerate(where) if w is None]
+        missing = [raw[i] for i, w in enumerate(where) if w is None
+                   and columns[i] not in non_numeric]
         if missing:
             raise PreprocessError(
                 f"raw file {path}: columns {missing} of /{key}/axis0 are in no block"
@@ -494,6 +535,12 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
                 f"raw file {path}: /{key} has no Tracer/Model column; expected one of "
                 f"'Tracer' or 'Model' among {list(raw[:12])}..."
             )
+        if MODEL_COLUMN in non_numeric:
+            raise PreprocessError(
+                f"raw file {path}: /{key} column {raw[position[MODEL_COLUMN]]!r} holds text; "
+                "expected integer tracer ids. Map them to integers in pandas first: "
+                "df['Tracer'] = df['Tracer'].astype('category').cat.codes"
+            )
         if n_rows == 0:
             ids = starts = stops = np.zeros(0, dtype=np.int64)
         else:
@@ -501,10 +548,12 @@ def open_uclchem(path: Path, key: str = "df") -> RawTable:
             ids, starts, stops = _tracer_runs(
                 path, key, n_rows, lambda a, b: read(a, b, [model])[:, 0]
             )
-        full = [(functools.partial(_rows, block.values, transposed=block.transposed), len(names))
+        full = [(None if block is None else
+                 functools.partial(_rows, block.values, transposed=block.transposed), len(names))
                 for block, names in blocks]
         return RawTable(path, "uclchem", key, columns, raw, n_rows, ids, starts, stops, None,
-                        "row 0 of the first tracer", read, f, _group_reader(full, where))
+                        "row 0 of the first tracer", read, f, _group_reader(full, where),
+                        non_numeric)
     except BaseException:
         f.close()
         raise

@@ -44,8 +44,13 @@ def element_totals(abundances: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def relative_drift(abundances: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Worst |total(t) / total(0) - 1| per element over trajectories [..., T, S] -> [E]."""
+    drift = trajectory_drift(abundances, matrix)
+    return drift.reshape(-1, drift.shape[-1]).max(axis=0)
+
+
+def trajectory_drift(abundances: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Worst |total(t) / total(0) - 1| per trajectory and element: [..., T, S] -> [..., E]."""
     totals = element_totals(np.asarray(abundances, dtype=np.float64), matrix)
     first = totals[..., :1, :]
     reference = np.where(first > 0, first, 1.0)
-    drift = np.abs(totals / reference - 1.0)
-    return drift.reshape(-1, drift.shape[-1]).max(axis=0)
+    return np.abs(totals / reference - 1.0).max(axis=-2)

@@ -46,6 +46,15 @@ def plan_columns(table: RawTable, dataset) -> ColumnPlan:
         )
     excluded = {*dataset.metadata_columns, *physical_names, *dataset.columns_to_drop,
                 TIME_COLUMN, "Model", "Index"}
+    text = [c for c in (TIME_COLUMN, *physical_names) if c in table.non_numeric]
+    text += [c for c in table.non_numeric if c not in excluded]
+    if text:
+        raise PreprocessError(
+            f"raw file {table.path}: column(s) {text} hold text (a pandas object block), "
+            "expected numbers. Time and physical columns must be numeric; any other text column "
+            "is not a species: drop it, e.g. --dataset.columns_to_drop="
+            f"{','.join([*dataset.columns_to_drop, *text])}"
+        )
     species = [(c, i) for i, c in enumerate(table.columns) if c not in excluded]
     if dataset.get("sort_species", False):
         species.sort()
@@ -131,16 +140,25 @@ def check_tracer_metadata(table: RawTable, tracer: int, time: np.ndarray, physic
 
 def check_abundances(table: RawTable, chunk: Sequence[int], offsets: np.ndarray,
                      abundances: np.ndarray, species_names: Sequence[str], time: np.ndarray,
-                     negative_tolerance: float) -> int:
-    """Abundances [rows, S] must be finite and >= -negative_tolerance; tiny negatives are set to
+                     negative_tolerance: float, above_one_tolerance: float | None = 1e-6) -> int:
+    """Abundances [rows, S] must be finite, >= -negative_tolerance and <= 1 +
+    above_one_tolerance (fractions of H nuclei; None = no upper check); tiny negatives are set to
     0 in place. Returns how many values were zeroed."""
     low, high = abundances.min(), abundances.max()
-    if np.isfinite(low) and np.isfinite(high) and low >= 0:
+    ceiling = np.inf if above_one_tolerance is None else 1.0 + float(above_one_tolerance)
+    if np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= ceiling:
         return 0  # the common case, without boolean temporaries
     finite = np.isfinite(abundances)
     if not finite.all():
         _raise_at(table, chunk, offsets, ~finite, abundances, species_names, time,
                   "expected a finite abundance")
+    above = abundances > ceiling
+    if above.any():
+        _raise_at(table, chunk, offsets, above, abundances, species_names, time,
+                  f"expected <= 1 (abundances are fractions of H nuclei; values up to 1 + "
+                  f"{above_one_tolerance:g}, dataset.above_one_tolerance, are clipped to 1). "
+                  "A corrupted value or a column in other units? Fix the file or list the column "
+                  "in dataset.columns_to_drop")
     negative = abundances < 0
     if negative.any():
         too_negative = abundances < -negative_tolerance

@@ -15,8 +15,8 @@ def get_config() -> ConfigDict:
     c.raw_path = "data/raw/carbox_gravitational_collapse.h5"
     c.format = "carbox"
     c.key = "large"  # or "small"
-    c.metadata_columns = ["Index", "Model", "Time"]
+    c.metadata_columns = ("Index", "Model", "Time")
     # Carbox outputs carry no cosmic-ray column: AstroChemNet's four conditions.
-    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp"]
-    c.columns_to_drop = ["dustTemp", "dstep", "zeta", "SURFACE", "BULK"]
+    c.physical_parameters = ("Density", "Radfield", "Av", "gasTemp")
+    c.columns_to_drop = ("dustTemp", "dstep", "zeta", "SURFACE", "BULK")
     return c

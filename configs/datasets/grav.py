@@ -72,11 +72,17 @@ def get_config() -> ConfigDict:
     # AstroChemNet used [Density, Radfield, Av, gasTemp] and dropped zeta. Here zeta varies per
     # tracer (0.5-3.2 x 1.3e-17 s^-1, as in the real UCLCHEM collapse runs) and sets the ionisation
     # fraction, so an emulator blind to it cannot tell tracers apart: it is an input.
-    c.physical_parameters = ["Density", "Radfield", "Av", "gasTemp", "zeta"]
+    # Column lists are tuples so they can be overridden from the command line, e.g.
+    # --dataset.columns_to_drop="('dustTemp', 'dstep', 'point')" or
+    # --dataset.columns_to_drop=dustTemp,dstep,point (ml_collections refuses lists).
+    c.physical_parameters = ("Density", "Radfield", "Av", "gasTemp", "zeta")
     c.physical_ranges = config_dict.placeholder(dict)  # {name: [min, max]}; None = from train split
-    c.metadata_columns = ["Index", "Model", "Time"]
-    c.columns_to_drop = ["dustTemp", "dstep", "SURFACE", "BULK"]
+    c.metadata_columns = ("Index", "Model", "Time")
+    c.columns_to_drop = ("dustTemp", "dstep", "SURFACE", "BULK")
     c.abundance_clip = (1e-20, 1.0)
+    # Abundances are fractions of H nuclei: values in (1, 1 + above_one_tolerance] are clipped to
+    # 1 (rounding), larger ones are an error naming the tracer, species and value.
+    c.above_one_tolerance = 1e-6
     c.n_species = config_dict.placeholder(int)  # checked against the file when set
     # Tracer-level split, a seeded permutation of every tracer of the file (dataset.seed):
     # int(n x train_split) train, round(n x test_split) test (read only by the benchmark), the
@@ -89,4 +95,8 @@ def get_config() -> ConfigDict:
     c.physical_floor = {"Radfield": 1e-4}  # values below are raised (log10 scaling; AstroChemNet)
     c.sort_species = False  # True: species columns in alphabetical order instead of file order
     c.check_conservation = True  # record the worst element-total drift in the manifest
+    # ... and refuse a file whose element totals drift by more than this (relative, worst element
+    # and tracer; None = record only). Solver outputs conserve to ~1e-6 (UCLCHEM's printed
+    # examples to ~4e-6); a corrupted abundance shows up as orders of magnitude more.
+    c.max_element_drift = 1e-4
     return c
