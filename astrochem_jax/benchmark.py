@@ -44,7 +44,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from astrochem_jax import atomic, config_utils, metrics, paths, shards  # noqa: E402
+from astrochem_jax import atomic, config_utils, locks, metrics, paths, shards  # noqa: E402
 from astrochem_jax.surrogates import Surrogate, build, plots, speed  # noqa: E402
 from astrochem_jax.surrogates import evaluation as ev  # noqa: E402
 from astrochem_jax.surrogates import flops as flops_lib  # noqa: E402
@@ -102,7 +102,8 @@ def load_split_tracers(surrogate: Surrogate, n_tracers: int | None,
                        split: str = "test") -> ScoredData:
     """Tracers of the emulator's preprocessed `sequential` split `split` (the benchmark scores
     "test"; the trainer check re-reads "val")."""
-    directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
+    with paths.using_outputs(surrogate.outputs_dir):  # `surrogates.load(..., workdir=)`
+        directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
     manifest = shards.read_manifest(directory)
     if split not in manifest["splits"]:
         raise BenchmarkError(
@@ -589,9 +590,55 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
+def _default_log(message: str) -> None:
+    import logging
+
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+    logging.getLogger("astrochem_jax").info("[benchmark] %s", message)
+
+
+def ensure_writable(directory: Path) -> bool:
+    """Create `directory` if needed and write a probe file there; returns whether it was
+    created. BenchmarkError (naming it) when that fails: before the work, not after."""
+    import tempfile
+
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise BenchmarkError(
+            f"cannot write the benchmark outputs to {directory} ({type(err).__name__}: "
+            f"{err.strerror or err}); make it writable, or move the outputs with "
+            "ASTROCHEM_JAX_OUTPUTS=<a writable directory>") from err
+    return created
+
+
+def _locked_and_writable(run):
+    """One benchmark of a surrogate at a time (lock under outputs/runs/<name>/), its output
+    directory checked writable first; a failed run leaves no empty output directory behind."""
+
+    @functools.wraps(run)
+    def wrapper(config: ConfigDict, *args, **kwargs) -> dict:
+        out_dir = paths.benchmarks_dir(str(config.name))
+        with locks.exclusive(paths.runs_dir() / str(config.name) / "benchmark.lock",
+                             f"the benchmark of surrogate {str(config.name)!r} ({out_dir})"):
+            created = ensure_writable(out_dir)
+            try:
+                return run(config, *args, **kwargs)
+            except BaseException:
+                if created:
+                    locks.remove_empty_dirs(out_dir, paths.outputs_dir())
+                raise
+
+    return wrapper
+
+
+@_locked_and_writable
 def run_benchmark(config: ConfigDict, *, log=None) -> dict:
     """Benchmark the surrogate a config describes; write report.json + plots; return the report."""
-    log = log or (lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True))
+    log = log or _default_log
     wall_start = time.perf_counter()
     bench = config.benchmark
     surrogate = build(config)
@@ -658,17 +705,20 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
 def main(argv) -> None:
     from absl import app
 
+    from astrochem_jax import cli
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.setup_logging(str(_CONFIG.value.name), "benchmark")
     run_benchmark(_CONFIG.value)
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
 
-    config_utils.ensure_configs_importable()
+    from astrochem_jax import cli
+
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "surrogate config file, e.g. configs/surrogates/ae_emulator_grav.py",
-        lock_config=True)
-    app.run(main)
+        "config", None, "surrogate config file or bare name, e.g. "
+        "configs/surrogates/ae_emulator_grav.py", lock_config=True)
+    cli.run(main, {"config": "surrogates"}, errors=(BenchmarkError,))

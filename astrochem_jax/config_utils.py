@@ -14,6 +14,10 @@ from ml_collections import ConfigDict
 from astrochem_jax import paths
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work (names the field, what was expected and found)."""
+
+
 def ensure_configs_importable() -> None:
     """Config files compose each other with `from configs.datasets import grav`; make the
     repository root importable so that works whatever the working directory."""

@@ -367,17 +367,21 @@ def _settings_dict(settings) -> dict:
 def main(argv) -> None:
     from absl import app
 
+    from astrochem_jax import cli
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.setup_logging(str(_CONFIG.value.name), "generate")
     generate_dataset(_CONFIG.value)
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
 
+    from astrochem_jax import cli
+
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "dataset config file, e.g. configs/datasets/grav.py", lock_config=True
+        "config", None, "dataset config file or bare name, e.g. configs/datasets/grav.py",
+        lock_config=True
     )
-    config_utils.ensure_configs_importable()
-    app.run(main)
+    cli.run(main, {"config": "datasets"}, errors=(GenerateError,))

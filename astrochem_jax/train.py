@@ -8,7 +8,9 @@
 
 The preprocessed data the component needs are built (or their cache validated) first. Rerunning
 the same command resumes from the latest checkpoint in `outputs/weights/<name>/`. Several
-`key=v1,v2` groups separated by `;` sweep their Cartesian product.
+`key=v1,v2` groups separated by `;` sweep their Cartesian product. `--config` also takes a bare
+name (`--config=autoencoder_grav_large:uclchem_grav_train`). Errors are one `error:` line (exit
+code 2); details in `outputs/runs/<name>/train.log`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import copy  # noqa: E402
 import itertools  # noqa: E402
 
 from ml_collections import ConfigDict  # noqa: E402
-
-from astrochem_jax import config_utils  # noqa: E402
 
 
 class SweepError(ValueError):
@@ -102,14 +102,14 @@ def sweep_configs(config: ConfigDict, spec: str | None) -> list[ConfigDict]:
 
 
 def main(argv) -> None:
-    from absl import app, flags, logging
+    from absl import app, logging
 
+    from astrochem_jax import cli
     from astrochem_jax.training.loop import train_component
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
-        logging.set_verbosity(logging.WARNING)
+    cli.setup_logging(str(_CONFIG.value.name), "train")  # orbax logs every save at INFO
     configs = sweep_configs(_CONFIG.value, _SWEEP.value)
     for config in configs:
         summary = train_component(config)
@@ -118,8 +118,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from astrochem_jax import cli
 
     _CONFIG = config_flags.DEFINE_config_file(
         "config", None, "component config, e.g. configs/components/autoencoder_grav_large.py",
@@ -128,5 +130,4 @@ if __name__ == "__main__":
     _SWEEP = flags.DEFINE_string(
         "sweep", None, 'one run per value, e.g. "lr=1e-3,5e-4,1e-4" (groups separated by ";")'
     )
-    config_utils.ensure_configs_importable()
-    app.run(main)
+    cli.run(main, {"config": "components"}, errors=(SweepError,))

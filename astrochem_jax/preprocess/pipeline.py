@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from astrochem_jax import atomic, config_utils, paths
+from astrochem_jax import atomic, config_utils, locks, paths
 from astrochem_jax.preprocess import cache
 from astrochem_jax.preprocess.errors import PreprocessError
 from astrochem_jax.preprocess.methods import PREPROCESSORS, Method, TracerBatch
@@ -603,16 +603,55 @@ def preprocess(dataset_config, method_config, force: bool = False, verbose: bool
             _say(verbose, f"{label}: cache hit ({directory}, checked in "
                           f"{_time.perf_counter() - t0:.3f} s)")
             return directory
-        _say(verbose, f"{label}: rebuilding ({status.reason})")
-    else:
-        _say(verbose, f"{label}: rebuilding (--force)")
-    try:
-        _build(dataset, method_cfg, name, method, directory, utils, raw_path, label)
-    except BaseException:
-        _remove_empty_parents(directory)
-        raise
+    # One build per dataset at a time (its methods share the utils directory): a second process
+    # waits, then usually finds the cache filled.
+    with locks.exclusive(lock_path(dataset.name), f"the preprocessed outputs of dataset "
+                         f"{dataset.name!r}", wait=True, say=lambda m: _say(True, f"{label}: {m}")):
+        if not force:
+            status = cache.check(directory, utils, raw_path, dataset, method_cfg)
+            if status.hit:
+                _say(verbose, f"{label}: cache hit ({directory}, built by another process)")
+                return directory
+            _say(verbose, f"{label}: rebuilding ({status.reason})")
+        else:
+            _say(verbose, f"{label}: rebuilding (--force)")
+        remove_stale_temporaries(directory, utils, lambda m: _say(verbose, f"{label}: {m}"))
+        try:
+            _build(dataset, method_cfg, name, method, directory, utils, raw_path, label)
+        except BaseException:
+            _remove_empty_parents(directory)
+            raise
     _say(verbose, f"{label}: wrote {directory} in {_time.perf_counter() - t0:.1f} s")
     return directory
+
+
+def lock_path(dataset_name: str) -> Path:
+    """The lock file held while a dataset's preprocessed outputs are (re)built."""
+    return paths.runs_dir() / dataset_name / "preprocess.lock"
+
+
+def remove_stale_temporaries(directory: Path, utils: Path, say) -> None:
+    """Delete the temporary directories (`.<name>.XXXX.tmp`, `.<name>.old`) that killed builds
+    of this dataset left beside its outputs. Call with the dataset's lock held: no live build
+    of it can own them."""
+    stale = []
+    for parent, stem in ((directory.parent, None), (utils.parent, utils.name)):
+        if not parent.is_dir():
+            continue
+        for entry in parent.iterdir():
+            name = entry.name
+            if not (entry.is_dir() and name.startswith(".")
+                    and (name.endswith(".tmp") or name.endswith(".old"))):
+                continue
+            if stem is None or name.startswith(f".{stem}."):
+                stale.append(entry)
+    if not stale:
+        return
+    size = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    for entry in stale:
+        shutil.rmtree(entry, ignore_errors=True)
+    say(f"removed {len(stale)} temporary director{'y' if len(stale) == 1 else 'ies'} left by an "
+        f"interrupted run ({size / 2**20:.1f} MB): {[str(e) for e in stale]}")
 
 
 def _build(dataset, method_cfg, name, method, directory, utils, raw_path, label) -> None:

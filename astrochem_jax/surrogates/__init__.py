@@ -1,6 +1,7 @@
 """Surrogates: trained components composed into one jitted rollout in physical units.
 
     surrogate = astrochem_jax.surrogates.load("ae_emulator_grav")   # configs/surrogates/<name>.py
+    surrogate = astrochem_jax.surrogates.load("ae_emulator_grav", workdir="~/astrochem_jax")
     abundances = surrogate(abundances_0, physical)   # [B, S], [B, T, P] -> [B, T + 1, S]
     surrogate.species, surrogate.physical_parameters, surrogate.dataset, surrogate.components
 
@@ -19,15 +20,20 @@ The surrogate runs the trained components exactly: an emulator trained with
 `model.state_bounds` clips its own state after every step (`models.Emulator`), so the rollout
 and the trainer share the same dynamics; there is no surrogate-side clipping.
 
-Components are found by name alone under `outputs/weights/<component>/` (via
+Components are found by name alone under `<outputs>/weights/<component>/` (via
 `astrochem_jax.training.checkpoints.load_component`); missing or incompatible ones raise
-`SurrogateError` naming the command that trains them.
+`SurrogateError` naming the command that trains them. `load` works from any working directory:
+the outputs root is `workdir=` (a directory holding `outputs/`, or an outputs directory), else
+`ASTROCHEM_JAX_OUTPUTS`, else the project's `outputs/`. A latent emulator records the fingerprint
+of the exact autoencoder it was trained on (`data_info.autoencoder_fingerprint`); the surrogate
+refuses any other (e.g. the same name retrained since).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -79,6 +85,9 @@ class Surrogate:
     # Tracer ids each component (by role) trained on or chose its checkpoint with (None: not
     # recorded, a component trained before the train / val / test split existed).
     seen_tracers: dict = field(repr=False, default_factory=dict)
+    # The outputs root the components were loaded from (`load(..., workdir=)`); None = the
+    # process default (`paths.outputs_dir()`).
+    outputs_dir: Path | None = None
 
     def __call__(self, abundances_0, physical):
         return self.rollout(self.params, abundances_0, physical)
@@ -338,6 +347,22 @@ def build_ae_emulator(config: ConfigDict) -> Surrogate:
             f"--config.autoencoder_component={names['encoder']}`"
         )
     retrain = f"Retrain the emulator on this autoencoder: `{train_command(names['emulator'])}`"
+    recorded = emulator.info.get("autoencoder_fingerprint")
+    if not recorded:
+        raise SurrogateError(
+            f"emulator {names['emulator']!r} ({emulator.directory}/config.json) does not record "
+            "which exact autoencoder it was trained on (data_info.autoencoder_fingerprint; it "
+            "was trained before fingerprints existed), so a retrained autoencoder could not be "
+            f"told apart. Retrain it: `{train_command(names['emulator'])}`")
+    for role, ae in (("encoder", encoder), ("decoder", decoder)):
+        if names[role] == trained_on and ae.fingerprint != recorded:
+            raise SurrogateError(
+                f"incompatible components: emulator {names['emulator']!r} was trained on "
+                f"autoencoder {trained_on!r} with fingerprint {recorded[:16]}, but "
+                f"{names[role]!r} ({ae.directory}) now has fingerprint {ae.fingerprint[:16]}: it "
+                "was retrained after the emulator, whose latent space it no longer matches. "
+                f"Delete {emulator.directory} and retrain the emulator: "
+                f"`{train_command(names['emulator'])}` (or restore the autoencoder)")
     for role, ae in (("encoder", encoder), ("decoder", decoder)):
         _check_same("the latent size", names[role], int(ae.info["latent_dim"]),
                     names["emulator"], int(emulator.info["state_dim"]), retrain)
@@ -388,11 +413,25 @@ def build(config: ConfigDict) -> Surrogate:
     return SURROGATES[kind](config)
 
 
-def load(name_or_config: str | ConfigDict) -> Surrogate:
-    """A surrogate by config name (`configs/surrogates/<name>.py`), path, or ConfigDict."""
+def load(name_or_config: str | ConfigDict, workdir: str | Path | None = None) -> Surrogate:
+    """A surrogate by config name (`configs/surrogates/<name>[:dataset]`), path, or ConfigDict,
+    from any working directory.
+
+    workdir: where its components were trained: a directory holding `outputs/` (where the
+    pipeline ran) or an outputs directory itself. None: `ASTROCHEM_JAX_OUTPUTS`, else the
+    project's `outputs/`. Errors name the outputs root searched and how it was chosen."""
+    try:
+        root, source = paths.find_outputs(workdir)
+    except FileNotFoundError as err:
+        raise SurrogateError(str(err)) from err
     config = (name_or_config if isinstance(name_or_config, ConfigDict)
               else config_utils.load_config(str(name_or_config), "surrogates"))
-    return build(config)
+    with paths.using_outputs(root):
+        try:
+            surrogate = build(config)
+        except SurrogateError as err:
+            raise SurrogateError(f"{err} [outputs root searched: {root}, from {source}]") from err
+    return replace(surrogate, outputs_dir=root)
 
 
 __all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateParts",

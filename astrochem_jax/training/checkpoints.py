@@ -7,12 +7,22 @@ Layout of `outputs/weights/<component>/`:
   resumed run continues exactly where it stopped.
 - `config.json`: the run's config (incl. the nested dataset config) plus `data_info` (dims,
   species, scaling, ...), enough to rebuild the model without the preprocessed data.
+
+A checkpoint that does not restore is never replaced silently by another one: resuming falls back
+to the newest intact epoch and says so (the unreadable step is moved to `corrupt_checkpoints/`),
+and `load_component` refuses a component whose best epoch (named by summary.json) is missing or
+unreadable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
+import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,7 @@ from astrochem_jax import atomic, config_utils, paths
 from astrochem_jax.training import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "corrupt_checkpoints"
 CONFIG_JSON = "config.json"
 DATA_INFO_KEY = "data_info"
 _ITEMS = ("state", "loop")
@@ -34,6 +45,30 @@ _METRIC = "val_loss"
 
 class ComponentNotFoundError(FileNotFoundError):
     """A component directory without a finished training run."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or does not restore (the message names the step directory
+    and what to do)."""
+
+
+class _DropReadOnlyNotes(logging.Filter):
+    """orbax warns on every read-only manager ("Given directory is read only", ...): not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("read only" in message or "read_only=True" in message)
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+    logger = logging.getLogger("absl")
+    note = _DropReadOnlyNotes()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def _val_loss(metrics: dict) -> float:
@@ -59,7 +94,55 @@ class Checkpointer:
             read_only=read_only,
             create=not read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        with _quiet_read_only() if read_only else contextlib.nullcontext():
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=_ITEMS)
+
+    def step_directory(self, epoch: int) -> Path:
+        return self.directory / str(int(epoch))
+
+    def epochs(self) -> list[int]:
+        """Every saved epoch, ascending."""
+        return sorted(int(e) for e in self.manager.all_steps())
+
+    def restore_latest_intact(self, abstract_state: Any, say: Callable[[str], None]
+                              ) -> tuple[int, state_lib.TrainState, dict] | None:
+        """(epoch, state, loop) of the newest epoch that restores, None when there is none.
+
+        An unreadable newer step is moved to `<component>/corrupt_checkpoints/<epoch>` (so the
+        resumed run can save that epoch again) and `say` tells which one and where it went. When
+        no step restores, `CheckpointError` names them and what to delete."""
+        failures = []
+        for epoch in reversed(self.epochs()):
+            try:
+                state, loop = self.restore(epoch, abstract_state)
+            except Exception as err:  # noqa: BLE001 - orbax / tensorstore / json errors alike
+                failures.append((epoch, err))
+                continue
+            for bad, err in failures:
+                moved = self._set_aside(bad)
+                say(f"checkpoint {self.step_directory(bad)} is unreadable ({_brief(err)}); "
+                    f"resuming from epoch {epoch}, the newest intact one. The unreadable step was "
+                    f"moved to {moved}: delete it when you no longer need it")
+            if failures:
+                self.manager.reload()
+            return epoch, state, loop
+        if failures:
+            listed = "; ".join(f"{self.step_directory(e)}: {_brief(err)}" for e, err in failures)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} restores ({listed}). Delete "
+                f"{self.directory} to restart this run from scratch (or restore the files)")
+        return None
+
+    def _set_aside(self, epoch: int) -> Path:
+        target = self.directory.parent / CORRUPT_DIR / str(int(epoch))
+        k = 1
+        while target.exists():
+            target = self.directory.parent / CORRUPT_DIR / f"{int(epoch)}.{k}"
+            k += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.step_directory(epoch)), str(target))
+        return target
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
@@ -139,6 +222,7 @@ class LoadedComponent:
     epoch: int
     latents_minmax: np.ndarray | None
     summary: dict | None
+    fingerprint: str = ""  # `fingerprint(params, batch_stats, latents_minmax)`
 
     def model(self, train: bool = False) -> nnx.Module:
         """The NNX module with the best weights (evaluation mode by default)."""
@@ -146,12 +230,49 @@ class LoadedComponent:
 
 
 def training_command(name: str) -> str:
-    """The command that trains component `name` (sweep members `<base>/<key>=<value>`)."""
+    """The command that trains component `name` (sweep members `<base>/<key>=<value>`; names
+    `<kind>_<dataset>` of a component trained on a named dataset: `<config>.py:<dataset>`)."""
     base, _, sweep = name.partition("/")
-    command = f"python -m astrochem_jax.train --config=configs/components/{base}.py"
+    command = f"python -m astrochem_jax.train --config={_config_spec(base)}"
     if sweep:
         command += f' --sweep="{sweep}"'
     return command
+
+
+def _config_spec(base: str) -> str:
+    components = paths.configs_dir() / "components"
+    if (components / f"{base}.py").exists():
+        return f"configs/components/{base}.py"
+    datasets = {p.stem for p in (paths.configs_dir() / "datasets").glob("*.py")}
+    for config in sorted(components.glob("*.py")):
+        kind = config.stem.split("_grav")[0]
+        dataset = base[len(kind) + 1:]
+        if base.startswith(f"{kind}_") and dataset in datasets:
+            return f"configs/components/{config.name}:{dataset}"
+    return f"configs/components/{base}.py"
+
+
+def _brief(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def fingerprint(params: Any, batch_stats: Any, latents_minmax: np.ndarray | None) -> str:
+    """sha256 of a component's trained numbers: every parameter and batch statistic (path,
+    dtype, shape, bytes) and the latent min/max. Equal fingerprints = the same model, whatever
+    the files look like; any retraining that changes a weight changes it."""
+    digest = hashlib.sha256()
+    for tree in (params, batch_stats):
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+        for path, leaf in leaves:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}".encode())
+            digest.update(array.tobytes())
+    if latents_minmax is not None:
+        array = np.ascontiguousarray(np.asarray(latents_minmax))
+        digest.update(f"latents_minmax|{array.dtype}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class ComponentFailedError(ValueError):
@@ -187,22 +308,40 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> L
     tx = state_lib.make_optimizer(config)
     template = state_lib.init_state(params, batch_stats, tx, int(config.seed))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    retrain = f"delete {directory} and retrain: {training_command(name)}"
     checkpointer = Checkpointer(directory, read_only=True)
     try:
         epoch = checkpointer.best_epoch()
+        named = None if summary is None else summary.get("best_epoch")
+        if named is not None and (epoch != int(named)
+                                  or not checkpointer.step_directory(named).is_dir()):
+            # orbax would pick the best of what is left: weights that summary.json,
+            # latents_minmax.npy and any emulator trained on this component do not describe.
+            raise CheckpointError(
+                f"component {name!r}: its best checkpoint, epoch {named} (named by "
+                f"{summary_path}), is missing: {checkpointer.step_directory(named)} "
+                f"(epochs found: {checkpointer.epochs()}). No other epoch is used in its place. "
+                f"Restore that directory, or {retrain}")
         if epoch is None:
             raise ComponentNotFoundError(
                 f"component {name!r}: {checkpoint_dir} holds no checkpoint. Train it with: "
                 f"{training_command(name)}"
             )
-        restored, _ = checkpointer.restore(epoch, abstract_with_sharding(template, sharding))
+        try:
+            restored, _ = checkpointer.restore(epoch, abstract_with_sharding(template, sharding))
+        except Exception as err:  # noqa: BLE001 - orbax / tensorstore / json errors alike
+            raise CheckpointError(
+                f"component {name!r}: checkpoint {checkpointer.step_directory(epoch)} (its best "
+                f"epoch) is unreadable ({_brief(err)}). Restore that directory, or {retrain}"
+            ) from err
     finally:
         checkpointer.close()
     minmax_path = directory / "latents_minmax.npy"
     minmax = np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return LoadedComponent(
         name=name, directory=directory, type=str(config.type), config=config, info=info,
         mdef=mdef, params=restored.params, batch_stats=restored.batch_stats, epoch=int(epoch),
         latents_minmax=minmax, summary=summary,
+        fingerprint=fingerprint(restored.params, restored.batch_stats, minmax),
     )

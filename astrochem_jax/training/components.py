@@ -18,6 +18,7 @@ A component provides
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -87,8 +88,10 @@ class Component:
 
 
 def log_line(message: str) -> None:
-    """Training progress goes to stderr directly (orbax floods absl's INFO log)."""
+    """Training progress goes to stderr directly (orbax floods absl's INFO log), and to the
+    program's log file (`astrochem_jax.cli.setup_logging`) when there is one."""
     print(message, file=sys.stderr, flush=True)
+    logging.getLogger("astrochem_jax").info(message)
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -278,6 +281,13 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
     horizon = int(config.horizon)
     if horizon < 1:
         raise ComponentError(f"config.horizon must be >= 1, found {horizon}")
+    train_steps = int(manifest["splits"]["train"]["shape"][1])
+    if train_steps < horizon + 1:
+        # Otherwise every tracer is skipped and the run fails later with "lower the batch size".
+        raise ComponentError(
+            f"{directory}: the tracers have {train_steps} steps, but config.horizon = {horizon} "
+            f"needs windows of horizon + 1 = {horizon + 1} steps; set --config.horizon to at "
+            f"most {train_steps - 1} (or use longer tracers)")
     info["horizon"] = horizon
     # Validation windows: `val_horizon` steps (None: the training horizon; 0: the full
     # trajectory from t0, i.e. the closed-loop rollout the surrogate is used for).
@@ -340,7 +350,10 @@ def _latent_setup(config, manifest: dict, directory: Path) -> Setup:
             f"(2, {latent_dim})"
         )
     info.update(latent_dim=latent_dim, state_dim=latent_dim,
-                autoencoder_component=str(config.autoencoder_component))
+                autoencoder_component=str(config.autoencoder_component),
+                # The exact autoencoder (weights + latent scaling) these latents come from:
+                # resuming and surrogates refuse any other.
+                autoencoder_fingerprint=ae.fingerprint)
     stoich = load_stoichiometric_matrix(info["dataset"], info["species"])
     lo, hi = ae.latents_minmax.astype(np.float32)
     span = np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)

@@ -31,9 +31,10 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from astrochem_jax import atomic, config_utils, paths, runtime, shards
+from astrochem_jax import atomic, config_utils, locks, paths, runtime, shards
 from astrochem_jax.losses import total_loss, validation_metrics
 from astrochem_jax.training import checkpoints as ckpt_lib
+from astrochem_jax.training import checks
 from astrochem_jax.training import components as comp_lib
 from astrochem_jax.training import data as data_lib
 from astrochem_jax.training import mesh as mesh_lib
@@ -350,12 +351,29 @@ def _flatten(d: Any, prefix: str = "") -> dict:
     return out
 
 
+def has_checkpoint(directory: Path) -> bool:
+    """Whether `<directory>/checkpoints/` holds at least one saved epoch."""
+    checkpoint_dir = directory / ckpt_lib.CHECKPOINT_DIR
+    return checkpoint_dir.is_dir() and any(p.is_dir() and p.name.isdigit()
+                                           for p in checkpoint_dir.iterdir())
+
+
 def check_resume_compatible(directory: Path, config, info: dict) -> None:
-    """Refuse to resume into a directory whose config.json describes a different run."""
+    """Refuse to resume into a directory whose config.json describes a different run. Only a
+    directory with a checkpoint holds a run: a run that failed before its first checkpoint does
+    not block its corrected rerun."""
     path = directory / ckpt_lib.CONFIG_JSON
-    if not path.exists() or not (directory / ckpt_lib.CHECKPOINT_DIR).is_dir():
+    if not path.exists() or not has_checkpoint(directory):
         return
     old_config, old_info = ckpt_lib.read_config_json(directory)
+    old_fp, new_fp = old_info.get("autoencoder_fingerprint"), info.get("autoencoder_fingerprint")
+    if old_fp and new_fp and old_fp != new_fp:
+        ae = info.get("autoencoder_component")
+        raise ResumeMismatchError(
+            f"{path}: the checkpoints in {directory} were trained on autoencoder {ae!r} with "
+            f"fingerprint {old_fp[:16]}, but {ae!r} now has fingerprint {new_fp[:16]} (it was "
+            "retrained since): resuming would continue in a latent space these checkpoints never "
+            f"saw. Delete {directory} and train this emulator again (or restore the autoencoder)")
     old = _flatten({k: v for k, v in config_utils.to_dict(old_config).items()
                     if k not in RESUME_IGNORED_FIELDS})
     new = _flatten({k: v for k, v in config_utils.to_dict(config).items()
@@ -415,7 +433,40 @@ def _is_main() -> bool:
 
 def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None = None,
                     devices=None) -> dict:
-    """Train (or resume) component `config.name`; returns the summary written to summary.json."""
+    """Train (or resume) component `config.name`; returns the summary written to summary.json.
+
+    The config is checked first (`training.checks`). One run per component at a time: a lock
+    under `outputs/runs/<name>/` refuses a second one. A run that fails before its first
+    checkpoint leaves nothing in `outputs/weights/<name>/`."""
+    checks.check_training_config(config)
+    out_dir = paths.weights_dir(config.name)
+    with locks.exclusive(paths.runs_dir() / config.name / "train.lock",
+                         f"component {config.name!r} ({out_dir})"):
+        try:
+            return _train_component(config, preprocessed_dir=preprocessed_dir, devices=devices)
+        except BaseException:
+            if _is_main():
+                _discard_unless_checkpointed(out_dir)
+            raise
+
+
+def _discard_unless_checkpointed(out_dir: Path) -> None:
+    """Remove what a run wrote before its first checkpoint (config.json, metrics.json, an empty
+    checkpoints/): nothing of it can be resumed."""
+    if not out_dir.is_dir() or has_checkpoint(out_dir):
+        return
+    for name in (ckpt_lib.CONFIG_JSON, METRICS_JSON):
+        (out_dir / name).unlink(missing_ok=True)
+    checkpoint_dir = out_dir / ckpt_lib.CHECKPOINT_DIR
+    if checkpoint_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    locks.remove_empty_dirs(out_dir, paths.outputs_dir())
+
+
+def _train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None = None,
+                     devices=None) -> dict:
     wall_start = time.perf_counter()
     mesh_lib.initialize_distributed(bool(config.get("distributed", False)))
     component = comp_lib.get_component(config.type)
@@ -445,9 +496,9 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
 
     checkpointer = ckpt_lib.Checkpointer(out_dir, async_save=bool(config.checkpoint.async_save))
     loop = initial_loop_state(config)
-    latest = checkpointer.latest_epoch()
-    if latest is not None:
-        state, loop = checkpointer.restore(latest, abstract)
+    resumed = checkpointer.restore_latest_intact(abstract, comp_lib.log_line)
+    if resumed is not None:
+        latest, state, loop = resumed
         comp_lib.log_line(f"{config.name}: resuming after epoch {latest} from "
                           f"{checkpointer.directory}")
 

@@ -54,9 +54,11 @@ def n_data_shards(mesh: Mesh) -> int:
 
 def check_batch_size(batch_size: int, mesh: Mesh, field: str = "batch_size") -> None:
     """The global batch is split evenly over the devices; refuse sizes that do not divide."""
+    from astrochem_jax.config_utils import ConfigError
+
     n = n_data_shards(mesh)
     if batch_size < 1 or batch_size % n != 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.{field} = {batch_size} is not divisible by the number of devices ({n}): "
             f"the global batch is split evenly over the mesh axis {DATA_AXIS!r}; choose a multiple "
             f"of {n}, e.g. {max(n, (batch_size // n) * n)} (--config.{field}=...)"

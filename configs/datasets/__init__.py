@@ -12,16 +12,19 @@ DEFAULT = "grav"
 def by_name(name: str | None) -> ConfigDict:
     """The dataset config `configs/datasets/<name>.py` (None or "" = the default dataset)."""
     name = name or DEFAULT
-    try:
-        module = importlib.import_module(f"configs.datasets.{name}")
-    except ModuleNotFoundError as err:
-        from pathlib import Path
+    check_name(name)
+    return importlib.import_module(f"configs.datasets.{name}").get_config()
 
-        available = sorted(p.stem for p in Path(__file__).parent.glob("*.py")
-                           if not p.stem.startswith("_"))
+
+def check_name(name: str) -> None:
+    """Refuse a dataset name without a `configs/datasets/<name>.py`, listing the available ones."""
+    from pathlib import Path
+
+    available = sorted(p.stem for p in Path(__file__).parent.glob("*.py")
+                       if not p.stem.startswith("_"))
+    if name not in available:
         raise ValueError(f"dataset {name!r} not found: no configs/datasets/{name}.py; available: "
-                         f"{available}") from err
-    return module.get_config()
+                         f"{available}")
 
 
 def component_name(base: str, dataset: str | None) -> str:
@@ -30,5 +33,6 @@ def component_name(base: str, dataset: str | None) -> str:
     without its `_grav...` suffix."""
     if not dataset or dataset == DEFAULT:
         return base
+    check_name(dataset)
     kind = base.split("_grav")[0]
     return f"{kind}_{dataset}"

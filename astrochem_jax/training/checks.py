@@ -1,0 +1,39 @@
+"""Training-config values that cannot work, refused before anything is read or written.
+
+Each error names the field, what was expected and what was found (`config_utils.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from astrochem_jax.config_utils import ConfigError
+
+
+def _number(config, field: str):
+    value = config.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"config.{field} = {value!r}; expected a number")
+    return value
+
+
+def check_training_config(config) -> None:
+    """Positive batch sizes and epoch count; a finite, positive learning rate."""
+    for field in ("batch_size", "eval_batch_size"):
+        if field == "eval_batch_size" and config.get(field) is None:
+            continue
+        value = _number(config, field)
+        if int(value) != value or value < 1:
+            raise ConfigError(
+                f"config.{field} = {value!r}; expected a positive whole number of samples per "
+                f"step (a multiple of the device count), e.g. --config.{field}=64")
+    epochs = _number(config, "epochs")
+    if int(epochs) != epochs or epochs < 1:
+        raise ConfigError(f"config.epochs = {epochs!r}; expected a whole number >= 1")
+    lr = _number(config, "lr")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(
+            f"config.lr = {lr!r}; expected a finite learning rate > 0")
+    min_lr = config.get("min_lr")
+    if min_lr is not None and not (math.isfinite(float(min_lr)) and float(min_lr) >= 0):
+        raise ConfigError(f"config.min_lr = {min_lr!r}; expected a finite value >= 0")
