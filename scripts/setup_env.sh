@@ -7,10 +7,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # requirements.lock pins the tested version of every package (a constraints file: it decides
 # versions, pyproject.toml decides what is installed).
-stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+# Optional extras: ASTROCHEM_JAX_EXTRAS=dev,notebook also installs what runs the notebook.
+extras=${ASTROCHEM_JAX_EXTRAS:-dev}
+stamp=.venv/.installed-$( (cat pyproject.toml requirements.lock; echo "$extras") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]"
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[$extras]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -88,3 +88,23 @@ def tiny_trained_outputs() -> Path:
             os.environ["ASTROCHEM_JAX_OUTPUTS"] = previous
     _TRAINED[:] = [outputs]
     return outputs
+
+
+def write_surrogate_config_file(path: Path, name: str = "tiny_surrogate") -> Path:
+    """A surrogate config file (like configs/surrogates/*.py) for the tiny ae_emulator, for
+    programs and notebooks that take a config path (`--config=<path>`, `surrogates.load(path)`)."""
+    path.write_text(f'''"""The tiny test surrogate (tests/surrogate_helpers.py)."""
+
+from configs.surrogates import ae_emulator_grav
+
+
+def get_config():
+    c = ae_emulator_grav.get_config()
+    c.name = "{name}"
+    c.components.encoder = c.components.decoder = "{AE}"
+    c.components.emulator = "{EMULATOR}"
+    c.benchmark.measure_speed = False
+    c.benchmark.solver.enabled = False
+    return c
+''')
+    return path

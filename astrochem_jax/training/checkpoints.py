@@ -86,15 +86,15 @@ class Checkpointer:
             # BestN sorts ascending and keeps the tail; reverse=True keeps the lowest loss.
             ocp.checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1),
         ])
-        options = ocp.CheckpointManagerOptions(
-            best_fn=_val_loss,
-            best_mode="min",
-            preservation_policy=None if read_only else policy,
-            enable_async_checkpointing=bool(async_save),
-            read_only=read_only,
-            create=not read_only,
-        )
         with _quiet_read_only() if read_only else contextlib.nullcontext():
+            options = ocp.CheckpointManagerOptions(
+                best_fn=_val_loss,
+                best_mode="min",
+                preservation_policy=None if read_only else policy,
+                enable_async_checkpointing=bool(async_save),
+                read_only=read_only,
+                create=not read_only,
+            )
             self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                  item_names=_ITEMS)
 
