@@ -4,7 +4,8 @@
   resolved under `configs/<kind>/`), checked before anything runs: a missing file, a config that
   fails to load and an unknown field (`--config.lr_typo=1`, with the close matches) are one
   `error:` line, exit code 2. Tuple fields also take comma-separated values
-  (`--dataset.columns_to_drop=dustTemp,dstep,point`).
+  (`--dataset.columns_to_drop=dustTemp,dstep,point`), and any field takes `None`
+  (`--dataset.n_species=None`), which ml_collections' parsers refuse.
 - Errors a person can act on (`PreprocessError`, `ComponentError`, `SurrogateError`, ...) are
   printed as one `error: <message>` line on stderr, exit code 2; their traceback goes to the log.
 - The console keeps the program's own lines: absl / orbax INFO records go only to the log file
@@ -45,6 +46,7 @@ USER_ERRORS = {
 EXIT_USER_ERROR = 2
 LOGGER = "astrochem_jax"
 _LOG_FILES: list[Path] = []  # the log file of this process, once setup_logging ran
+_NONE_OVERRIDES: list[tuple[str, list[str]]] = []  # (flag, field path) set to None after parsing
 
 
 def user_error_types(extra: Sequence[type] = ()) -> tuple[type, ...]:
@@ -163,9 +165,23 @@ def prepare_argv(argv: Sequence[str], config_kinds: dict[str, str]) -> list[str]
                     f"fields under --{parent}: {siblings}")
             fail(f"--{name}: the config has no field {field!r} ({config_kinds[flag]} config "
                  f"{_config_arg(argv, flag)}); {hint}")
-        if isinstance(current, tuple) and eq and not value.strip().startswith(("(", "[")):
+        if eq and value.strip() == "None":
+            _NONE_OVERRIDES.append((flag, field.split(".")))
+            argv[i] = ""
+        elif isinstance(current, tuple) and eq and not value.strip().startswith(("(", "[")):
             argv[i] = f"--{name}={_tuple_text(value)}"
-    return argv
+    return [a for a in argv if a != ""]
+
+
+def apply_none_overrides() -> None:
+    """Set the fields given as `--<flag>.<field>=None` (after absl parsed the flags)."""
+    from absl import flags
+
+    for flag, parts in _NONE_OVERRIDES:
+        node = flags.FLAGS[flag].value
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = None
 
 
 def _config_arg(argv: list[str], flag: str) -> str:
@@ -239,6 +255,7 @@ def run(main: Callable[[list[str]], None], config_kinds: dict[str, str],
 
     def guarded(args: list[str]) -> None:
         try:
+            apply_none_overrides()
             main(args)
         except Exception as exc:
             if isinstance(exc, user_error_types(errors)):

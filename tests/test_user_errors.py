@@ -141,8 +141,8 @@ def test_training_errors_are_one_error_line(tmp_path, uclchem_file, case, extra,
 def test_list_fields_are_overridable_from_the_command_line(tmp_path, uclchem_file):
     outputs = tmp_path / "outputs"
     proc = run_cli("preprocess", "--dataset=uclchem_grav", "--method=timeless",
-                   f"--dataset.raw_path={uclchem_file}", "--dataset.n_species=9",
-                   "--dataset.max_element_drift=inf",
+                   f"--dataset.raw_path={uclchem_file}", "--dataset.n_species=None",
+                   "--dataset.max_element_drift=None",
                    "--dataset.physical_parameters=Density,Radfield,Av,gasTemp",
                    "--dataset.columns_to_drop=('dustTemp', 'dstep', 'zeta', 'E-')",
                    "--dataset.metadata_columns=Index,Model,Time", outputs=outputs)
@@ -150,6 +150,7 @@ def test_list_fields_are_overridable_from_the_command_line(tmp_path, uclchem_fil
     manifest = shards.read_manifest(outputs / "preprocessed" / "uclchem_grav" / "timeless")
     assert manifest["physical_parameters"] == ["Density", "Radfield", "Av", "gasTemp"]
     assert "E-" not in manifest["species"] and manifest["n_species"] == 9
+    assert manifest["config"]["dataset"]["max_element_drift"] is None  # `=None` works too
     # The console has the program's lines only; absl's go to the log file.
     assert not [line for line in proc.stderr.splitlines() if line[:1] in "IW" and
                 line[1:5].isdigit()], proc.stderr
