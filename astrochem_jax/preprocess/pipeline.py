@@ -215,7 +215,7 @@ def check_shared_time_grid(table: RawTable, scan_result: Scan, kept: np.ndarray,
         if row >= times.size:
             return "no such row"
         step = f"; step {times[row] - times[row - 1]:.6g} yr" if row > 0 else ""
-        return f"Time {times[row]!r} yr{step}"
+        return f"Time {float(times[row])!r} yr{step}"
 
     raise PreprocessError(
         f"raw file {table.path}: tracers {int(table.tracer_ids[a])} and "

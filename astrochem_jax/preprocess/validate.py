@@ -125,16 +125,17 @@ def check_tracer_metadata(table: RawTable, tracer: int, time: np.ndarray, physic
     if np.any(steps <= 0):
         i = int(np.flatnonzero(steps <= 0)[0])
         raise PreprocessError(
-            f"{where}: column Time is not increasing: row {i + 1} has {time[i + 1]!r} after "
-            f"{time[i]!r}; expected strictly increasing times within a tracer"
+            f"{where}: column Time is not increasing: row {i + 1} has "
+            f"{float(time[i + 1])!r} after {float(time[i])!r}; expected strictly increasing "
+            "times within a tracer"
         )
     bad = ~np.isfinite(physical) | (physical <= 0)
     if np.any(bad):
         i, p = (int(v[0]) for v in np.nonzero(bad))
         raise PreprocessError(
-            f"{where}: column {physical_names[p]} is {physical[i, p]!r} at row {i} "
-            f"(Time {time[i]!r}); expected a finite value > 0 (physical parameters are log10 "
-            "scaled; set dataset.physical_floor to raise small values)"
+            f"{where}: column {physical_names[p]} is {float(physical[i, p])!r} at row {i} "
+            f"(Time {float(time[i])!r}); expected a finite value > 0 (physical parameters are "
+            "log10 scaled; set dataset.physical_floor to raise small values)"
         )
 
 
@@ -176,7 +177,8 @@ def _raise_at(table, chunk, offsets, mask, values, names, time, expected):
     tracer = chunk[k]
     raise PreprocessError(
         f"raw file {table.path}: column {names[col]} of tracer {int(table.tracer_ids[tracer])} "
-        f"is {values[row, col]!r} at row {row - int(offsets[k])} (file row "
-        f"{int(table.starts[tracer]) + row - int(offsets[k])}, Time {time[row]!r}); {expected}; "
+        f"is {float(values[row, col])!r} at row {row - int(offsets[k])} (file row "
+        f"{int(table.starts[tracer]) + row - int(offsets[k])}, Time {float(time[row])!r}); "
+        f"{expected}; "
         f"{int(mask.sum())} such values in this chunk"
     )
