@@ -174,6 +174,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         dropout_rate=float(config.dropout),
         latent_noise_std=float(config.model.latent_noise_std),
         normalization=str(config.model.get("normalization") or "batch"),
+        tied_weights=bool(config.model.get("tied_weights", True)),
         rngs=rngs,
     )
 

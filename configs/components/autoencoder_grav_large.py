@@ -34,6 +34,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # 10.7%, 0.0 -> 5.0%; raise it for a latent emulator that must tolerate its own drift.
     c.model.latent_noise_std = 0.0
     c.model.normalization = "batch"  # hidden-layer normalisation: "batch" or "none"
+    c.model.tied_weights = True  # decoder kernels = encoder kernels transposed (AstroChemNet)
 
     # --- optimisation --------------------------------------------------------------------------
     # A fixed budget with a warmup + cosine learning-rate schedule (no plateau heuristics), batch
