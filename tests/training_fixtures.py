@@ -32,11 +32,33 @@ def trajectories(n_tracers: int, n_steps: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([physical, abundances], axis=-1).astype(np.float32)
 
 
+def learnable_trajectories(n_tracers: int, n_steps: int, seed: int = 0) -> np.ndarray:
+    """Scaled trajectories [tracers, steps, P + S] whose dynamics is a fixed function of the
+    state and the conditions, as in chemistry: each abundance relaxes by a fraction k(p) per step
+    towards an equilibrium x_eq(p) of the current physical parameters p (both smooth functions,
+    the same for every tracer), from a common initial state. Learnable from a few tracers."""
+    rng = np.random.default_rng(seed)
+    weights = np.random.default_rng(1234).normal(size=(len(PHYSICAL), len(SPECIES)))
+    t = np.linspace(0.0, 1.0, n_steps)[None, :, None]
+    p0 = rng.uniform(0.1, 0.5, (n_tracers, 1, len(PHYSICAL)))
+    physical = p0 + 0.4 * t * rng.uniform(0.5, 1.0, (n_tracers, 1, len(PHYSICAL)))
+    x_eq = 0.3 + 0.6 / (1.0 + np.exp(-3.0 * (physical - 0.4) @ weights))  # [N, T, S]
+    rate = 0.15 + 0.2 * physical.mean(axis=-1, keepdims=True)  # [N, T, 1]
+    x = np.empty((n_tracers, n_steps, len(SPECIES)))
+    x[:, 0] = 0.9
+    for k in range(1, n_steps):
+        x[:, k] = x[:, k - 1] + rate[:, k - 1] * (x_eq[:, k - 1] - x[:, k - 1])
+    # Row t carries the conditions that drive t -> t+1 (the preprocessing convention).
+    return np.concatenate([physical, x], axis=-1).astype(np.float32)
+
+
 def write_preprocessed(dataset: str = "synth", n_tracers: int = 8, n_steps: int = 12,
-                       n_val: int = 2, seed: int = 0) -> dict[str, Path]:
+                       n_val: int = 2, seed: int = 0, learnable: bool = False
+                       ) -> dict[str, Path]:
     """Write `timeless` and `sequential` preprocessed dirs + the stoichiometric matrix under the
-    current outputs dir; returns {method: directory}."""
-    data = trajectories(n_tracers, n_steps, seed)
+    current outputs dir; returns {method: directory}. `learnable`: `learnable_trajectories`
+    instead of the default tracer-specific relaxations."""
+    data = (learnable_trajectories if learnable else trajectories)(n_tracers, n_steps, seed)
     tracers = np.arange(n_tracers)
     train_ids, val_ids = tracers[:-n_val], tracers[-n_val:]
     scaler = Scaler((1e-20, 1.0), tuple(PHYSICAL), (0.0, 1.0), (6.0, 3.0))

@@ -94,6 +94,7 @@ class Autoencoder(nnx.Module):
         latent_noise_std: float = 0.1,
         *,
         normalization: str = "batch",
+        tied_weights: bool = True,
         rngs: nnx.Rngs,
     ):
         if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -119,7 +120,10 @@ class Autoencoder(nnx.Module):
         use_norm = normalization == "batch"
         self.encoder_norms = nnx.List(
             [_batch_norm(h, rngs) for h in self.hidden_dims] if use_norm else [])
-        # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed.
+        # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed
+        # (tied) or with its own kernel (untied: `decoder_kernels`, built after everything else
+        # so that tied models keep their random streams and initial weights).
+        self.tied_weights = bool(tied_weights)
         self.decoder_biases = nnx.List(
             [nnx.Param(jnp.zeros((d,), DTYPE)) for d in reversed(widths[:-1])]
         )
@@ -127,6 +131,11 @@ class Autoencoder(nnx.Module):
             [_batch_norm(h, rngs) for h in reversed(self.hidden_dims)] if use_norm else [])
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.latent_noise = GaussianNoise(latent_noise_std, rngs=rngs)
+        if not self.tied_weights:
+            init = nnx.initializers.lecun_normal()
+            self.decoder_kernels = nnx.List([
+                nnx.Param(init(rngs.params(), (d_in, d_out), DTYPE))
+                for d_in, d_out in zip(widths[::-1][:-1], widths[::-1][1:], strict=True)])
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x [B, S] scaled abundances in [0, 1] -> z [B, L] in (0, 1)."""
@@ -138,13 +147,18 @@ class Autoencoder(nnx.Module):
             h = self.dropout(gelu_exact(h))
         return jax.nn.sigmoid(self.encoder_layers[-1](h))
 
+    def decoder_kernel(self, k: int) -> jax.Array:
+        """Kernel [in, out] of decoder layer k: encoder kernel n-1-k transposed when tied."""
+        if self.tied_weights:
+            return self.encoder_layers[len(self.encoder_layers) - 1 - k].kernel[...].T
+        return self.decoder_kernels[k][...]
+
     def decode(self, z: jax.Array) -> jax.Array:
-        """z [B, L] -> x_hat [B, S] in (0, 1). Uses the encoder kernels transposed (tied)."""
+        """z [B, L] -> x_hat [B, S] in (0, 1)."""
         h = jnp.asarray(z, DTYPE)
         n = len(self.encoder_layers)
         for k in range(n):
-            kernel = self.encoder_layers[n - 1 - k].kernel[...]  # [d_in_enc, d_out_enc]
-            h = h @ kernel.T + self.decoder_biases[k][...]
+            h = h @ self.decoder_kernel(k) + self.decoder_biases[k][...]
             if k < n - 1:
                 if self.decoder_norms:
                     h = self.decoder_norms[k](h)

@@ -70,7 +70,7 @@ def decoder_layers(autoencoder, latent_min=None, latent_span=None) -> list[Dense
     n = len(autoencoder.encoder_layers)
     layers = []
     for k in range(n):
-        kernel = _array(autoencoder.encoder_layers[n - 1 - k].kernel).T.copy()
+        kernel = np.array(autoencoder.decoder_kernel(k), np.float64)  # [in, out], contiguous
         bias = _array(autoencoder.decoder_biases[k])
         if k == 0 and latent_min is not None:
             lo, span = _array(latent_min), _array(latent_span)

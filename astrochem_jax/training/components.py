@@ -177,6 +177,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         dropout_rate=float(config.dropout),
         latent_noise_std=float(config.model.latent_noise_std),
         normalization=str(config.model.get("normalization") or "batch"),
+        tied_weights=bool(config.model.get("tied_weights", True)),
         rngs=rngs,
     )
 
@@ -377,6 +378,8 @@ def _emu_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         hidden_dims=tuple(config.model.hidden_dims),
         dropout_rate=float(config.dropout),
         state_bounds=_state_bounds(config),
+        # absent in configs saved before the field existed: the straight-through gradient
+        bound_gradient_slope=float(config.model.get("bound_gradient_slope", 1.0)),
         state_noise_std=float(config.model.get("state_noise_std") or 0.0),
         rngs=rngs,
     )
