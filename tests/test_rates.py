@@ -198,3 +198,18 @@ def test_bad_rate_type_and_range_are_named():
         rates.build_rate_table(net)
     with pytest.raises(ValueError, match="temperature_policy"):
         rates.build_rate_table(ranged_network(), temperature_policy="nearest")
+
+
+def test_range_limits_are_robust_to_round_off():
+    """A temperature a few ulps from a limit (e.g. 10**log10(15) = 14.999999999999996) selects
+    the same rows as the limit itself, under every policy (issue 11)."""
+    from test_solver import INTEGER_LIMITS_K, limits_network
+
+    for policy in rates.TEMPERATURE_POLICIES:
+        table = rates.build_rate_table(limits_network(), temperature_policy=policy)
+        for limit in INTEGER_LIMITS_K:
+            exact = np.asarray(rates.active_rows(table, limit))
+            for t in (10.0 ** math.log10(limit), limit * (1 - 4e-16), limit * (1 + 4e-16),
+                      math.exp(math.log(limit))):
+                np.testing.assert_array_equal(np.asarray(rates.active_rows(table, t)), exact,
+                                              err_msg=f"{policy}: T={t!r} vs {limit}")

@@ -56,6 +56,9 @@ range; a code that evaluates row by row, like UCLCHEM, sums them). `temperature_
 - "extrapolate": the same rows as "clamp", evaluated at T itself (median 0.2-0.3 dex from
   UCLCHEM).
 In the (rare) gap between two non-touching ranges of one reaction no row is used.
+Limits are compared with a relative tolerance (`RANGE_RTOL` = 1e-6): T within it of a limit is on
+the limit, so a T that went through log/exp (10**log10(15) = 14.999999999999996) or float32
+selects the same rows as the limit itself (issue 11: rows starting at 15 K or 20 K were off).
 
 Fast path: `effective_coefficients` returns k n^p (p = order - 1) with one exp per reaction:
 for every log-linear law, ln(k n^p / prefactor) = E @ [ln(T/300), 1/T, ln n, Av, ln zeta, ln G0]
@@ -91,6 +94,9 @@ PLACEHOLDER_ALPHA = 1e-3
 TEMPERATURE_POLICIES = ("clamp", "extrapolate", "cutoff")
 # Lower limits at or below this are the databases' conventional floor, not a measured limit.
 DATABASE_FLOOR_K = 10.0
+# Relative tolerance of temperature-range limits: conditions that went through log/exp or float32
+# (relative error ~1e-16 or ~6e-8) still land on an integer limit; physically nil (15 uK at 15 K).
+RANGE_RTOL = 1e-6
 
 
 class Conditions(NamedTuple):
@@ -346,17 +352,25 @@ def build_rate_table(network: Network, temperature_policy: str = "cutoff") -> Ra
 
 
 def active_rows(table: RateTable, gas_temperature_K) -> jax.Array:
-    """1.0 where a row applies at T under the table's temperature policy, else 0.0. [R]"""
+    """1.0 where a row applies at T under the table's temperature policy, else 0.0. [R]
+
+    Limits are compared with a relative tolerance `RANGE_RTOL`: T within it of a limit counts as
+    on the limit (see the module docstring).
+    """
     t = gas_temperature_K
     t_min, t_max = table.t_min_K, table.t_max_K
     if table.temperature_policy == "cutoff":
         t_min = np.where(t_min <= DATABASE_FLOOR_K, 0.0, t_min)
-    t_min, t_max = jnp.asarray(t_min), jnp.asarray(t_max)
-    below_top = jnp.where(jnp.asarray(table.upper_open), t < t_max, t <= t_max)
-    active = (t >= t_min) & below_top
+    # Snapped limits: lower ones (and the shared end of touching ranges) move down, closed upper
+    # ones up, so T = limit (1 +- RANGE_RTOL) selects exactly the rows T = limit does.
+    lower = jnp.asarray(t_min * (1.0 - RANGE_RTOL))
+    upper_open = jnp.asarray(t_max * (1.0 - RANGE_RTOL))
+    upper_closed = jnp.asarray(t_max * (1.0 + RANGE_RTOL))
+    below_top = jnp.where(jnp.asarray(table.upper_open), t < upper_open, t <= upper_closed)
+    active = (t >= lower) & below_top
     if table.temperature_policy != "cutoff":
-        active = active | (jnp.asarray(table.is_lowest) & (t < t_min)) | (
-            jnp.asarray(table.is_highest) & (t > t_max))
+        active = active | (jnp.asarray(table.is_lowest) & (t < lower)) | (
+            jnp.asarray(table.is_highest) & (t > upper_closed))
     return active.astype(jnp.float64)
 
 
