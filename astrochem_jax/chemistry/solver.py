@@ -75,6 +75,11 @@ class SolverSettings:
     pcoeff: float = 0.0
     icoeff: float = 1.0
     temperature_policy: str = "cutoff"  # see rates.py: "cutoff" | "clamp" | "extrapolate"
+    # Shielding model (rates.py): column N_H = 0.5 n_H cloud_size ("cloud", UCLCHEM) or
+    # 1.6e21 Av ("av"); CO self-shielding table "vdb88" or "uclchem_v3" (UCLCHEM's layout).
+    shielding_column: str = "cloud"
+    cloud_size_pc: float = 0.05
+    co_self_shielding: str = "vdb88"
     # How track nodes reach the step-size controller: "step_ts" (steps end exactly at nodes:
     # right for kinks, where the conditions are continuous) or "jump_ts" (also restarts the
     # solver across the node, needed only for discontinuous conditions).
@@ -267,7 +272,7 @@ class ChemistryModel:
     def rate_coefficients(self, shield_abundances, physical) -> jax.Array:
         """k_eff = k n^p [R] (per-H-nucleus flux = k_eff * product of reactant abundances)."""
         n, tg, av, g0, zeta = (physical[i] for i in range(5))
-        column_h = rates_mod.NH_PER_AV_CM2 * av
+        column_h = rates_mod.shielding_column_h_cm2(self.table, n, av)
         c = rates_mod.Conditions(
             density_cm3=n, gas_temperature_K=tg, av_mag=av, radfield_habing=g0, zeta=zeta,
             dust_temperature_K=tg, column_h2_cm2=shield_abundances[0] * column_h,
@@ -352,8 +357,12 @@ class ChemistryModel:
         return rhs
 
 
-def build_model(network: Network, temperature_policy: str = "cutoff") -> ChemistryModel:
-    table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy)
+def build_model(network: Network, temperature_policy: str = "cutoff",
+                **shielding) -> ChemistryModel:
+    """Rate table and index plan of `network`; `shielding`: the shielding keywords of
+    `rates.build_rate_table` (shielding_column, cloud_size_pc, co_self_shielding)."""
+    table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy,
+                                       **shielding)
     return ChemistryModel(network=network, table=table, kinetics=build_kinetics(network, table))
 
 
@@ -414,7 +423,10 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     if settings.node_stops not in ("step_ts", "jump_ts", "none"):
         raise ValueError(f"SolverSettings.node_stops: expected 'step_ts' or 'jump_ts', "
                          f"found {settings.node_stops!r}")
-    model = build_model(network, temperature_policy=settings.temperature_policy)
+    model = build_model(network, temperature_policy=settings.temperature_policy,
+                        shielding_column=settings.shielding_column,
+                        cloud_size_pc=settings.cloud_size_pc,
+                        co_self_shielding=settings.co_self_shielding)
     rhs = model.make_rhs()
 
     def vector_field(t, y, args):
