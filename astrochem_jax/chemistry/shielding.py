@@ -80,44 +80,56 @@ def natural_spline_matrix(x: np.ndarray) -> np.ndarray:
 
 
 class NaturalSpline:
-    """Natural cubic spline on fixed knots, as cardinal weights: f(x) = weights(x) @ y.
+    """Natural cubic spline on fixed knots (x clamped to [knots[0], knots[-1]]).
 
-    Linear in the values y, so a tensor-product (bicubic) spline is weights(x1) @ Y @ weights(x2).
-    x is clamped to [knots[0], knots[-1]].
+    `__call__(values, second, x)` evaluates along the last axis of `values` [..., n] with their
+    knot second derivatives `second` [..., n] (`second_derivatives`): the Numerical Recipes
+    `splint` formula. No search loop: the interval is a count of knots passed (small grids),
+    which keeps the shielded rates cheap inside the solver's right-hand side.
     """
 
     def __init__(self, knots: np.ndarray):
         self.knots = np.asarray(knots, dtype=np.float64)
-        self.second = natural_spline_matrix(self.knots)
+        self.matrix = natural_spline_matrix(self.knots)
 
-    def weights(self, x):
+    def second_derivatives(self, values):
+        """values [..., n] -> second derivatives [..., n] (numpy in, numpy out; jnp in, jnp out)."""
+        if isinstance(values, np.ndarray):
+            return values @ self.matrix.T
+        return values @ jnp.asarray(self.matrix.T)
+
+    def __call__(self, values, second, x):
         knots = jnp.asarray(self.knots)
         x = jnp.clip(x, knots[0], knots[-1])
-        k = jnp.clip(jnp.searchsorted(knots, x, side="right") - 1, 0, self.knots.size - 2)
-        h = knots[k + 1] - knots[k]
-        a = (knots[k + 1] - x) / h
+        # Interval k by counting knots passed; one-hot weights instead of gathers (cheaper under
+        # vmap on CPU for these few knots).
+        k = jnp.sum(x >= knots[1:-1])
+        index = jnp.arange(self.knots.size)
+        left, right = index == k, index == k + 1
+        h = jnp.sum(jnp.where(right, knots, 0.0)) - jnp.sum(jnp.where(left, knots, 0.0))
+        a = (jnp.sum(jnp.where(right, knots, 0.0)) - x) / h
         b = 1.0 - a
-        unit = jnp.eye(self.knots.size, dtype=jnp.float64)
-        second = jnp.asarray(self.second)
-        return (a * unit[k] + b * unit[k + 1]
-                + ((a**3 - a) * second[k] + (b**3 - b) * second[k + 1]) * h**2 / 6.0)
+        linear = jnp.where(left, a, 0.0) + jnp.where(right, b, 0.0)
+        curve = (jnp.where(left, a**3 - a, 0.0) + jnp.where(right, b**3 - b, 0.0)) * h**2 / 6.0
+        return values @ linear + second @ curve
 
 
 class COShieldingTable:
-    """log10 Theta [n_co, n_h2] on its grid, with the splines that interpolate it."""
+    """log10 Theta [n_co, n_h2] on its grid, interpolated as a tensor-product natural spline:
+    along N(H2) for every N(CO) knot (second derivatives precomputed), then along N(CO)."""
 
     def __init__(self, log10_n_co: np.ndarray, log10_theta: np.ndarray):
         self.log10_theta = np.asarray(log10_theta, dtype=np.float64)
         self.co = NaturalSpline(log10_n_co)
         self.h2 = NaturalSpline(LOG10_N_H2_GRID)
+        self.second_h2 = self.h2.second_derivatives(self.log10_theta)
 
     def __call__(self, column_co_cm2, column_h2_cm2):
         """Theta in (0, ~1]: the shielding factor of CO photodissociation."""
         log_co = jnp.log10(jnp.maximum(column_co_cm2, 0.0) + 1.0)
         log_h2 = jnp.log10(jnp.maximum(column_h2_cm2, 0.0) + 1.0)
-        log_theta = self.co.weights(log_co) @ jnp.asarray(self.log10_theta) @ self.h2.weights(
-            log_h2)
-        return 10.0**log_theta
+        at_h2 = self.h2(jnp.asarray(self.log10_theta), jnp.asarray(self.second_h2), log_h2)
+        return 10.0 ** self.co(at_h2, self.co.second_derivatives(at_h2), log_co)
 
 
 def _uclchem_v3_layout() -> tuple[np.ndarray, np.ndarray]:
@@ -133,12 +145,14 @@ CO_SHIELDING_TABLES: dict[str, COShieldingTable] = {
 }
 
 _TAU_RATIO_SPLINE = NaturalSpline(_LAMBDA_GRID_A)
+_TAU_RATIO_SECOND = _TAU_RATIO_SPLINE.second_derivatives(_TAU_RATIO_GRID)
 
 
 def tau_ratio(wavelength_A):
     """tau_lambda / tau_V (Savage & Mathis 1979, natural cubic spline, floored at 0)."""
-    return jnp.maximum(_TAU_RATIO_SPLINE.weights(wavelength_A) @ jnp.asarray(_TAU_RATIO_GRID),
-                       0.0)
+    value = _TAU_RATIO_SPLINE(jnp.asarray(_TAU_RATIO_GRID), jnp.asarray(_TAU_RATIO_SECOND),
+                              wavelength_A)
+    return jnp.maximum(value, 0.0)
 
 
 def dust_attenuation(wavelength_A, av_mag):
