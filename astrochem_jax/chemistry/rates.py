@@ -50,8 +50,10 @@ Shielding column (`shielding_column`): N_X = x_X N_H for X = H2, C, CO with
 - "cloud" (default; UCLCHEM's one-point cloud model): N_H = 0.5 n_H L, half the column through
   a cloud of size L (`cloud_size_pc`, default 0.05 pc = UCLCHEM's default `rout`). UCLCHEM's Av
   adds an external base extinction that carries no H2, C or CO. Measured on the shared
-  translucent UCLCHEM run (n_H = 1e3 cm^-3, Av 2.1): median |dlog10| 0.185 dex at 1 Myr with the
-  "av" column, 0.038 with this one and CO shielding, 3e-4 with the "uclchem_v3" table.
+  translucent UCLCHEM run (n_H = 1e3 cm^-3, 20 K, Av 2.1), median |dlog10| at 1 Myr:
+  column "av" / "cloud" with the plain photo law for CO 0.185 / 0.013 dex; with CO
+  self-shielding "vdb88" 0.165 / 0.038; "uclchem_v3" table and "cloud" 3e-4 (the dark-cloud
+  level). The column is most of the gap: it sets the C photoionisation (H2 line overlap).
 - "av": N_H = 1.6e21 Av cm^-2 (Bohlin et al. 1978), the whole column to the surface.
 
 Temperature ranges. Each row is used inside its own [t_min, t_max]. Rows of one reaction (same
