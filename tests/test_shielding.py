@@ -138,3 +138,9 @@ def test_co_factor_is_smooth_for_the_jacobian():
         fd_h2 = (log_factor(log_co, log_h2 + h) - log_factor(log_co, log_h2 - h)) / (2 * h)
         assert d_co == pytest.approx(float(fd_co), rel=1e-5, abs=1e-7)
         assert d_h2 == pytest.approx(float(fd_h2), rel=1e-5, abs=1e-7)
+
+
+def test_co_band_spline_window_is_the_full_spline():
+    wavelengths = jnp.linspace(*shielding.LAMBDA_BAR_RANGE_A, 57)
+    np.testing.assert_allclose(np.asarray(jax.vmap(shielding._tau_ratio_co_bands)(wavelengths)),
+                               np.asarray(jax.vmap(shielding.tau_ratio)(wavelengths)), rtol=1e-14)

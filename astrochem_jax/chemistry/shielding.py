@@ -155,10 +155,22 @@ def tau_ratio(wavelength_A):
     return jnp.maximum(value, 0.0)
 
 
-def dust_attenuation(wavelength_A, av_mag):
+# The same spline on the knots that bracket the CO bands (lambda_bar in [913.6, 1076.1] A):
+# identical values there, 6 knots to search instead of 30 inside the solver's RHS.
+_CO_BAND_KNOTS = 6
+_CO_BAND_SPLINE = NaturalSpline(_LAMBDA_GRID_A[:_CO_BAND_KNOTS])
+
+
+def _tau_ratio_co_bands(wavelength_A):
+    return jnp.maximum(_CO_BAND_SPLINE(jnp.asarray(_TAU_RATIO_GRID[:_CO_BAND_KNOTS]),
+                                       jnp.asarray(_TAU_RATIO_SECOND[:_CO_BAND_KNOTS]),
+                                       wavelength_A), 0.0)
+
+
+def dust_attenuation(wavelength_A, av_mag, ratio=tau_ratio):
     """S(lambda, Av) in (0, 1]: UV attenuation by dust including grain scattering (Wagenblast &
-    Hartquist 1989)."""
-    tau = jnp.maximum(av_mag, 0.0) / _MAG_PER_TAU * tau_ratio(wavelength_A)
+    Hartquist 1989). `ratio`: tau_lambda / tau_V as a function of wavelength."""
+    tau = jnp.maximum(av_mag, 0.0) / _MAG_PER_TAU * ratio(wavelength_A)
     c, k = jnp.asarray(_SCATTER_C), jnp.asarray(_SCATTER_K)
     thin = c[0] * jnp.exp(-k[0] * tau)
     thick = jnp.sum(c[1:] * jnp.exp(-k[1:] * tau[..., None]), axis=-1)
@@ -177,4 +189,4 @@ def co_photodissociation_factor(column_co_cm2, column_h2_cm2, av_mag, table: str
     """Theta(N_CO, N_H2) S(lambda_bar, Av): multiply by k0 G0/1.7 for the CO rate [s^-1]."""
     theta = CO_SHIELDING_TABLES[table](column_co_cm2, column_h2_cm2)
     wavelength = co_band_wavelength_A(column_co_cm2, column_h2_cm2)
-    return theta * dust_attenuation(wavelength, av_mag)
+    return theta * dust_attenuation(wavelength, av_mag, ratio=_tau_ratio_co_bands)
