@@ -501,7 +501,7 @@ def effective_coefficients(table: RateTable, c: Conditions) -> jax.Array:
             continue
         t_special = t_row[rows] if t_row is not None else jnp.full(rows.shape, t)
         law = rate_law(table, name)(jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
-                              jnp.asarray(table.gamma[rows]), t_special, c)
+                                    jnp.asarray(table.gamma[rows]), t_special, c)
         k_eff = k_eff.at[rows].set(law * jnp.exp(jnp.asarray(table.density_power[rows]) * ln_n))
     return k_eff * active_rows(table, t)
 
