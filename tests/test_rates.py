@@ -58,9 +58,27 @@ def test_cosmic_ray_laws_scale_with_zeta():
 def test_photo_uses_draine_field_conversion():
     expected = 2.4e-10 * math.exp(-3.88 * 2.0) * 3.4 / 1.7
     assert law("photo", 2.4e-10, 0.0, 3.88, av=2.0, g0=3.4) == pytest.approx(expected, rel=1e-12)
-    # No shielding column: the CO law is the plain photo law.
-    assert law("co_photodissociation", 2.4e-10, 0.0, 3.88, av=2.0, g0=3.4) == pytest.approx(
-        expected, rel=1e-12)
+
+
+def test_co_photodissociation_van_dishoeck_black():
+    """alpha (G0/1.7) Theta(N_CO, N_H2) S(lambda_bar, Av); gamma unused; the row's alpha is
+    replaced by the van Dishoeck & Black unattenuated rate in the table."""
+    from astrochem_jax.chemistry import shielding
+
+    n_co, n_h2, av, g0 = 1e15 - 1.0, 1e20 - 1.0, 1.5, 3.4  # log10(N + 1) on the table's knots
+    theta = 10.0**-6.273e-1  # Table 5: N(CO) = 1e15, N(H2) = 1e20
+    lu, lw = 15.0, 20.0
+    wavelength = (5675 - 200.6 * lw) - (571.6 - 24.09 * lw) * lu + (18.22 - 0.7664 * lw) * lu**2
+    expected = 2e-10 * g0 / 1.7 * theta * float(shielding.dust_attenuation(wavelength, av))
+    value = law("co_photodissociation", 2e-10, 0.0, 3.88, av=av, g0=g0, n_co=n_co, n_h2=n_h2)
+    assert value == pytest.approx(expected, rel=1e-12, abs=0)
+    net = Network("co", ("C", "O", "CO"), (
+        Reaction(("CO",), ("C", "O"), "co_photodissociation", 2.4e-10, 0.0, 3.88),))
+    table = rates.build_rate_table(net)
+    assert table.alpha[0] == shielding.CO_PHOTO_ALPHA_S and table.gamma[0] == 0.0
+    # Unshielded (no columns): Theta = 1 and S at lambda_bar = 1076.1 A (N = 0 clips to band 33).
+    k = float(rates.rate_coefficients(table, 1e3, 20.0, 0.0, 1.7, 1.0)[0])
+    assert k == pytest.approx(2e-10, rel=1e-12, abs=0)
 
 
 def test_h2_self_shielding_draine_bertoldi():
@@ -178,13 +196,17 @@ def test_uclchem_placeholder_h2_row_gets_physical_rate():
 def test_shielding_uses_abundances():
     net = Network("s", ("H", "H2"), (
         Reaction(("H2",), ("H", "H"), "h2_photodissociation", 5.68e-11, 0.0, 3.74),))
-    table = rates.build_rate_table(net)
-    free = float(rates.rate_coefficients(table, 1e3, 20.0, 1.0, 1.0, 1.0)[0])
-    shielded = float(rates.rate_coefficients(table, 1e3, 20.0, 1.0, 1.0, 1.0,
-                                             abundances=jnp.asarray([0.0, 0.5]))[0])
-    column = 0.5 * rates.NH_PER_AV_CM2 * 1.0
-    assert shielded == pytest.approx(free * float(rates.h2_self_shielding(column)), rel=1e-12)
-    assert shielded < 1e-3 * free
+    for mode, column_h in (("cloud", 0.5 * 1e3 * 0.2 * rates.PARSEC_CM),  # 0.5 n_H L
+                           ("av", rates.NH_PER_AV_CM2 * 1.0)):  # 1.6e21 Av
+        table = rates.build_rate_table(net, shielding_column=mode, cloud_size_pc=0.2)
+        free = float(rates.rate_coefficients(table, 1e3, 20.0, 1.0, 1.0, 1.0)[0])
+        shielded = float(rates.rate_coefficients(table, 1e3, 20.0, 1.0, 1.0, 1.0,
+                                                 abundances=jnp.asarray([0.0, 0.5]))[0])
+        # `free` has no column: f(0) = 0.99997 (Draine & Bertoldi's fit), not 1.
+        expected = free * float(rates.h2_self_shielding(0.5 * column_h) / rates.h2_self_shielding(
+            0.0))
+        assert shielded == pytest.approx(expected, rel=1e-12, abs=0), mode
+        assert shielded < 1e-3 * free
 
 
 def test_bad_rate_type_and_range_are_named():
@@ -198,3 +220,24 @@ def test_bad_rate_type_and_range_are_named():
         rates.build_rate_table(net)
     with pytest.raises(ValueError, match="temperature_policy"):
         rates.build_rate_table(ranged_network(), temperature_policy="nearest")
+    with pytest.raises(ValueError, match="shielding_column.*'slab'"):
+        rates.build_rate_table(ranged_network(), shielding_column="slab")
+    with pytest.raises(ValueError, match="co_self_shielding.*'lee96'"):
+        rates.build_rate_table(ranged_network(), co_self_shielding="lee96")
+    with pytest.raises(ValueError, match="cloud_size_pc"):
+        rates.build_rate_table(ranged_network(), cloud_size_pc=0.0)
+
+
+def test_range_limits_are_robust_to_round_off():
+    """A temperature a few ulps from a limit (e.g. 10**log10(15) = 14.999999999999996) selects
+    the same rows as the limit itself, under every policy (issue 11)."""
+    from test_solver import INTEGER_LIMITS_K, limits_network
+
+    for policy in rates.TEMPERATURE_POLICIES:
+        table = rates.build_rate_table(limits_network(), temperature_policy=policy)
+        for limit in INTEGER_LIMITS_K:
+            exact = np.asarray(rates.active_rows(table, limit))
+            for t in (10.0 ** math.log10(limit), limit * (1 - 4e-16), limit * (1 + 4e-16),
+                      math.exp(math.log(limit))):
+                np.testing.assert_array_equal(np.asarray(rates.active_rows(table, t)), exact,
+                                              err_msg=f"{policy}: T={t!r} vs {limit}")

@@ -176,14 +176,113 @@ def test_batches_are_padded_and_match_single_batch(tiny, tiny_solution):
 
 def test_interpolation_is_linear_in_log():
     node_time = jnp.asarray([0.0, 10.0, 30.0])
-    node_log = jnp.log10(jnp.asarray([[1e2, 10, 1, 1, 1], [1e4, 10, 1, 1, 1],
-                                      [1e5, 20, 1, 1, 1]], dtype=jnp.float64))
-    p = solver.interpolate_physical(jnp.asarray(5.0), node_time, node_log)
+    nodes = jnp.asarray([[1e2, 10, 1, 1, 1], [1e4, 10, 1, 1, 1], [1e5, 20, 1, 1, 1]],
+                        dtype=jnp.float64)
+    p = solver.interpolate_physical(jnp.asarray(5.0), node_time, nodes)
     np.testing.assert_allclose(p[0], 1e3, rtol=1e-12)
-    p = solver.interpolate_physical(jnp.asarray(20.0), node_time, node_log)
+    p = solver.interpolate_physical(jnp.asarray(20.0), node_time, nodes)
     np.testing.assert_allclose(p[:2], [10**4.5, 10 * 2**0.5], rtol=1e-12)
-    p = solver.interpolate_physical(jnp.asarray(99.0), node_time, node_log)
+    p = solver.interpolate_physical(jnp.asarray(99.0), node_time, nodes)
     np.testing.assert_allclose(p[0], 1e5, rtol=1e-12)
+    # Continuous (to round-off) where the formula switches from one end node to the other.
+    below, above = (solver.interpolate_physical(jnp.asarray(20.0 + d), node_time, nodes)
+                    for d in (-1e-9, 1e-9))
+    np.testing.assert_allclose(below, above, rtol=1e-9)
+
+
+# Integer limits that `10**log10` does not return unchanged (issue 11), and some that it does.
+INTEGER_LIMITS_K = (5.0, 10.0, 12.0, 13.0, 15.0, 20.0, 22.0, 23.0, 24.0, 25.0, 30.0, 38.0, 50.0,
+                    56.0, 57.0, 80.0, 83.0, 90.0, 100.0, 150.0, 200.0, 300.0)
+
+
+def test_constant_track_gives_node_values_bit_for_bit():
+    node_time = jnp.asarray([0.0, 3e12, 3e12, 3e13])  # a repeated node time (a jump) too
+    times = (0.0, 1e12, 3e12, 2e13, 3e13, 5e13)
+    interpolate = jax.jit(solver.interpolate_physical)
+    for temperature in INTEGER_LIMITS_K:
+        node = np.array([1e5, temperature, 2.0964375, 1.7, 1.3])
+        nodes = jnp.asarray(np.tile(node, (4, 1)))
+        for t in times:
+            np.testing.assert_array_equal(interpolate(jnp.asarray(t), node_time, nodes), node)
+
+
+def test_varying_track_gives_node_values_bit_for_bit():
+    node_time = jnp.asarray([0.0, 1e11, 4e11, 9e11])
+    nodes = np.array([[3e3, 15.0, 1.0, 0.1, 0.5], [1e4, 15.0, 2.5, 0.1, 0.5],
+                      [2e5, 20.0, 7.3, 0.1, 3.2], [1e7, 13.0, 23.0, 10.0, 3.2]])
+    interpolate = jax.jit(solver.interpolate_physical)
+    for k in range(4):
+        np.testing.assert_array_equal(
+            interpolate(node_time[k], node_time, jnp.asarray(nodes)), nodes[k])
+    # Temperature constant on the first segment: exact inside it, not only at its ends.
+    assert float(interpolate(jnp.asarray(0.37e11), node_time, jnp.asarray(nodes))[1]) == 15.0
+
+
+def limits_network() -> Network:
+    """Rows switching on or off at integer temperatures, with touching ranges at 15 and 20 K."""
+    R = Reaction
+    reactions = [R(("H2",), ("H2+", "e-"), "cosmic_ray", 1.2e-17, 0.0, 0.0)]
+    for limit in INTEGER_LIMITS_K:
+        reactions += [
+            R(("C", "O"), ("CO",), "two_body", 1e-17 * limit, 0.3, 2.0, limit, 41000.0),
+            R(("C+", "e-"), ("C",), "two_body", 2e-12, -0.6, 0.0, min(limit, 10.0), limit),
+        ]
+    reactions += [
+        R(("O+", "H2"), ("OH+", "H"), "two_body", 1.6e-9, 0.0, 0.0, 10.0, 15.0),
+        R(("O+", "H2"), ("OH+", "H"), "two_body", 1.7e-9, 0.1, 0.0, 15.0, 20.0),
+        R(("O+", "H2"), ("OH+", "H"), "two_body", 1.8e-9, 0.2, 0.0, 20.0, 41000.0),
+        R(("H2",), ("H", "H"), "h2_photodissociation", 5.68e-11, 0.0, 3.74, 15.0, 41000.0),
+        R(("CO",), ("C", "O"), "co_photodissociation", 2.4e-10, 0.0, 3.88, 20.0, 41000.0),
+        R(("H", "H"), ("H2",), "h2_formation", 1.0, 0.0, 0.0, 13.0, 41000.0),
+    ]
+    species = ("H", "H2", "H2+", "C", "C+", "O", "O+", "OH+", "CO", "e-")
+    return Network("limits", species, tuple(reactions))
+
+
+@pytest.mark.parametrize("temperature", INTEGER_LIMITS_K)
+def test_solver_rates_on_a_constant_track_equal_rates_at_the_exact_temperature(temperature):
+    """The coefficients the solver's RHS uses on a constant track at T are those of
+    `rates.rate_coefficients` at T itself, for every row (issue 11: 15 K and 20 K rows were
+    switched off by a 10**log10 round trip)."""
+    from astrochem_jax.chemistry import rates
+
+    network = limits_network()
+    model = solver.build_model(network)
+    node = np.array([1e5, temperature, 2.0, 1.0, 1.0])
+    nodes = jnp.asarray(np.tile(node, (3, 1)))
+    node_time = jnp.asarray([0.0, 1e12, 3e13])
+    x = np.full(network.n_species, 1e-5)
+    shield = jnp.asarray(x[[network.index(s) for s in ("H2", "C", "CO")]])
+    for t in (0.0, 5e11, 1e12, 2e13):
+        physical = solver.interpolate_physical(jnp.asarray(t), node_time, nodes)
+        used = np.asarray(model.rate_coefficients(shield, physical))
+        exact = np.asarray(rates.rate_coefficients(
+            model.table, *node, abundances=jnp.asarray(x))) * node[0] ** model.table.density_power
+        np.testing.assert_array_equal(used != 0, exact != 0)
+        np.testing.assert_allclose(used, exact, rtol=1e-11, atol=0.0)
+    on = np.asarray(rates.active_rows(model.table, temperature)) > 0
+    # The three touching O+ + H2 rows: exactly one applies at every temperature.
+    assert on[-6:-3].sum() == 1
+
+
+@pytest.mark.parametrize("temperature", (15.0, 20.0))
+def test_rows_starting_at_the_track_temperature_are_integrated(temperature):
+    """End to end: on a constant track at T, a row whose range starts at T is on (its product
+    follows the exact first-order solution) and a row whose range ends at T is on too."""
+    R = Reaction
+    network = Network("edges", ("H2", "H2+", "He", "He+", "e-"), (
+        R(("H2",), ("H2+", "e-"), "cosmic_ray", 2e-14, 0.0, 0.0, temperature, 41000.0),
+        R(("He",), ("He+", "e-"), "cosmic_ray", 1e-14, 0.0, 0.0, 10.0, temperature),
+    ))
+    x0 = np.array([0.5, 0.0, 0.1, 0.0, 0.0])
+    physical = np.tile([1e4, temperature, 5.0, 1.0, 1.0], (1, 2, 1))
+    out = np.array([0.0, 1e5, 1e6])
+    result = solver.solve_tracks(network, x0, np.array([[0.0, 1e6]]), physical, out,
+                                 solver.SolverSettings(batch_size=1, rtol=1e-9), progress=False)
+    np.testing.assert_array_equal(result.result_code, 0)
+    t_s = out * solver.SECONDS_PER_YEAR
+    np.testing.assert_allclose(result.abundances[0, :, 0], 0.5 * np.exp(-2e-14 * t_s), rtol=1e-6)
+    np.testing.assert_allclose(result.abundances[0, :, 2], 0.1 * np.exp(-1e-14 * t_s), rtol=1e-6)
 
 
 def test_bad_inputs_name_the_field(tiny):

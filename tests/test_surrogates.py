@@ -322,22 +322,28 @@ def test_incompatible_components_are_refused(trained):
 
 
 def test_inference_form_of_an_untied_autoencoder_without_batchnorm():
-    """Untied decoder kernels and no normalisation fold like the default architecture."""
+    """Untied decoder kernels, no normalisation, a linear latent and a clipped output fold like
+    the default architecture."""
     from astrochem_jax.models import Autoencoder
     from astrochem_jax.surrogates import inference
 
     ae = Autoencoder(S, hidden_dims=(12, 8), latent_dim=L, latent_noise_std=0.0,
-                     normalization="none", tied_weights=False, rngs=nnx.Rngs(5))
+                     normalization="none", tied_weights=False, latent_activation="linear",
+                     output_activation="clip", rngs=nnx.Rngs(5))
     tied = Autoencoder(S, hidden_dims=(12, 8), latent_dim=L, latent_noise_std=0.0,
                        normalization="none", rngs=nnx.Rngs(5))
     ae.eval()
     assert not ae.encoder_norms and len(ae.decoder_kernels) == 3
     s = jax.random.uniform(jax.random.key(0), (5, S))
     z = ae.encode(s)
-    np.testing.assert_allclose(np.asarray(inference.encode(inference.encoder_layers(ae), s)),
-                               np.asarray(z), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(inference.decode(inference.decoder_layers(ae), z)),
-                               np.asarray(ae.decode(z)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(inference.encode(inference.encoder_layers(ae), s, "linear")),
+        np.asarray(z), rtol=1e-5, atol=1e-6)
+    decoded = np.asarray(ae.decode(z * 40.0))  # far out: some outputs clip at 0 or 1 exactly
+    assert decoded.min() == 0.0 or decoded.max() == 1.0
+    np.testing.assert_allclose(
+        np.asarray(inference.decode(inference.decoder_layers(ae), z * 40.0, "clip")), decoded,
+        rtol=1e-5, atol=1e-6)
     # Untied: the decoder does not read the encoder kernels (unlike the tied model).
     assert not np.allclose(np.asarray(ae.decoder_kernel(0)),
                            np.asarray(ae.encoder_layers[-1].kernel[...]).T)

@@ -156,3 +156,22 @@ def test_interpolate_log_tracks_matches_nodes():
     np.testing.assert_allclose(out, phys, rtol=1e-12)
     mid = tracks.interpolate_log_tracks(node_time, phys, TIME_YEARS[:2].mean()[None])
     np.testing.assert_allclose(mid[:, 0], np.sqrt(phys[:, 0] * phys[:, 1]), rtol=1e-12)
+
+
+def test_interpolate_log_tracks_is_exact_at_nodes_and_on_constant_segments():
+    """Same values, bit for bit, as the solver integrates (no 10**log10 round trip: 15 K stays
+    15 K, issue 11)."""
+    import jax.numpy as jnp
+
+    from astrochem_jax.chemistry import solver
+
+    node_time = np.array([[0.0, 1e3, 1e4, 1e5]])
+    phys = np.array([[[1e4, 15.0, 2.0, 1.0, 1.3], [1e4, 15.0, 3.0, 1.0, 1.3],
+                      [5e4, 20.0, 7.0, 0.1, 1.3], [1e6, 13.0, 23.0, 0.1, 1.3]]])
+    times = np.array([0.0, 200.0, 1e3, 4e3, 1e4, 7e4, 1e5, 2e5])
+    out = tracks.interpolate_log_tracks(node_time, phys, times)
+    np.testing.assert_array_equal(out[0, [0, 2, 4, 6, 7]], phys[0, [0, 1, 2, 3, 3]])
+    assert out[0, 1, 1] == 15.0 and out[0, 1, 0] == 1e4 and np.all(out[0, :, 4] == 1.3)
+    for t, row in zip(times, out[0], strict=True):
+        np.testing.assert_array_equal(row, solver.interpolate_physical(
+            jnp.asarray(t), jnp.asarray(node_time[0]), jnp.asarray(phys[0])))

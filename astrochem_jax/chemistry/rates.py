@@ -21,15 +21,22 @@ Rate laws (the `RATE_LAWS` registry at the bottom, keyed by `Reaction.rate_type`
 - "photo": alpha exp(-gamma Av) G0/1.7. UMIST/UCLCHEM alphas are unshielded rates in the Draine
   (1978) field, which is 1.7 Habing; our G0 is in Habing, hence the division.
 - "h2_photodissociation": photo law times the H2 self-shielding factor of Draine & Bertoldi
-  (1996, ApJ 468, 269, eq. 37) with Doppler parameter `H2_DOPPLER_B_KMS`; N(H2) = x_H2 N_H and
-  N_H = 1.6e21 Av cm^-2 (Bohlin et al. 1978). UCLCHEM's network carries a placeholder row
+  (1996, ApJ 468, 269, eq. 37) with Doppler parameter `H2_DOPPLER_B_KMS`; N(H2) = x_H2 N_H with
+  the shielding column N_H below. UCLCHEM's network carries a placeholder row
   (alpha = 1); a row with alpha >= `PLACEHOLDER_ALPHA` gets the unshielded Draine-field rate
   `H2_PHOTO_ALPHA_S` (Heays et al. 2017, A&A 602, A105) and the dust attenuation exp(-3.74 Av)
   of Draine & Bertoldi (1996).
 - "c_photoionisation": alpha G0/1.7 exp(-tau_C) with the Kamp & Bertoldi (2000, A&A 353, 276)
   optical depth tau_C = gamma Av + 1.1e-17 N(C) + 0.9 T^0.27 (N(H2)/1.59e21)^0.45 (C
   self-shielding and H2 line overlap); N(C) = x_C N_H.
-- "co_photodissociation": the plain photo law (CO self-shielding is not modelled; documented gap).
+- "co_photodissociation": van Dishoeck & Black (1988, ApJ 334, 771), as UCLCHEM:
+  k = 2e-10 s^-1 (G0/1.7) Theta(N_CO, N_H2) S(lambda_bar, Av), with CO self-shielding and
+  shielding by H2 lines Theta (their Table 5, bicubic spline) and dust attenuation with grain
+  scattering S at the bands' mean wavelength lambda_bar (see `shielding.py`). The row's alpha is
+  replaced by that unattenuated rate (`shielding.CO_PHOTO_ALPHA_S`, with which Theta was
+  computed; UCLCHEM does the same) and its gamma is unused (S replaces exp(-gamma Av)).
+  `co_self_shielding` picks the table layout: "vdb88" (as published, default) or "uclchem_v3"
+  (as UCLCHEM v3 reads it, for cross-checks; see `shielding.py`).
 - "h2_formation": H2 formation on grains, Cazaux & Tielens (2002, ApJ 575, L29; 2004, ApJ 604,
   222) efficiency on silicate and graphite grains with the Hollenbach & McKee (1979) sticking
   coefficient, as in UCL_PDR/UCLCHEM:
@@ -38,6 +45,16 @@ Rate laws (the `RATE_LAWS` registry at the bottom, keyed by `Reaction.rate_type`
   formation rate is R = k n_H n(H) [cm^-3 s^-1]: first order in atomic H times n_H; the solver
   removes two H per H2. The row's alpha multiplies k (UCLCHEM's H2FORM row has alpha = 1).
   The dust temperature equals the gas temperature (we carry no separate dust temperature).
+
+Shielding column (`shielding_column`): N_X = x_X N_H for X = H2, C, CO with
+- "cloud" (default; UCLCHEM's one-point cloud model): N_H = 0.5 n_H L, half the column through
+  a cloud of size L (`cloud_size_pc`, default 0.05 pc = UCLCHEM's default `rout`). UCLCHEM's Av
+  adds an external base extinction that carries no H2, C or CO. Measured on the shared
+  translucent UCLCHEM run (n_H = 1e3 cm^-3, 20 K, Av 2.1), median |dlog10| at 1 Myr:
+  column "av" / "cloud" with the plain photo law for CO 0.185 / 0.013 dex; with CO
+  self-shielding "vdb88" 0.165 / 0.038; "uclchem_v3" table and "cloud" 3e-4 (the dark-cloud
+  level). The column is most of the gap: it sets the C photoionisation (H2 line overlap).
+- "av": N_H = 1.6e21 Av cm^-2 (Bohlin et al. 1978), the whole column to the surface.
 
 Temperature ranges. Each row is used inside its own [t_min, t_max]. Rows of one reaction (same
 reactants, products and rate type) whose ranges touch (t_max of one = t_min of the next) are
@@ -56,6 +73,9 @@ range; a code that evaluates row by row, like UCLCHEM, sums them). `temperature_
 - "extrapolate": the same rows as "clamp", evaluated at T itself (median 0.2-0.3 dex from
   UCLCHEM).
 In the (rare) gap between two non-touching ranges of one reaction no row is used.
+Limits are compared with a relative tolerance (`RANGE_RTOL` = 1e-6): T within it of a limit is on
+the limit, so a T that went through log/exp (10**log10(15) = 14.999999999999996) or float32
+selects the same rows as the limit itself (issue 11: rows starting at 15 K or 20 K were off).
 
 Fast path: `effective_coefficients` returns k n^p (p = order - 1) with one exp per reaction:
 for every log-linear law, ln(k n^p / prefactor) = E @ [ln(T/300), 1/T, ln n, Av, ln zeta, ln G0]
@@ -65,6 +85,7 @@ are evaluated on their few rows with `RATE_LAWS`. Tests check it against `RATE_L
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -73,6 +94,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from astrochem_jax.chemistry import shielding
 from astrochem_jax.chemistry.network import Network
 
 # N_H per magnitude of visual extinction (Bohlin, Savage & Drake 1978) [cm^-2 mag^-1].
@@ -89,8 +111,14 @@ H2_PHOTO_GAMMA = 3.74
 # Rows of photo type with alpha at or above this are placeholders (1 s^-1 is unphysical).
 PLACEHOLDER_ALPHA = 1e-3
 TEMPERATURE_POLICIES = ("clamp", "extrapolate", "cutoff")
+SHIELDING_COLUMNS = ("cloud", "av")
+CO_SELF_SHIELDING = tuple(shielding.CO_SHIELDING_TABLES)
+PARSEC_CM = 3.0856775814913673e18
 # Lower limits at or below this are the databases' conventional floor, not a measured limit.
 DATABASE_FLOOR_K = 10.0
+# Relative tolerance of temperature-range limits: conditions that went through log/exp or float32
+# (relative error ~1e-16 or ~6e-8) still land on an integer limit; physically nil (15 uK at 15 K).
+RANGE_RTOL = 1e-6
 
 
 class Conditions(NamedTuple):
@@ -167,9 +195,13 @@ def c_photoionisation(alpha, beta, gamma, temperature_K, c: Conditions):
         temperature_K)
 
 
-def co_photodissociation(alpha, beta, gamma, temperature_K, c: Conditions):
-    """CO photodissociation: the plain photo law (no CO self-shielding) [s^-1]."""
-    return photo(alpha, beta, gamma, temperature_K, c)
+def co_photodissociation(alpha, beta, gamma, temperature_K, c: Conditions,
+                         co_table: str = "vdb88"):
+    """van Dishoeck & Black (1988) CO photodissociation, alpha (G0/1.7) Theta S [s^-1] (alpha:
+    the unattenuated Draine-field rate; gamma unused; see `shielding.py`)."""
+    factor = shielding.co_photodissociation_factor(c.column_co_cm2, c.column_h2_cm2, c.av_mag,
+                                                   co_table)
+    return alpha * (c.radfield_habing / DRAINE_PER_HABING) * factor * jnp.ones_like(temperature_K)
 
 
 def h2_formation_rate_cm3_s(gas_temperature_K, dust_temperature_K):
@@ -235,7 +267,8 @@ class RateTable:
     `RATE_TYPES`; type_rows: {rate_type: row indices}; upper_open, is_lowest, is_highest: bool
     [R] (temperature-range bookkeeping, see the module docstring); prefactor [R] and
     exponent [R, 6]: the log-linear fast path; h2_index, c_index, co_index: state positions of
-    the shielding species (-1 when absent).
+    the shielding species (-1 when absent); shielding_column, cloud_size_cm, co_self_shielding:
+    the shielding model (module docstring).
     """
 
     alpha: np.ndarray
@@ -255,6 +288,9 @@ class RateTable:
     c_index: int
     co_index: int
     temperature_policy: str
+    shielding_column: str = "cloud"
+    cloud_size_cm: float = 0.05 * PARSEC_CM
+    co_self_shielding: str = "vdb88"
 
     @property
     def n_reactions(self) -> int:
@@ -280,12 +316,18 @@ def _log_linear_form(rate_type: str, alpha: float, beta: float, gamma: float, po
     return 0.0, row  # special types: filled in by their rate law
 
 
-def build_rate_table(network: Network, temperature_policy: str = "cutoff") -> RateTable:
-    """Collect the rate parameters of `network` into arrays; raise on unknown rate types."""
-    if temperature_policy not in TEMPERATURE_POLICIES:
-        raise ValueError(
-            f"temperature_policy: expected one of {TEMPERATURE_POLICIES}, "
-            f"found {temperature_policy!r}")
+def build_rate_table(network: Network, temperature_policy: str = "cutoff",
+                     shielding_column: str = "cloud", cloud_size_pc: float = 0.05,
+                     co_self_shielding: str = "vdb88") -> RateTable:
+    """Collect the rate parameters of `network` into arrays; raise on unknown rate types or
+    settings (temperature policy and shielding model: see the module docstring)."""
+    for name, value, allowed in (("temperature_policy", temperature_policy, TEMPERATURE_POLICIES),
+                                 ("shielding_column", shielding_column, SHIELDING_COLUMNS),
+                                 ("co_self_shielding", co_self_shielding, CO_SELF_SHIELDING)):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {allowed}, found {value!r}")
+    if not cloud_size_pc > 0:
+        raise ValueError(f"cloud_size_pc: expected > 0, found {cloud_size_pc!r}")
     reactions = network.reactions
     for r in reactions:
         if r.rate_type not in RATE_LAWS:
@@ -298,6 +340,8 @@ def build_rate_table(network: Network, temperature_policy: str = "cutoff") -> Ra
     for i, r in enumerate(reactions):
         if r.rate_type == "h2_photodissociation" and r.alpha >= PLACEHOLDER_ALPHA:
             alpha[i], beta[i], gamma[i] = H2_PHOTO_ALPHA_S, 0.0, H2_PHOTO_GAMMA
+        if r.rate_type == "co_photodissociation":
+            alpha[i], beta[i], gamma[i] = shielding.CO_PHOTO_ALPHA_S, 0.0, 0.0
     t_min = np.array([r.t_min_K for r in reactions], dtype=np.float64)
     t_max = np.array([r.t_max_K for r in reactions], dtype=np.float64)
     bad = np.flatnonzero(~(t_max >= t_min))
@@ -342,21 +386,45 @@ def build_rate_table(network: Network, temperature_policy: str = "cutoff") -> Ra
         is_highest=is_highest, prefactor=prefactor, exponent=exponent,
         h2_index=index_or_missing("H2"), c_index=index_or_missing("C"),
         co_index=index_or_missing("CO"), temperature_policy=temperature_policy,
+        shielding_column=shielding_column, cloud_size_cm=float(cloud_size_pc) * PARSEC_CM,
+        co_self_shielding=co_self_shielding,
     )
 
 
+def shielding_column_h_cm2(table: RateTable, density_cm3, av_mag):
+    """N_H [cm^-2] that multiplies x_H2, x_C, x_CO in the shielding columns (module docstring)."""
+    if table.shielding_column == "cloud":
+        return 0.5 * table.cloud_size_cm * density_cm3
+    return NH_PER_AV_CM2 * av_mag
+
+
+def rate_law(table: RateTable, rate_type: str) -> Callable:
+    """`RATE_LAWS[rate_type]` with the table's options bound (the CO shielding table)."""
+    if rate_type == "co_photodissociation":
+        return functools.partial(co_photodissociation, co_table=table.co_self_shielding)
+    return RATE_LAWS[rate_type]
+
+
 def active_rows(table: RateTable, gas_temperature_K) -> jax.Array:
-    """1.0 where a row applies at T under the table's temperature policy, else 0.0. [R]"""
+    """1.0 where a row applies at T under the table's temperature policy, else 0.0. [R]
+
+    Limits are compared with a relative tolerance `RANGE_RTOL`: T within it of a limit counts as
+    on the limit (see the module docstring).
+    """
     t = gas_temperature_K
     t_min, t_max = table.t_min_K, table.t_max_K
     if table.temperature_policy == "cutoff":
         t_min = np.where(t_min <= DATABASE_FLOOR_K, 0.0, t_min)
-    t_min, t_max = jnp.asarray(t_min), jnp.asarray(t_max)
-    below_top = jnp.where(jnp.asarray(table.upper_open), t < t_max, t <= t_max)
-    active = (t >= t_min) & below_top
+    # Snapped limits: lower ones (and the shared end of touching ranges) move down, closed upper
+    # ones up, so T = limit (1 +- RANGE_RTOL) selects exactly the rows T = limit does.
+    lower = jnp.asarray(t_min * (1.0 - RANGE_RTOL))
+    upper_open = jnp.asarray(t_max * (1.0 - RANGE_RTOL))
+    upper_closed = jnp.asarray(t_max * (1.0 + RANGE_RTOL))
+    below_top = jnp.where(jnp.asarray(table.upper_open), t < upper_open, t <= upper_closed)
+    active = (t >= lower) & below_top
     if table.temperature_policy != "cutoff":
-        active = active | (jnp.asarray(table.is_lowest) & (t < t_min)) | (
-            jnp.asarray(table.is_highest) & (t > t_max))
+        active = active | (jnp.asarray(table.is_lowest) & (t < lower)) | (
+            jnp.asarray(table.is_highest) & (t > upper_closed))
     return active.astype(jnp.float64)
 
 
@@ -371,10 +439,12 @@ def row_temperatures(table: RateTable, gas_temperature_K) -> jax.Array:
 def make_conditions(density_cm3, gas_temperature_K, av_mag, radfield_habing, zeta,
                     table: RateTable | None = None, abundances=None,
                     dust_temperature_K=None) -> Conditions:
-    """Scalars -> `Conditions`; shielding columns N_X = x_X 1.6e21 Av (zero without abundances)."""
+    """Scalars -> `Conditions`; shielding columns N_X = x_X N_H (`shielding_column_h_cm2`; zero
+    without abundances)."""
     f64 = jnp.float64
     av = jnp.asarray(av_mag, f64)
-    column_h = NH_PER_AV_CM2 * av
+    column_h = (shielding_column_h_cm2(table, jnp.asarray(density_cm3, f64), av)
+                if table is not None else None)
 
     def column(index: int):
         if abundances is None or table is None or index < 0:
@@ -399,7 +469,7 @@ def coefficients_from_conditions(table: RateTable, c: Conditions) -> jax.Array:
     t_row = row_temperatures(table, c.gas_temperature_K)
     k = jnp.zeros(table.n_reactions, dtype=jnp.float64)
     for name, rows in table.type_rows.items():
-        values = RATE_LAWS[name](
+        values = rate_law(table, name)(
             jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
             jnp.asarray(table.gamma[rows]), t_row[rows], c)
         k = k.at[rows].set(values)
@@ -430,8 +500,8 @@ def effective_coefficients(table: RateTable, c: Conditions) -> jax.Array:
         if rows is None:
             continue
         t_special = t_row[rows] if t_row is not None else jnp.full(rows.shape, t)
-        law = RATE_LAWS[name](jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
-                              jnp.asarray(table.gamma[rows]), t_special, c)
+        law = rate_law(table, name)(jnp.asarray(table.alpha[rows]), jnp.asarray(table.beta[rows]),
+                                    jnp.asarray(table.gamma[rows]), t_special, c)
         k_eff = k_eff.at[rows].set(law * jnp.exp(jnp.asarray(table.density_power[rows]) * ln_n))
     return k_eff * active_rows(table, t)
 

@@ -19,9 +19,10 @@ J @ I) and LU-factorises it. Shielded photo rates depend on x_H2, x_C, x_CO thro
 densities; that dependence is added as three extra columns.
 
 Physical conditions between track nodes are piecewise linear in log10 of each parameter versus
-time. Node times where the track has a significant kink (`SolverSettings.node_kink_dex`) are
-passed to the PID controller as `step_ts` (steps end exactly there; `jump_ts` is available for
-discontinuous conditions). Times are years at the interface, seconds inside. Failures
+time, exact (bit for bit) at nodes and on constant segments (`interpolate_physical`). Node times
+where the track has a significant kink (`SolverSettings.node_kink_dex`) are passed to the PID
+controller as `step_ts` (steps end exactly there; `jump_ts` is available for discontinuous
+conditions). Times are years at the interface, seconds inside. Failures
 (max_steps, step-size collapse, non-finite output) come back as per-tracer result codes.
 """
 
@@ -74,6 +75,11 @@ class SolverSettings:
     pcoeff: float = 0.0
     icoeff: float = 1.0
     temperature_policy: str = "cutoff"  # see rates.py: "cutoff" | "clamp" | "extrapolate"
+    # Shielding model (rates.py): column N_H = 0.5 n_H cloud_size ("cloud", UCLCHEM) or
+    # 1.6e21 Av ("av"); CO self-shielding table "vdb88" or "uclchem_v3" (UCLCHEM's layout).
+    shielding_column: str = "cloud"
+    cloud_size_pc: float = 0.05
+    co_self_shielding: str = "vdb88"
     # How track nodes reach the step-size controller: "step_ts" (steps end exactly at nodes:
     # right for kinks, where the conditions are continuous) or "jump_ts" (also restarts the
     # solver across the node, needed only for discontinuous conditions).
@@ -266,7 +272,7 @@ class ChemistryModel:
     def rate_coefficients(self, shield_abundances, physical) -> jax.Array:
         """k_eff = k n^p [R] (per-H-nucleus flux = k_eff * product of reactant abundances)."""
         n, tg, av, g0, zeta = (physical[i] for i in range(5))
-        column_h = rates_mod.NH_PER_AV_CM2 * av
+        column_h = rates_mod.shielding_column_h_cm2(self.table, n, av)
         c = rates_mod.Conditions(
             density_cm3=n, gas_temperature_K=tg, av_mag=av, radfield_habing=g0, zeta=zeta,
             dust_temperature_K=tg, column_h2_cm2=shield_abundances[0] * column_h,
@@ -351,27 +357,38 @@ class ChemistryModel:
         return rhs
 
 
-def build_model(network: Network, temperature_policy: str = "cutoff") -> ChemistryModel:
-    table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy)
+def build_model(network: Network, temperature_policy: str = "cutoff",
+                **shielding) -> ChemistryModel:
+    """Rate table and index plan of `network`; `shielding`: the shielding keywords of
+    `rates.build_rate_table` (shielding_column, cloud_size_pc, co_self_shielding)."""
+    table = rates_mod.build_rate_table(network, temperature_policy=temperature_policy,
+                                       **shielding)
     return ChemistryModel(network=network, table=table, kinetics=build_kinetics(network, table))
 
 
 # --- tracks ----------------------------------------------------------------------------------
 
 
-def interpolate_physical(t_s, node_time_s, node_log10_physical):
-    """Conditions [5] at time t_s: log10 of each parameter linear in time between nodes.
+def interpolate_physical(t_s, node_time_s, node_physical):
+    """Conditions [5] at time t_s: log of each parameter linear in time between nodes.
 
-    node_time_s [N] ascending, node_log10_physical [N, 5]; constant beyond the end nodes.
+    node_time_s [N] ascending; node_physical [N, 5] linear values (> 0); constant beyond the end
+    nodes. Evaluated as p = p_near (p_far / p_near)^f from the node nearer in time (f <= 1/2 the
+    fraction of the interval from it), so node values (f = 0) and constant segments
+    (p_far = p_near) come out bit for bit: a 10**log10 round trip gives 14.999999999999996 K for
+    15 K, which switched off every reaction whose range starts at 15 K (issue 11).
     """
     n_nodes = node_time_s.shape[0]
     if n_nodes == 1:
-        return 10.0 ** node_log10_physical[0]
+        return node_physical[0]
     i = jnp.clip(jnp.searchsorted(node_time_s, t_s, side="right") - 1, 0, n_nodes - 2)
     t_a, t_b = node_time_s[i], node_time_s[i + 1]
     w = jnp.clip((t_s - t_a) / jnp.maximum(t_b - t_a, 1e-300), 0.0, 1.0)
-    log_p = node_log10_physical[i] + w * (node_log10_physical[i + 1] - node_log10_physical[i])
-    return 10.0 ** log_p
+    p_a, p_b = node_physical[i], node_physical[i + 1]
+    from_a = w <= 0.5
+    near = jnp.where(from_a, p_a, p_b)
+    far = jnp.where(from_a, p_b, p_a)
+    return near * (far / near) ** jnp.where(from_a, w, 1.0 - w)
 
 
 def stop_times(node_time_s, node_log10_physical, kink_dex: float):
@@ -406,12 +423,15 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     if settings.node_stops not in ("step_ts", "jump_ts", "none"):
         raise ValueError(f"SolverSettings.node_stops: expected 'step_ts' or 'jump_ts', "
                          f"found {settings.node_stops!r}")
-    model = build_model(network, temperature_policy=settings.temperature_policy)
+    model = build_model(network, temperature_policy=settings.temperature_policy,
+                        shielding_column=settings.shielding_column,
+                        cloud_size_pc=settings.cloud_size_pc,
+                        co_self_shielding=settings.co_self_shielding)
     rhs = model.make_rhs()
 
     def vector_field(t, y, args):
-        node_time_s, node_log10_physical = args
-        return rhs(y, interpolate_physical(t, node_time_s, node_log10_physical))
+        node_time_s, node_physical = args
+        return rhs(y, interpolate_physical(t, node_time_s, node_physical))
 
     term = diffrax.ODETerm(vector_field)
     solver = SOLVERS[settings.solver]()
@@ -419,15 +439,14 @@ def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -
     def solve_one(x0, node_time_years, node_physical, output_time_years):
         node_time_s = node_time_years * SECONDS_PER_YEAR
         ts = output_time_years * SECONDS_PER_YEAR
-        node_log10_physical = jnp.log10(node_physical)
-        stops = stop_times(node_time_s, node_log10_physical, settings.node_kink_dex)
+        stops = stop_times(node_time_s, jnp.log10(node_physical), settings.node_kink_dex)
         controller = diffrax.PIDController(
             rtol=settings.rtol, atol=settings.atol, pcoeff=settings.pcoeff,
             icoeff=settings.icoeff,
             **({} if settings.node_stops == "none" else {settings.node_stops: stops}))
         sol = diffrax.diffeqsolve(
             term, solver, t0=ts[0], t1=ts[-1], dt0=None, y0=x0,
-            args=(node_time_s, node_log10_physical), saveat=diffrax.SaveAt(ts=ts),
+            args=(node_time_s, node_physical), saveat=diffrax.SaveAt(ts=ts),
             stepsize_controller=controller, max_steps=settings.max_steps, throw=False)
         code = sol.result._value.astype(jnp.int64)
         finite = jnp.all(jnp.isfinite(sol.ys))

@@ -216,19 +216,30 @@ def interpolate_log_tracks(
     node_time_years: np.ndarray, node_physical: np.ndarray, time_years: np.ndarray
 ) -> np.ndarray:
     """Physical conditions at `time_years` [T], piecewise linear in log10 between nodes (the
-    solver's convention). node_time_years [B, N], node_physical [B, N, P]. Returns [B, T, P].
+    solver's convention and formula, `solver.interpolate_physical`: node values and constant
+    segments come out bit for bit). node_time_years [B, N], node_physical [B, N, P].
+    Returns [B, T, P].
 
     Times outside a track's node range take its end values.
     """
     node_time_years = np.asarray(node_time_years, dtype=np.float64)
-    log_phys = np.log10(np.asarray(node_physical, dtype=np.float64))
+    node_physical = np.asarray(node_physical, dtype=np.float64)
     time_years = np.asarray(time_years, dtype=np.float64)
-    b, _, p = log_phys.shape
-    out = np.empty((b, time_years.shape[0], p))
-    for i in range(b):
-        for j in range(p):
-            out[i, :, j] = np.interp(time_years, node_time_years[i], log_phys[i, :, j])
-    return 10.0**out
+    n_nodes = node_time_years.shape[1]
+    out = np.empty((node_physical.shape[0], time_years.shape[0], node_physical.shape[2]))
+    for b in range(node_physical.shape[0]):
+        if n_nodes == 1:
+            out[b] = node_physical[b, 0]
+            continue
+        t_nodes = node_time_years[b]
+        i = np.clip(np.searchsorted(t_nodes, time_years, side="right") - 1, 0, n_nodes - 2)
+        span = np.maximum(t_nodes[i + 1] - t_nodes[i], 1e-300)
+        w = np.clip((time_years - t_nodes[i]) / span, 0.0, 1.0)[:, None]
+        p_a, p_b = node_physical[b, i], node_physical[b, i + 1]
+        from_a = w <= 0.5
+        near, far = np.where(from_a, p_a, p_b), np.where(from_a, p_b, p_a)
+        out[b] = near * (far / near) ** np.where(from_a, w, 1.0 - w)
+    return out
 
 
 # --- user CSV tracks -------------------------------------------------------------------------

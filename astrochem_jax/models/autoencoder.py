@@ -27,59 +27,31 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DTYPE = jnp.float32
+from astrochem_jax.models.layers import DTYPE, GaussianNoise, bound_state, gelu_exact
+
 # Running-average decay of BatchNorm statistics: flax's 0.9 is PyTorch's default momentum 0.1, which
 # AstroChemNet trains with.
 BATCHNORM_MOMENTUM = 0.9
-
-
-SQRT_HALF = 0.7071067811865476
 # Hidden-layer normalisation: "batch" (AstroChemNet's BatchNorm) or "none".
 NORMALIZATIONS = ("batch", "none")
 
 
-def gelu_exact(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, PyTorch's default `nn.GELU()` and its formula:
-    `0.5 * x * (1 + erf(x / sqrt(2)))`, x [...] -> [...] (same dtype).
+def _clip_unit(h: jax.Array) -> jax.Array:
+    """clip to [0, 1] (scaled abundances) with a damped gradient outside (`bound_state`)."""
+    return bound_state(h, 0.0, 1.0, 0.01)
 
-    Not `jax.nn.gelu(approximate=False)`: that evaluates `erfc(-x / sqrt(2))`, which XLA:CPU
-    computes ~2.5x slower than `erf` (measured on [2048, 256] float32: 1.47 vs 0.59 ns per value),
-    about 20% of a surrogate rollout's time. The price is the x < -3 tail, where `1 + erf`
-    cancels: absolute error <= 6e-7 there (a few float32 ulp of 1, as in PyTorch), float32
-    rounding elsewhere; tests check both forms against a float64 reference.
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(SQRT_HALF, x.dtype)))
+
+# Activations of the latent layer and of the output layer. "sigmoid" (AstroChemNet) bounds them
+# to (0, 1) and never reaches either end; "clip" reaches 0 and 1 exactly (the scaled abundance
+# of a species at the clip floor is exactly 0); "linear" leaves a latent unbounded (the latent
+# emulator min-max scales latents over the train split anyway).
+ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "clip": _clip_unit, "linear": lambda h: h}
 
 
 def _batch_norm(n_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(
         n_features, momentum=BATCHNORM_MOMENTUM, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs
     )
-
-
-class GaussianNoise(nnx.Module):
-    """Adds N(0, std^2) noise in training mode (`deterministic=False`), identity otherwise.
-
-    `deterministic` is toggled by `model.train()` / `model.eval()` like `nnx.Dropout`.
-    """
-
-    def __init__(
-        self,
-        std: float,
-        *,
-        deterministic: bool = False,
-        rng_collection: str = "noise",
-        rngs: nnx.Rngs,
-    ):
-        self.std = float(std)
-        self.deterministic = deterministic
-        self.rngs = rngs[rng_collection].fork()
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.deterministic or self.std == 0.0:
-            return x
-        noise = jax.random.normal(self.rngs(), x.shape, dtype=x.dtype)
-        return x + jnp.asarray(self.std, x.dtype) * noise
 
 
 class Autoencoder(nnx.Module):
@@ -95,6 +67,8 @@ class Autoencoder(nnx.Module):
         *,
         normalization: str = "batch",
         tied_weights: bool = True,
+        latent_activation: str = "sigmoid",
+        output_activation: str = "sigmoid",
         rngs: nnx.Rngs,
     ):
         if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -102,6 +76,13 @@ class Autoencoder(nnx.Module):
                 "Autoencoder: n_species, latent_dim and hidden_dims must be positive; got "
                 f"n_species={n_species}, hidden_dims={list(hidden_dims)}, latent_dim={latent_dim}"
             )
+        for name, value in (("latent_activation", latent_activation),
+                            ("output_activation", output_activation)):
+            if value not in ACTIVATIONS:
+                raise ValueError(f"Autoencoder: {name} must be one of {sorted(ACTIVATIONS)}, got "
+                                 f"{value!r}")
+        self.latent_activation = str(latent_activation)
+        self.output_activation = str(output_activation)
         self.n_species = int(n_species)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.latent_dim = int(latent_dim)
@@ -145,7 +126,7 @@ class Autoencoder(nnx.Module):
             if self.encoder_norms:
                 h = self.encoder_norms[k](h)
             h = self.dropout(gelu_exact(h))
-        return jax.nn.sigmoid(self.encoder_layers[-1](h))
+        return ACTIVATIONS[self.latent_activation](self.encoder_layers[-1](h))
 
     def decoder_kernel(self, k: int) -> jax.Array:
         """Kernel [in, out] of decoder layer k: encoder kernel n-1-k transposed when tied."""
@@ -163,7 +144,7 @@ class Autoencoder(nnx.Module):
                 if self.decoder_norms:
                     h = self.decoder_norms[k](h)
                 h = self.dropout(gelu_exact(h))
-        return jax.nn.sigmoid(h)
+        return ACTIVATIONS[self.output_activation](h)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [B, S] -> (x_hat [B, S], z [B, L]); z is the clean latent (before the noise)."""

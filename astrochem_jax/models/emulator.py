@@ -21,14 +21,13 @@ deterministic rollouts).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from astrochem_jax.models.autoencoder import DTYPE, GaussianNoise, gelu_exact
+from astrochem_jax.models.layers import DTYPE, GaussianNoise, bound_state, gelu_exact
 
 # Relative scale of the output layer's initial weights: small, not zero, so that every layer gets a
 # gradient from the first step while the initial update stays ~1e-2 of a default-initialised layer.
@@ -116,35 +115,6 @@ class Emulator(nnx.Module):
         if self.state_bounds is not None:
             next_state = bound_state(next_state, *self.state_bounds, self.bound_gradient_slope)
         return next_state
-
-
-def bound_state(state: jax.Array, low: float, high: float,
-                outside_slope: float = 1.0) -> jax.Array:
-    """clip(state, low, high) [..., D]; its gradient is 1 inside the bounds and `outside_slope`
-    where the clip is active.
-
-    outside_slope = 1 is the straight-through gradient (that of the identity); 0 the true
-    gradient of the clip. Neither is safe alone in long training rollouts: with 0 a state pinned
-    to a bound can never be pulled back by the loss; with 1 the backward pass pretends that a
-    pinned state still moves with the step that pushed it out, so the model can grow its
-    step's Jacobian without limit where nothing in the forward pass penalises it (measured on
-    the default dataset: gradient norms x100 per epoch to 1e13, then NaN). A small slope (0.01)
-    keeps a restoring signal while a pinned state contracts, instead of amplifies, gradients.
-    """
-    return _clip_damped(state, jnp.asarray(low, state.dtype), jnp.asarray(high, state.dtype),
-                        float(outside_slope))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _clip_damped(x: jax.Array, low: jax.Array, high: jax.Array, slope: float) -> jax.Array:
-    return jnp.clip(x, low, high)  # exactly the clip forward (bounds hold bit for bit)
-
-
-@_clip_damped.defjvp
-def _clip_damped_jvp(slope, primals, tangents):
-    x, low, high = primals
-    inside = (x >= low) & (x <= high)
-    return jnp.clip(x, low, high), jnp.where(inside, tangents[0], slope * tangents[0])
 
 
 def rollout(

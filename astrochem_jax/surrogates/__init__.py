@@ -259,15 +259,17 @@ def ae_emulator_inference_parts(encoder: nnx.Module, emulator: nnx.Module, decod
         "decoder": inference.decoder_layers(decoder, dec_lo, dec_span),
     }
 
+    latent_activation, output_activation = encoder.latent_activation, decoder.output_activation
+
     def encode(p, s):
-        z = inference.encode(p["encoder"], s)
+        z = inference.encode(p["encoder"], s, latent_activation)
         return scale_latents(z, p["encoder_latents"]["min"], p["encoder_latents"]["span"])
 
     def step(p, physical, state):
         return inference.emulator_step(p["emulator"], physical, state, bounds)
 
     def decode(p, state):
-        return inference.decode(p["decoder"], state)
+        return inference.decode(p["decoder"], state, output_activation)
 
     return SurrogateParts(encode, step, decode), params
 

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from astrochem_jax.models.autoencoder import DTYPE, gelu_exact
-from astrochem_jax.models.emulator import bound_state
+from astrochem_jax.models.autoencoder import ACTIVATIONS
+from astrochem_jax.models.layers import DTYPE, bound_state, gelu_exact
 
 Dense = dict[str, jax.Array]
 
@@ -53,7 +53,7 @@ def fold_batchnorm(kernel: np.ndarray, bias: np.ndarray, norm) -> tuple[np.ndarr
 
 def encoder_layers(autoencoder) -> list[Dense]:
     """`Autoencoder.encode` as dense layers: hidden layers (BatchNorm folded, then exact GELU),
-    then the latent layer (then a sigmoid)."""
+    then the latent layer (then its latent activation)."""
     layers = []
     for k, layer in enumerate(autoencoder.encoder_layers):
         kernel, bias = _array(layer.kernel), _array(layer.bias)
@@ -66,7 +66,8 @@ def encoder_layers(autoencoder) -> list[Dense]:
 def decoder_layers(autoencoder, latent_min=None, latent_span=None) -> list[Dense]:
     """`Autoencoder.decode` as dense layers on the emulator's state: the latent unscaling
     `state * span + min` (when given, [L] each) folded into the first layer, the tied kernels
-    transposed, BatchNorm folded; hidden layers then exact GELU, the last then a sigmoid."""
+    transposed, BatchNorm folded; hidden layers then exact GELU, the last then the output
+    activation."""
     n = len(autoencoder.encoder_layers)
     layers = []
     for k in range(n):
@@ -99,14 +100,16 @@ def mlp(layers: list[Dense], x: jax.Array) -> jax.Array:
     return h @ layers[-1]["kernel"] + layers[-1]["bias"]
 
 
-def encode(layers: list[Dense], s: jax.Array) -> jax.Array:
-    """Scaled abundances s [..., S] -> autoencoder latents z [..., L] in (0, 1)."""
-    return jax.nn.sigmoid(mlp(layers, s))
+def encode(layers: list[Dense], s: jax.Array, activation: str = "sigmoid") -> jax.Array:
+    """Scaled abundances s [..., S] -> autoencoder latents z [..., L] (the autoencoder's
+    `latent_activation`, a key of `models.autoencoder.ACTIVATIONS`)."""
+    return ACTIVATIONS[activation](mlp(layers, s))
 
 
-def decode(layers: list[Dense], state: jax.Array) -> jax.Array:
-    """Emulator state [..., L] -> scaled abundances [..., S] in (0, 1)."""
-    return jax.nn.sigmoid(mlp(layers, state))
+def decode(layers: list[Dense], state: jax.Array, activation: str = "sigmoid") -> jax.Array:
+    """Emulator state [..., L] -> scaled abundances [..., S] in [0, 1] (the autoencoder's
+    `output_activation`)."""
+    return ACTIVATIONS[activation](mlp(layers, state))
 
 
 def emulator_step(layers: dict, physical: jax.Array, state: jax.Array,

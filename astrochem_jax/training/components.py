@@ -178,6 +178,8 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         latent_noise_std=float(config.model.latent_noise_std),
         normalization=str(config.model.get("normalization") or "batch"),
         tied_weights=bool(config.model.get("tied_weights", True)),
+        latent_activation=str(config.model.get("latent_activation") or "sigmoid"),
+        output_activation=str(config.model.get("output_activation") or "sigmoid"),
         rngs=rngs,
     )
 

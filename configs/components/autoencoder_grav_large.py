@@ -35,6 +35,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.model.latent_noise_std = 0.0
     c.model.normalization = "batch"  # hidden-layer normalisation: "batch" or "none"
     c.model.tied_weights = True  # decoder kernels = encoder kernels transposed (AstroChemNet)
+    # models.autoencoder.ACTIVATIONS: "sigmoid" (AstroChemNet), "clip", "linear"
+    c.model.latent_activation = "sigmoid"
+    c.model.output_activation = "sigmoid"
 
     # --- optimisation --------------------------------------------------------------------------
     # A fixed budget with a warmup + cosine learning-rate schedule (no plateau heuristics), batch

@@ -64,6 +64,13 @@ def get_config() -> ConfigDict:
     g.solver.icoeff = 1.0
     g.solver.temperature_policy = "cutoff"  # rate laws outside [T_min, T_max] (see rates.py)
     g.solver.node_stops = "step_ts"  # "step_ts" (steps end at track nodes) | "jump_ts"
+    # Shielding of H2, C and CO photoreactions (see rates.py): columns x_X N_H with N_H =
+    # 0.5 n_H cloud_size ("cloud", UCLCHEM's one-point cloud; UCLCHEM's default rout = 0.05 pc,
+    # also track_ranges.cloud_radius_pc) or 1.6e21 Av ("av"). CO self-shielding table "vdb88"
+    # (van Dishoeck & Black 1988, as published) or "uclchem_v3" (as UCLCHEM v3 reads it).
+    g.solver.shielding_column = "cloud"
+    g.solver.cloud_size_pc = 0.05
+    g.solver.co_self_shielding = "vdb88"
     # Solver processes (chemistry/parallel.py): None = one per usable core, 1 = in this process.
     # The written file is identical whatever the count (same batches, same compiled function).
     g.solver_workers = config_dict.placeholder(int)
