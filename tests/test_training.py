@@ -117,7 +117,7 @@ def test_exact_resume_and_config_mismatch():
         c.epochs = epochs
         c.dropout = 0.2
         c.dropout_decay_patience = 1
-        c.plateau_patience = 0
+        c.plateau_patience, c.plateau_factor = 0, 0.5
         c.plateau_threshold = 0.5  # every epoch counts as a plateau: the LR halves each epoch
         return c
 

@@ -89,7 +89,10 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # --- loss (losses.total_loss) --------------------------------------------------------------
     c.loss = ConfigDict()
     c.loss.power_weight = 3.0  # elementwise 10^(power_weight |o - t|) - 1
-    c.loss.worst_weight = 2.0  # AstroChemNet's alpha
+    # AstroChemNet's alpha (2): off, the max-over-species term trades the mean fit for the worst
+    # species of each row. Measured (val, default dataset): 0.0187 dex, MRE 4.3% with 2;
+    # 0.0140 dex, MRE 3.3% with 0.
+    c.loss.worst_weight = 0.0
     c.loss.conservation_weight = 0.1  # |log10(x_hat S) - log10(x S)|
 
     # --- emulators only (kept here so every config has the same fields) ------------------------
