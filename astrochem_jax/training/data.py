@@ -144,6 +144,19 @@ class SplitSource:
         return HostChunk(local=real, n_valid=n_valid, n_rows=n_rows, start=lo, mesh=mesh)
 
 
+def host_chunk(array: np.ndarray, mesh: Mesh) -> HostChunk:
+    """A whole in-memory array [N, ...] as one chunk: this process's rows of it, NaN-padded
+    (tests and benchmarks; training reads chunks from the shards with `SplitSource.load`)."""
+    array = np.asarray(array, np.float32)
+    n_valid = array.shape[0]
+    n_rows = padded_rows(n_valid, mesh)
+    lo, hi = mesh_lib.process_rows(mesh, n_rows)
+    local = np.full((hi - lo, *array.shape[1:]), np.nan, np.float32)
+    real = array[min(lo, n_valid):min(hi, n_valid)]
+    local[: real.shape[0]] = real
+    return HostChunk(local=local, n_valid=n_valid, n_rows=n_rows, start=lo, mesh=mesh)
+
+
 def chunk_bounds(shard_rows: Sequence[int], max_rows: int | None) -> tuple[tuple[int, int], ...]:
     """Row ranges of the chunks: every shard cut into equal pieces of at most `max_rows` rows
     (None: one chunk per shard)."""

@@ -500,6 +500,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     repl = mesh_lib.replicated(mesh)
     abstract = ckpt_lib.abstract_with_sharding(state, repl)
     state = mesh_lib.put_replicated(state, mesh)
+    del params, batch_stats  # the state holds the only copy the loop needs
 
     checkpointer = ckpt_lib.Checkpointer(out_dir, async_save=bool(config.checkpoint.async_save))
     interrupted = preemption.InterruptCheckpoint(out_dir)
@@ -622,6 +623,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 train_loader.fence = losses[-1] if losses else None
                 batches_done += perm.shape[0]
                 n_samples += perm.shape[0] * batch_size
+            prepared = None  # a streamed chunk must not outlive its epoch (device memory bound)
             diagnostics = _concat_diagnostics(done_parts + mesh_lib.fetch(losses))
             losses = diagnostics["loss"]
             train_seconds = time.perf_counter() - t0
