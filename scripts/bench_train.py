@@ -17,14 +17,15 @@ Section `stream`: `train_component` on a synthetic timeless dataset `--data_fact
 than `--resident_max_mb` (the autoencoder config, `--epochs` epochs; validation split 1/4 of
 that), streamed (chunks of at most half the budget) and device-resident, plus a streamed run on a
 dataset 4x smaller, each in a fresh subprocess so that peak memory is its own. Reported per run:
-samples/s of the last epoch (from metrics.json), the peak bytes held by live JAX arrays (sampled
-every 10 ms and after every chunk load; `memory_stats()` peak too where the backend has it: GPU /
-TPU) against the bound `2 chunks x (1 + latent / species) + the validation split if it is
-resident + 2 train states` (the current and the prefetched chunk with their encoded latents when
-the latents min/max are computed, the train state and the best state restored at the end; a
-train state = params + Adam's 2 moments), and
-the process's peak RSS (ru_maxrss: it includes the XLA runtime and compilation, a constant: the
-two streamed runs show that it does not grow with the dataset).
+samples/s of the best epoch after the first (from metrics.json; streamed and resident run
+`--repeats` times alternately, best kept: the machine may be shared), the peak bytes held by
+live JAX arrays (sampled every 10 ms and after every chunk load; `memory_stats()` peak too where
+the backend has it: GPU / TPU) against the bound `2 chunks x (1 + latent / species) + the
+validation split if it is resident + 2 train states` (the current and the prefetched chunk with
+their encoded latents when the latents min/max are computed, the train state and the best state
+restored at the end; a train state = params + Adam's 2 moments), and the process's peak RSS
+(ru_maxrss: it includes the XLA runtime and compilation, a constant: the two streamed runs show
+that it does not grow with the dataset).
 Writes JSON to --out and prints it.
 """
 
@@ -252,7 +253,7 @@ def stream_child(mode: str, pre_dir: Path, limit_mb: float, epochs: int) -> dict
     rss_start = _rss_mb()
     manifest = shards.read_manifest(pre_dir)
     config = config_utils.load_config("autoencoder_grav_large", "components")
-    config.name = f"bench_{mode}_{manifest['dataset']}"
+    config.name = f"bench_{mode}_{manifest['dataset']}_{os.getpid()}"  # a fresh run each time
     config.dataset.name = manifest["dataset"]
     config.epochs = epochs
     config.converged_loss_ratio = None  # random data: nothing to converge to
@@ -284,7 +285,8 @@ def stream_child(mode: str, pre_dir: Path, limit_mb: float, epochs: int) -> dict
         "chunks": source.n_chunks,
         "chunk_mb": chunk_bytes / 2**20,
         "samples_per_s_by_epoch": [r["samples_per_s"] for r in history],
-        "samples_per_s": history[-1]["samples_per_s"],
+        # The best epoch after the first (which compiles).
+        "samples_per_s": max(r["samples_per_s"] for r in history[1:] or history),
         "peak_live_arrays_mb": live.peak / 2**20,
         "peak_device_memory_mb": (stats["peak_bytes_in_use"] / 2**20
                                   if "peak_bytes_in_use" in stats else None),
@@ -302,21 +304,36 @@ def stream_section(args, n_species: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_stream_") as tmp:
         env = dict(os.environ, ASTROCHEM_JAX_OUTPUTS=tmp)
         os.environ["ASTROCHEM_JAX_OUTPUTS"] = tmp
-        runs = {}
-        for label, mode, factor in (("streamed", "streamed", args.data_factor),
-                                    ("streamed_quarter_data", "streamed", args.data_factor / 4),
-                                    ("resident", "resident", args.data_factor)):
+        runs: dict[str, dict] = {}
+        # Streamed and resident alternate, twice each, and keep their best samples/s: the
+        # machine may be shared, and its load moves between runs.
+        plan = [("streamed", "streamed", args.data_factor),
+                ("resident", "resident", args.data_factor),
+                ("streamed_quarter_data", "streamed", args.data_factor / 4)]
+        plan += plan[:2] * (max(1, int(args.repeats)) - 1)
+        written: dict[float, Path] = {}
+        for label, mode, factor in plan:
             train_mb = factor * args.resident_max_mb
-            pre_dir = write_stream_dataset(n_species, train_mb, shard_mb=max(train_mb / 4, 1.0),
-                                           name=f"{STREAM_DATASET}_{train_mb:g}mb")
+            if train_mb not in written:
+                written[train_mb] = write_stream_dataset(
+                    n_species, train_mb, shard_mb=max(train_mb / 4, 1.0),
+                    name=f"{STREAM_DATASET}_{train_mb:g}mb")
+            pre_dir = written[train_mb]
             out = subprocess.run(
                 [sys.executable, __file__, "--child", mode, "--child_dir", str(pre_dir),
                  "--resident_max_mb", str(args.resident_max_mb), "--epochs", str(args.epochs)],
                 env=env, capture_output=True, text=True, check=False)
             if out.returncode:
                 raise RuntimeError(f"stream bench ({label}) failed:\n{out.stderr[-4000:]}")
-            runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps(runs[label]), file=sys.stderr, flush=True)
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps(run), file=sys.stderr, flush=True)
+            if label in runs:
+                best = runs[label]
+                best["samples_per_s_repeats"].append(run["samples_per_s"])
+                best["samples_per_s"] = max(best["samples_per_s_repeats"])
+            else:
+                run["samples_per_s_repeats"] = [run["samples_per_s"]]
+                runs[label] = run
     streamed, quarter, resident = (runs["streamed"], runs["streamed_quarter_data"],
                                    runs["resident"])
     return {
@@ -341,6 +358,8 @@ def main() -> None:
     parser.add_argument("--resident_max_mb", type=float, default=32.0)
     parser.add_argument("--data_factor", type=float, default=8.0)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="streamed and resident runs each (best samples/s kept)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child_dir", default=None, help=argparse.SUPPRESS)

@@ -221,3 +221,19 @@ def test_streamed_chunks_hold_at_most_two_on_device_and_match_the_resident_split
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     # A budget of 1 row-pair per chunk cuts shards into pieces (never across shard boundaries).
     assert data_lib.chunk_bounds([5, 3], 2) == ((0, 2), (2, 4), (4, 5), (5, 7), (7, 8))
+
+
+def test_distributed_settings_come_from_the_environment():
+    env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "1", "JAX_LOCAL_DEVICE_IDS": "0,1"}
+    assert mesh_lib.distributed_settings(env) == {
+        "coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1,
+        "local_device_ids": [0, 1]}
+    assert mesh_lib.distributed_settings({}) == {}  # JAX's cluster auto-detection
+    with pytest.raises(ValueError, match=r"\['JAX_PROCESS_ID'\] are not"):
+        mesh_lib.distributed_settings({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="not in 0 .. JAX_NUM_PROCESSES - 1 = 1"):
+        mesh_lib.distributed_settings({**env, "JAX_PROCESS_ID": "2"})
+    # Without the flag nothing is initialised (single-process runs never touch the service).
+    mesh_lib.initialize_distributed(False)
+    assert not jax.distributed.is_initialized()
