@@ -1,7 +1,8 @@
 """Multi-process data parallel, tested on this machine: 2 processes x 4 CPU devices on localhost
 (jax.distributed with a coordinator on 127.0.0.1, gloo collectives) train the autoencoder and
 then the latent emulator for 3 epochs, and must reproduce the 1 process x 8 devices run: losses,
-latents_minmax and final parameters within 1e-5. The shards are uneven (3 shards of different
+latents_minmax and final parameters within 1e-5, although the 2-process run is preempted
+(SIGTERM to one process) in the middle and resumed. The shards are uneven (3 shards of different
 sizes, row counts that do not divide the process or device count), so the processes read
 overlapping parts of shards and the global arrays carry padding rows. The autoencoder is the
 shipped option without BatchNorm (`model.normalization = "none"`): with BatchNorm the bias in
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,7 +49,9 @@ def _env(outputs: Path) -> dict:
     return env
 
 
-def _run(outputs: Path, n_processes: int, n_devices: int, log_dir: Path) -> None:
+def _run(outputs: Path, n_processes: int, n_devices: int, log_dir: Path, tag: str = "",
+         sigterm_at: str | None = None, expect_code: int = 0) -> list[str]:
+    """Run the worker on n_processes x n_devices; returns the processes' logs."""
     port = _free_port()
     procs, logs = [], []
     for pid in range(n_processes):
@@ -55,7 +59,9 @@ def _run(outputs: Path, n_processes: int, n_devices: int, log_dir: Path) -> None
         if n_processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                        JAX_NUM_PROCESSES=str(n_processes), JAX_PROCESS_ID=str(pid))
-        log = open(log_dir / f"{n_processes}x{n_devices}-{pid}.log", "w")  # noqa: SIM115
+        if sigterm_at:
+            env["SIGTERM_AT"] = sigterm_at
+        log = open(log_dir / f"{n_processes}x{n_devices}{tag}-{pid}.log", "w")  # noqa: SIM115
         logs.append(log)
         procs.append(subprocess.Popen(
             [sys.executable, str(WORKER), str(outputs), str(n_devices), str(EPOCHS)],
@@ -68,11 +74,12 @@ def _run(outputs: Path, n_processes: int, n_devices: int, log_dir: Path) -> None
                 p.kill()
         for log in logs:
             log.close()
-    if any(codes):
-        tails = "\n".join(f"--- {f.name} ---\n" + f.read_text()[-3000:]
-                          for f in sorted(log_dir.glob(f"{n_processes}x{n_devices}-*.log")))
-        raise AssertionError(f"{n_processes} x {n_devices} run failed (exit codes {codes}):\n"
-                             f"{tails}")
+    files = sorted(log_dir.glob(f"{n_processes}x{n_devices}{tag}-*.log"))
+    if any(code != expect_code for code in codes):
+        tails = "\n".join(f"--- {f.name} ---\n" + f.read_text()[-3000:] for f in files)
+        raise AssertionError(f"{n_processes} x {n_devices} run: exit codes {codes}, expected "
+                             f"{expect_code}:\n{tails}")
+    return [f.read_text() for f in files]
 
 
 def _latest_params(name: str):
@@ -104,7 +111,19 @@ def test_two_processes_reproduce_one_process(tmp_path):
     assert [s["shape"][0] for s in manifest["splits"]["train"]["shards"]] == [40, 40, 28]
 
     _run(single, 1, 8, tmp_path)
+    # Process 1 gets SIGTERM during the autoencoder's first epoch (3 calls of 2 steps per epoch).
+    # The notice takes a moment to reach process 0; JAX's preemption service then stops both
+    # processes at the same step (wherever that falls: autoencoder or emulator), they save one
+    # checkpoint and exit with 143; the rerun resumes it and must end like the 1 x 8 run.
+    logs = _run(multi, 2, 4, tmp_path, "-stopped", sigterm_at="1:2", expect_code=143)
+    stops = [re.search(r"interrupted: (\w+): stopped by signal 15 \(([^)]*)\)", log)
+             for log in logs]
+    assert all(stops), logs[0][-2000:]
+    assert stops[0].groups() == stops[1].groups()  # the same component, epoch and batch
+    stopped = multi / "weights" / stops[0].group(1) / "interrupted"
+    assert stopped.is_dir()
     _run(multi, 2, 4, tmp_path)
+    assert not stopped.exists()
 
     for name in ("tiny_autoencoder", "tiny_emulator"):
         runs = {}

@@ -561,7 +561,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                                      enabled=_is_main())
     profiler = writer_lib.StepProfiler(int(config.get("profile_steps") or 0),
                                        writer.directory, enabled=_is_main())
-    calls = 0  # jitted train calls in this invocation (the preemption sync point's step id)
+    calls = 0  # jitted train calls in this invocation (the profiler skips the first)
 
     def stop_here(loop_now: dict, state_now, guard) -> None:
         """Save the interrupted-run checkpoint and raise TrainingInterrupted."""
@@ -602,7 +602,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 first = int(where["batch"]) if pos == int(where["pos"]) else 0
                 for start in range(first, perm.shape[0], steps_per_call):
                     calls += 1
-                    if guard.should_stop(calls):
+                    if guard.should_stop():
                         fetched = mesh_lib.fetch(losses)
                         so_far = _concat_diagnostics(done_parts + fetched)
                         stop_here(dict(loop, in_epoch={
@@ -723,8 +723,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"
                 + (f"  [{loop['stop_reason']}]" if loop["stop_reason"] else "")
             )
-            calls += 1
-            if guard.should_stop(calls):
+            if guard.should_stop():
                 if saved_now:
                     saved = None
                     checkpointer.wait()

@@ -16,6 +16,7 @@ exactly (the metrics of an uninterrupted run).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import threading
@@ -30,6 +31,10 @@ from astrochem_jax.training import mesh as mesh_lib
 
 INTERRUPTED_DIR = "interrupted"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Step ids of the preemption sync point: increasing over the whole process (several trainings in
+# one process, e.g. an autoencoder then an emulator), as the sync protocol needs: the notice
+# takes a moment to reach every process, and the step it picks must still lie ahead.
+_SYNC_IDS = itertools.count(1)
 
 
 class TrainingInterrupted(Exception):  # noqa: N818 (not an error: the run stopped on request)
@@ -68,9 +73,10 @@ class PreemptionGuard:
             signal.signal(sig, previous)
         self._previous.clear()
 
-    def should_stop(self, step: int) -> bool:
-        """True when the run must save and stop now (call between jitted calls, with the global
-        step count, the same on every process)."""
+    def should_stop(self) -> bool:
+        """True when the run must save and stop now. Call between jitted calls, at the same
+        points on every process (each call is one step of the preemption sync protocol)."""
+        step = next(_SYNC_IDS)
         if self._multi:
             from jax.experimental import multihost_utils
 
