@@ -32,7 +32,8 @@ from pathlib import Path
 from astrochem_jax import runtime
 
 if __name__ == "__main__":
-    # Before numpy/jax load: one BLAS thread, x64, compile cache, one CPU device per core.
+    # Before numpy/jax load: one BLAS thread, compile cache, one CPU device per core (float32
+    # process-wide: the solver turns float64 on around itself).
     runtime.setup_entry_point(cpu_device_per_core=True)
 
 import dataclasses  # noqa: E402
@@ -637,11 +638,19 @@ def _locked_and_writable(run):
 
 @_locked_and_writable
 def run_benchmark(config: ConfigDict, *, log=None) -> dict:
-    """Benchmark the surrogate a config describes; write report.json + plots; return the report."""
+    """Benchmark the surrogate a config describes; write report.json + plots; return the report.
+
+    The surrogate side (rollout, matmul peak) runs under `config.matmul_precision`, the solver in
+    float64 (`chemistry.solver.float64`); both are recorded in the report's `numerics`."""
     log = log or _default_log
+    surrogate = build(config)
+    with jax.default_matmul_precision(surrogate.matmul_precision):
+        return _run_benchmark(config, surrogate, log)
+
+
+def _run_benchmark(config: ConfigDict, surrogate: Surrogate, log) -> dict:
     wall_start = time.perf_counter()
     bench = config.benchmark
-    surrogate = build(config)
     log(f"surrogate {surrogate.name}: {surrogate.type} {surrogate.components}, "
         f"{surrogate.n_species} species, physical {list(surrogate.physical_parameters)}")
     data = load_split_tracers(surrogate, bench.n_test_tracers, "test")
@@ -670,6 +679,9 @@ def run_benchmark(config: ConfigDict, *, log=None) -> dict:
                        "them or chose a checkpoint or hyperparameter with them (checked against "
                        "each component's recorded train + val tracers)",
         "package_versions": runtime.package_versions(),
+        "numerics": {"matmul_precision": surrogate.matmul_precision,
+                     "x64": bool(jax.config.jax_enable_x64),
+                     "solver": "float64 (jax.enable_x64 around the solver only)"},
         "accuracy": _quiet(accuracy_section, surrogate, data, pred, elements, matrix,
                            int(bench.n_worst_species)),
         "reconstruction_floor": reconstruction_floor(surrogate, data),

@@ -30,7 +30,7 @@ from astrochem_jax import runtime
 
 if __name__ == "__main__":
     # Before numpy/jax load anywhere: one BLAS thread, float64, persistent compile cache.
-    runtime.setup_entry_point()
+    runtime.setup_entry_point(x64=True)
 
 import dataclasses  # noqa: E402
 import importlib.resources  # noqa: E402

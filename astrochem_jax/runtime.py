@@ -24,8 +24,11 @@ def configure_threads() -> None:
 
 
 def configure_jax(*, x64: bool = True, cache_dir: str | Path | None = None) -> None:
-    """Enable float64 (the solver needs it; ML code casts to float32 itself) and the persistent
-    compilation cache, so repeated runs skip the 10-25 s solver compile."""
+    """float64 on or off process-wide, and the persistent compilation cache, so repeated runs
+    skip the 10-25 s solver compile. Only solver programs (generate, the solver's worker
+    processes, bench_solver) turn x64 on; the solver itself runs under `jax.enable_x64(True)`
+    wherever it is called (`chemistry.solver.float64`), so training and the benchmark keep
+    JAX's float32 defaults."""
     import jax
 
     from astrochem_jax import paths
@@ -68,8 +71,9 @@ def configure_cpu_devices(n_devices: int | None = None) -> int | None:
     return count
 
 
-def setup_entry_point(*, x64: bool = True, cpu_device_per_core: bool = False) -> None:
-    """Call first thing in every `python -m astrochem_jax.<program>` main module.
+def setup_entry_point(*, x64: bool = False, cpu_device_per_core: bool = False) -> None:
+    """Call first thing in every `python -m astrochem_jax.<program>` main module. `x64`: True
+    only for programs whose main work is the float64 solver (generate, bench_solver).
 
     `cpu_device_per_core`: one JAX CPU device per core (`configure_cpu_devices`), for programs
     whose jitted work is data-parallel over the mesh (the benchmark's rollouts)."""
@@ -77,6 +81,21 @@ def setup_entry_point(*, x64: bool = True, cpu_device_per_core: bool = False) ->
     configure_jax(x64=x64)
     if cpu_device_per_core:
         configure_cpu_devices()
+
+
+# Values of `config.matmul_precision` (jax.default_matmul_precision): "default" is the backend's
+# choice (TF32 passes for float32 on recent NVIDIA GPUs, bfloat16 passes on TPU), "highest" full
+# float32 everywhere, "high" / "bfloat16" / "tensorfloat32" / "float32" explicit.
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
+def matmul_precision(value) -> str:
+    """A config's matmul_precision (None = "default"), checked."""
+    name = "default" if value is None else str(value)
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"config.matmul_precision = {value!r}; expected one of "
+                         f"{list(MATMUL_PRECISIONS)}")
+    return name
 
 
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py",

@@ -18,12 +18,14 @@ from __future__ import annotations
 from astrochem_jax import runtime
 
 if __name__ == "__main__":
-    # Before numpy/jax load anywhere: one BLAS thread, float64, persistent compile cache.
+    # Before numpy/jax load anywhere: one BLAS thread, persistent compile cache (float32: only
+    # the solver needs float64, and it turns it on for itself).
     runtime.setup_entry_point()
 
 import ast  # noqa: E402
 import copy  # noqa: E402
 import itertools  # noqa: E402
+import sys  # noqa: E402
 
 from ml_collections import ConfigDict  # noqa: E402
 
@@ -106,13 +108,18 @@ def main(argv) -> None:
 
     from astrochem_jax import cli
     from astrochem_jax.training.loop import train_component
+    from astrochem_jax.training.preemption import TrainingInterrupted
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.setup_logging(str(_CONFIG.value.name), "train")  # orbax logs every save at INFO
     configs = sweep_configs(_CONFIG.value, _SWEEP.value)
     for config in configs:
-        summary = train_component(config)
+        try:
+            summary = train_component(config)
+        except TrainingInterrupted as stop:  # SIGTERM / SIGINT: checkpoint saved, rerun resumes
+            print(f"interrupted: {stop}", file=sys.stderr, flush=True)
+            sys.exit(stop.exit_code)
         logging.info("%s: done, best val loss %.4e (epoch %d)", config.name,
                      summary["best_val_loss"], summary["best_epoch"])
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from astrochem_jax import runtime
 
-runtime.setup_entry_point()
+runtime.setup_entry_point(x64=True)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -174,6 +174,20 @@ def test_batches_are_padded_and_match_single_batch(tiny, tiny_solution):
     np.testing.assert_array_equal(result.n_steps, reference.n_steps)
 
 
+def test_solver_keeps_float64_in_a_float32_process(tiny, tiny_solution):
+    """train and benchmark run with x64 off; the solver turns float64 on around itself and gives
+    the same result as in a float64 process."""
+    node_time, physical, out, reference = tiny_solution
+    with jax.enable_x64(False):
+        assert jnp.zeros(1).dtype == jnp.float32
+        result = solver.solve_tracks(tiny, np.tile(tiny_initial(tiny), (2, 1)), node_time,
+                                     physical, out, solver.SolverSettings(batch_size=2),
+                                     progress=False)
+        assert jnp.zeros(1).dtype == jnp.float32  # scoped: x64 is off again afterwards
+    assert result.abundances.dtype == np.float64
+    np.testing.assert_allclose(result.abundances, reference.abundances, rtol=1e-9, atol=1e-30)
+
+
 def test_interpolation_is_linear_in_log():
     node_time = jnp.asarray([0.0, 10.0, 30.0])
     nodes = jnp.asarray([[1e2, 10, 1, 1, 1], [1e4, 10, 1, 1, 1], [1e5, 20, 1, 1, 1]],

@@ -349,3 +349,87 @@ def test_inference_form_of_an_untied_autoencoder_without_batchnorm():
                            np.asarray(ae.encoder_layers[-1].kernel[...]).T)
     np.testing.assert_array_equal(np.asarray(tied.decoder_kernel(0)),
                                   np.asarray(tied.encoder_layers[-1].kernel[...]).T)
+
+
+# ------------------------------------------------------------------------------------------------
+# The Surrogate object: a pytree (params leaves, metadata static), its call sharded
+
+
+def tiny_surrogate(scale: float = 1.0):
+    """A Surrogate from the tiny modules (inference form), emulator output layer x `scale`."""
+    from astrochem_jax.surrogates import Surrogate, SurrogateMeta
+    from astrochem_jax.surrogates.rollout import make_reconstruct
+
+    ae, emulator, minmax = tiny_ae_emulator()
+    emulator.output_layer.kernel[...] = emulator.output_layer.kernel[...] * scale
+    parts, params = ae_emulator_inference_parts(ae, emulator, ae, minmax, minmax)
+    meta = SurrogateMeta(
+        name=f"tiny_x{scale}", type="ae_emulator", species=tuple(f"X{k}" for k in range(S)),
+        physical_parameters=SCALER.physical_parameters, dataset="tiny",
+        preprocessing_method="sequential", components={}, scaler=SCALER, parts=parts,
+        rollout=make_rollout(parts, SCALER), reconstruct=make_reconstruct(parts, SCALER),
+        info={}, component_configs={}, seen_tracers={})
+    return Surrogate(params=replicate(params), meta=meta)
+
+
+def test_surrogate_is_a_pytree_for_jit_grad_and_vmap():
+    from astrochem_jax import surrogates
+
+    a, b = tiny_surrogate(1.0), tiny_surrogate(0.5)
+    x0, physical = tiny_inputs(batch=B)
+    ya, yb = np.asarray(a(x0, physical)), np.asarray(b(x0, physical))
+    assert not np.allclose(ya, yb)
+    # Leaves are the parameters only; the metadata is static.
+    assert len(jax.tree.leaves(a)) == len(jax.tree.leaves(a.params)) > 0
+    # jit over the surrogate itself.
+    jitted = jax.jit(lambda s, x, p: s(x, p))(a, jnp.asarray(x0), jnp.asarray(physical))
+    np.testing.assert_allclose(np.asarray(jitted), ya, rtol=1e-5, atol=1e-30)
+    # vmap over two surrogates' parameters.
+    both = jax.vmap(lambda s: s(x0, physical))(surrogates.stack([a, b]))
+    assert both.shape == (2, *ya.shape)
+    np.testing.assert_allclose(np.asarray(both[0]), ya, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(np.asarray(both[1]), yb, rtol=1e-5, atol=1e-30)
+    # grad with respect to the parameters: a Surrogate of gradients, finite and non-zero.
+    target = jnp.log10(jnp.asarray(ya) + 1e-30)
+
+    def loss(s):
+        return jnp.mean((jnp.log10(s(x0, physical) + 1e-30) - target) ** 2)
+
+    grads = jax.grad(loss)(b)
+    assert type(grads) is type(b) and grads.meta is b.meta
+    norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads.params)]
+    assert all(np.isfinite(norms)) and sum(norms) > 0
+    with pytest.raises(SurrogateError, match="architecture"):
+        surrogates.stack([a, tiny_surrogate_direct()])
+
+
+def tiny_surrogate_direct():
+    from astrochem_jax.surrogates import Surrogate, SurrogateMeta
+
+    emulator = Emulator(P, S, hidden_dims=(8,), rngs=nnx.Rngs(3))
+    parts, params = direct_emulator_inference_parts(emulator)
+    meta = SurrogateMeta(
+        name="direct", type="direct_emulator", species=tuple(f"X{k}" for k in range(S)),
+        physical_parameters=SCALER.physical_parameters, dataset="tiny",
+        preprocessing_method="sequential", components={}, scaler=SCALER, parts=parts,
+        rollout=make_rollout(parts, SCALER), reconstruct=None, info={}, component_configs={},
+        seen_tracers={})
+    return Surrogate(params=replicate(params), meta=meta)
+
+
+@pytest.mark.parametrize("batch", [16, 5])
+def test_surrogate_call_splits_the_batch_over_local_devices(batch):
+    """The call shards the batch over the 8 local devices (an uneven batch is padded and cut)
+    and equals the same rollout on one device."""
+    s = tiny_surrogate()
+    x0, physical = tiny_inputs(batch=batch)
+    out = s(x0, physical)
+    assert out.shape == (batch, T + 1, S)
+    if batch % 8 == 0:
+        assert len(out.sharding.device_set) == 8
+        assert out.sharding.shard_shape(out.shape)[0] == batch // 8
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    single = s.rollout(jax.device_put(jax.device_get(s.params), one),
+                       jax.device_put(x0, one), jax.device_put(physical, one))
+    assert len(single.sharding.device_set) == 1
+    np.testing.assert_allclose(np.asarray(out), np.asarray(single), rtol=1e-5, atol=1e-30)

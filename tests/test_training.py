@@ -119,6 +119,7 @@ def test_exact_resume_and_config_mismatch():
         c.dropout_decay_patience = 1
         c.plateau_patience, c.plateau_factor = 0, 0.5
         c.plateau_threshold = 0.5  # every epoch counts as a plateau: the LR halves each epoch
+        c.plateau_factor = 0.5
         return c
 
     streamed = config("straight", 4)
@@ -445,7 +446,7 @@ def test_skipped_steps_leave_the_state_unchanged(monkeypatch):
     # Every step skipped: the saved weights are the initial ones.
     loaded = load_component("frozen_by_skips")
     mdef, params, _ = state_lib.build_split(lambda: components.get_component(
-        "autoencoder").build_model(c, loaded.info, __import__("flax").nnx.Rngs(int(c.seed))))
+        "autoencoder").build_model(c, loaded.info, state_lib.model_rngs(int(c.seed))))
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -174,7 +174,7 @@ def test_solver_rates_at_every_temperature_limit_of_uclchem(gas_network):
 def main(argv: list[str]) -> int:
     from astrochem_jax import runtime
 
-    runtime.setup_entry_point()
+    runtime.setup_entry_point(x64=True)
     shared = Path(argv[0]) if argv else Path(__file__).resolve().parents[2] / "shared"
     if not (shared / "reference").is_dir():
         print(json.dumps({"skipped": f"{shared / 'reference'} is absent"}))

@@ -53,11 +53,12 @@ def learnable_trajectories(n_tracers: int, n_steps: int, seed: int = 0) -> np.nd
 
 
 def write_preprocessed(dataset: str = "synth", n_tracers: int = 8, n_steps: int = 12,
-                       n_val: int = 2, seed: int = 0, learnable: bool = False
-                       ) -> dict[str, Path]:
+                       n_val: int = 2, seed: int = 0, learnable: bool = False,
+                       shard_items: dict[str, int] | None = None) -> dict[str, Path]:
     """Write `timeless` and `sequential` preprocessed dirs + the stoichiometric matrix under the
     current outputs dir; returns {method: directory}. `learnable`: `learnable_trajectories`
-    instead of the default tracer-specific relaxations."""
+    instead of the default tracer-specific relaxations. `shard_items`: {method: rows (timeless)
+    or tracers (sequential) per shard} (default: one shard per split)."""
     data = (learnable_trajectories if learnable else trajectories)(n_tracers, n_steps, seed)
     tracers = np.arange(n_tracers)
     train_ids, val_ids = tracers[:-n_val], tracers[-n_val:]
@@ -75,7 +76,11 @@ def write_preprocessed(dataset: str = "synth", n_tracers: int = 8, n_steps: int 
             else:
                 array = data[ids][..., p:].reshape(-1, len(SPECIES))
                 array = array[rng.permutation(array.shape[0])]
-            splits[split] = shards.write_split(directory, split, array)
+            per_shard = (shard_items or {}).get(method)
+            item_bytes = int(np.prod(array.shape[1:])) * 4
+            splits[split] = shards.write_split(
+                directory, split, array,
+                **({"max_shard_bytes": per_shard * item_bytes} if per_shard else {}))
         manifest = {
             "format_version": shards.FORMAT_VERSION, "method": method, "dataset": dataset,
             "species": SPECIES, "elements": ELEMENTS, "physical_parameters": PHYSICAL,

@@ -409,14 +409,33 @@ def stop_times(node_time_s, node_log10_physical, kink_dex: float):
     return jnp.sort(jnp.where(keep, node_time_s, node_time_s[0]))
 
 
+def float64():
+    """Context in which JAX computes in float64 (`jax.enable_x64(True)`): the solver runs in it
+    wherever it is called, so programs that also train or roll out float32 models (the
+    benchmark) need not turn x64 on process-wide."""
+    return jax.enable_x64(True)
+
+
 def make_solver(network: Network, settings: SolverSettings = SolverSettings()) -> Callable:
-    """Jitted, vmapped solve.
+    """Jitted, vmapped solve, always in float64 (`float64()`, whatever the process's x64
+    setting).
 
     fn(initial_abundances [B, S], node_time_years [B, N], node_physical [B, N, 5],
        output_time_years [T]) -> (abundances [B, T, S], result_code [B], n_steps [B],
        n_accepted [B], n_rejected [B]). Integration runs from output_time_years[0] (where the
     state equals initial_abundances) to output_time_years[-1]; failures never raise.
     """
+    with float64():
+        jitted = _make_solver(network, settings)
+
+    def solve(*args):
+        with float64():
+            return jitted(*args)
+
+    return solve
+
+
+def _make_solver(network: Network, settings: SolverSettings) -> Callable:
     if settings.solver not in SOLVERS:
         raise ValueError(f"SolverSettings.solver: expected one of {sorted(SOLVERS)}, "
                          f"found {settings.solver!r}")

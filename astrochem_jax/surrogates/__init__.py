@@ -27,19 +27,28 @@ the outputs root is `workdir=` (a directory holding `outputs/`, or an outputs di
 `ASTROCHEM_JAX_OUTPUTS`, else the project's `outputs/`. A latent emulator records the fingerprint
 of the exact autoencoder it was trained on (`data_info.autoencoder_fingerprint`); the surrogate
 refuses any other (e.g. the same name retrained since).
+
+A `Surrogate` is a pytree (`flax.struct`): its parameters are the leaves, everything else is
+static metadata, so `jax.jit`, `jax.grad` and `jax.vmap` take it as an argument:
+
+    jax.grad(lambda s: loss(s(x0, physical)))(surrogate).params   # d loss / d parameters
+    jax.vmap(lambda s: s(x0, physical))(surrogates.stack([a, b]))   # [2, B, T + 1, S]
+
+Called on concrete arrays, it splits the batch over this process's devices (padded to a multiple
+of their count, the padding cut from the result); inside a transformation it just computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 from ml_collections import ConfigDict
 
 from astrochem_jax import config_utils, paths
@@ -51,6 +60,8 @@ from astrochem_jax.surrogates.rollout import (
     make_reconstruct,
     make_rollout,
     replicate,
+    rollout_physical,
+    shard_batch_padded,
 )
 
 
@@ -58,15 +69,10 @@ class SurrogateError(ValueError):
     """A surrogate whose components are missing or do not fit together."""
 
 
-@dataclass(frozen=True)
-class Surrogate:
-    """A callable surrogate with its metadata.
-
-    `surrogate(abundances_0 [B, S], physical [B, T, P]) -> abundances [B, T + 1, S]` calls the
-    jitted `rollout(params, abundances_0, physical)` with its own `params`. Physical parameters in
-    `physical_parameters` order and units (cm^-3, Habing, mag, K, ...), abundances relative to H
-    nuclei in `species` order.
-    """
+@dataclass(frozen=True, eq=False)
+class SurrogateMeta:
+    """A surrogate's static half: metadata and its jitted functions. Compared and hashed by
+    identity (one object per built surrogate), so it can be jit-static though it holds dicts."""
 
     name: str
     type: str
@@ -77,20 +83,66 @@ class Surrogate:
     components: dict[str, str]
     scaler: Scaler
     parts: SurrogateParts
-    params: Any
     rollout: Callable
     reconstruct: Callable
-    info: dict = field(repr=False)  # the emulator's data facts (config.json["data_info"])
-    component_configs: dict = field(repr=False)
+    info: dict  # the emulator's data facts (config.json["data_info"])
+    component_configs: dict
     # Tracer ids each component (by role) trained on or chose its checkpoint with (None: not
     # recorded, a component trained before the train / val / test split existed).
-    seen_tracers: dict = field(repr=False, default_factory=dict)
+    seen_tracers: dict
+    matmul_precision: str = "default"
     # The outputs root the components were loaded from (`load(..., workdir=)`); None = the
     # process default (`paths.outputs_dir()`).
     outputs_dir: Path | None = None
 
+
+def _meta(name: str, doc: str):
+    return property(lambda self: getattr(self.meta, name), doc=doc)
+
+
+@struct.dataclass
+class Surrogate:
+    """A callable surrogate with its metadata; a pytree whose leaves are `params`.
+
+    `surrogate(abundances_0 [B, S], physical [B, T, P]) -> abundances [B, T + 1, S]` calls the
+    jitted `rollout(params, abundances_0, physical)` with its own `params`. Physical parameters in
+    `physical_parameters` order and units (cm^-3, Habing, mag, K, ...), abundances relative to H
+    nuclei in `species` order. Concrete inputs are split over this process's devices (params
+    replicated there); traced inputs (inside jit / vmap / grad) are left to the transformation.
+    """
+
+    params: Any
+    meta: SurrogateMeta = struct.field(pytree_node=False)
+
+    name = _meta("name", "surrogate config name")
+    type = _meta("type", "SURROGATES key")
+    species = _meta("species", "species, in output order")
+    physical_parameters = _meta("physical_parameters", "physical inputs, in input order")
+    dataset = _meta("dataset", "dataset name")
+    preprocessing_method = _meta("preprocessing_method", "the emulator's preprocessing")
+    components = _meta("components", "{role: component name}")
+    scaler = _meta("scaler", "the dataset's Scaler")
+    parts = _meta("parts", "SurrogateParts (pure functions of params)")
+    rollout = _meta("rollout", "jitted rollout(params, abundances_0, physical)")
+    reconstruct = _meta("reconstruct", "jitted reconstruct(params, abundances)")
+    info = _meta("info", "the emulator's data facts (config.json data_info)")
+    component_configs = _meta("component_configs", "{role: component config dict}")
+    seen_tracers = _meta("seen_tracers", "{role: tracer ids seen in training, or None}")
+    matmul_precision = _meta("matmul_precision", "jax.default_matmul_precision of the rollout")
+    outputs_dir = _meta("outputs_dir", "outputs root the components came from (None: default)")
+
     def __call__(self, abundances_0, physical):
-        return self.rollout(self.params, abundances_0, physical)
+        leaves = jax.tree.leaves((self.params, abundances_0, physical))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            with jax.default_matmul_precision(self.matmul_precision):
+                return rollout_physical(self.parts, self.scaler, self.params, abundances_0,
+                                        physical)
+        n = int(np.shape(abundances_0)[0])
+        x0 = shard_batch_padded(abundances_0)
+        phys = shard_batch_padded(physical)
+        with jax.default_matmul_precision(self.matmul_precision):
+            out = self.rollout(self.params, x0, phys)
+        return out if out.shape[0] == n else out[:n]
 
     @property
     def n_species(self) -> int:
@@ -99,6 +151,26 @@ class Surrogate:
     @property
     def n_physical(self) -> int:
         return len(self.physical_parameters)
+
+
+def stack(surrogates: Sequence[Surrogate]) -> Surrogate:
+    """Surrogates of the same architecture -> one surrogate whose every parameter has a leading
+    axis [K, ...] (the first one's metadata): `jax.vmap(lambda s: s(x0, p))(stack([a, b]))`."""
+    first = surrogates[0]
+    for other in surrogates[1:]:
+        if (other.type, other.species, other.physical_parameters) != (
+                first.type, first.species, first.physical_parameters) or (
+                jax.tree.structure(other.params) != jax.tree.structure(first.params)):
+            raise SurrogateError(f"stack: surrogate {other.name!r} does not have the "
+                                 f"architecture of {first.name!r}")
+        shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(first.params),
+                                                     jax.tree.leaves(other.params), strict=True)]
+        if any(a != b for a, b in shapes):
+            raise SurrogateError(f"stack: parameter shapes of {other.name!r} differ from those "
+                                 f"of {first.name!r}")
+    params = jax.tree.map(lambda *xs: jnp.stack([jax.device_get(x) for x in xs]),
+                          *[s.params for s in surrogates])
+    return first.replace(params=params)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,9 +377,12 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
             f"surrogate config {config.name!r}: field state_clip is no longer supported; the "
             "emulator bounds its own state (component config field model.state_bounds), retrain "
             f"it: `{train_command(str(_get(config.components, 'emulator')))}`")
-    # Replicated over every device, so batches sharded over the mesh's `data` axis just work.
+    # Replicated over this process's devices: __call__ splits the batch over them.
     params = replicate(jax.tree.map(jnp.asarray, params))
-    return Surrogate(
+    from astrochem_jax import runtime
+
+    precision = runtime.matmul_precision(_get(config, "matmul_precision"))
+    return Surrogate(params=params, meta=SurrogateMeta(
         name=str(config.name),
         type=str(config.type),
         species=tuple(info["species"]),
@@ -318,7 +393,6 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
         components=components,
         scaler=scaler,
         parts=parts,
-        params=params,
         rollout=make_rollout(parts, scaler),
         reconstruct=make_reconstruct(parts, scaler),
         info=info,
@@ -326,7 +400,8 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
         seen_tracers={role: (None if c.info.get("seen_tracers") is None
                              else [int(t) for t in c.info["seen_tracers"]])
                       for role, c in loaded.items()},
-    )
+        matmul_precision=precision,
+    ))
 
 
 def build_ae_emulator(config: ConfigDict) -> Surrogate:
@@ -433,9 +508,9 @@ def load(name_or_config: str | ConfigDict, workdir: str | Path | None = None) ->
             surrogate = build(config)
         except SurrogateError as err:
             raise SurrogateError(f"{err} [outputs root searched: {root}, from {source}]") from err
-    return replace(surrogate, outputs_dir=root)
+    return surrogate.replace(meta=replace(surrogate.meta, outputs_dir=root))
 
 
-__all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateParts",
+__all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateMeta", "SurrogateParts",
            "ae_emulator_inference_parts", "ae_emulator_parts", "build",
-           "direct_emulator_inference_parts", "direct_emulator_parts", "load"]
+           "direct_emulator_inference_parts", "direct_emulator_parts", "load", "stack"]

@@ -23,12 +23,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from astrochem_jax.scaling import Scaler
 from astrochem_jax.training.mesh import (
     batch_sharded,
-    make_mesh,
+    local_mesh,
     n_data_shards,
     replicated,
 )
@@ -151,18 +152,36 @@ def make_reconstruct(parts: SurrogateParts, scaler: Scaler) -> Callable:
 
 
 def shard_batch(array, mesh: Mesh | None = None) -> jax.Array:
-    """Put `array` [B, ...] on the mesh with its batch axis split over `data`.
+    """Put `array` [B, ...] on the mesh (default: this process's devices) with its batch axis
+    split over `data`.
 
     A batch that does not divide the device count is replicated instead (e.g. B = 1), so every
     batch size works; the caller decides which sizes to time.
     """
-    mesh = make_mesh() if mesh is None else mesh
+    mesh = local_mesh() if mesh is None else mesh
     if array.shape[0] % n_data_shards(mesh) == 0:
         return jax.device_put(array, batch_sharded(mesh, ndim=array.ndim))
     return jax.device_put(array, replicated(mesh))
 
 
+def shard_batch_padded(array, mesh: Mesh | None = None) -> jax.Array:
+    """`array` [B, ...] split over the mesh's `data` axis (default: this process's devices),
+    padded at the end to a multiple of the device count with copies of its last row: every
+    device computes B / n rows whatever B (cut the padding from the result: `[:B]`)."""
+    mesh = local_mesh() if mesh is None else mesh
+    n = n_data_shards(mesh)
+    b = int(np.shape(array)[0])
+    pad = (-b) % n
+    if pad and b:
+        last = array[-1:]
+        array = (jnp.concatenate([array, jnp.repeat(last, pad, axis=0)], axis=0)
+                 if isinstance(array, jax.Array) else
+                 np.concatenate([np.asarray(array), np.repeat(np.asarray(last), pad, axis=0)]))
+    return jax.device_put(array, batch_sharded(mesh, ndim=np.ndim(array)))
+
+
 def replicate(tree: Params, mesh: Mesh | None = None) -> Params:
-    """Every leaf of `tree` replicated over the mesh (parameters)."""
-    mesh = make_mesh() if mesh is None else mesh
+    """Every leaf of `tree` replicated over the mesh (parameters; default: this process's
+    devices)."""
+    mesh = local_mesh() if mesh is None else mesh
     return jax.device_put(tree, replicated(mesh))

@@ -5,14 +5,15 @@ A component provides
 - `setup(config, manifest, preprocessed_dir) -> Setup`: checks and static context (stoichiometric
   matrix, frozen autoencoder, model dimensions recorded in `config.json`);
 - `build_model(config, info, rngs) -> nnx.Module` from the config and `Setup.info`;
-- `prepare(setup, chunk [N, ...] host float32, put, split="train") -> Prepared`: the
-  device-resident arrays (`put` places a host array on the devices) and the number of items (rows
-  or windows; emulators cut training windows every `window_stride` steps, validation windows
-  every step);
-- `make_batch(setup, arrays, idx [B]) -> batch`: slice a batch on device (inside jit);
+- `prepare(setup, chunk: data.HostChunk, split="train") -> Prepared`: the chunk's arrays on the
+  devices (global arrays sharded over `data`, `chunk.put`) and the number of items (rows or
+  windows; emulators cut training windows every `window_stride` steps, validation windows every
+  step; padding rows give no item);
+- `make_batch(setup, arrays, idx [B], mesh) -> batch`: cut a batch on device (inside jit) from
+  global item indices `idx` (the same on every device: `data.gather_rows`);
 - `predict(model, batch, frozen, setup) -> (pred_scaled [..., S], true_scaled [..., S])`;
 - `after_training(finished)`: artifacts computed with the best weights (autoencoder latents
-  min/max).
+  min/max, reduced over every process; written by process 0).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from flax import nnx
 from astrochem_jax import atomic, paths
 from astrochem_jax.models.autoencoder import Autoencoder
 from astrochem_jax.models.emulator import Emulator, rollout_module
+from astrochem_jax.training import data as data_lib
+from astrochem_jax.training import mesh as mesh_lib
 from astrochem_jax.training import state as state_lib
 
 F32 = jnp.float32
@@ -64,15 +67,17 @@ class Prepared:
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """What `after_training` hooks receive: the best weights and the train split as host chunks."""
+    """What `after_training` hooks receive: the best weights (replicated on `mesh`) and the train
+    split as prepared chunks (`train_chunks()` yields `Prepared`, at most two on the devices)."""
 
     config: Any
     setup: Setup
     mdef: state_lib.ModelDef
     params: Any
     batch_stats: Any
-    train_chunks: Callable[[], Iterable[np.ndarray]]
+    train_chunks: Callable[[], Iterable[Prepared]]
     directory: Path
+    mesh: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,9 @@ class Component:
     make_batch: Callable[..., Any]
     predict: Callable[..., tuple[jax.Array, jax.Array]]
     after_training: Callable[[Finished], None]
+    # (setup, chunk: HostChunk, split) -> items of the chunk, without putting it on the devices
+    # (streamed splits: the learning-rate schedule needs the epoch's batch count up front).
+    count_items: Callable[..., int]
 
 
 def log_line(message: str) -> None:
@@ -184,13 +192,18 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
     )
 
 
-def _ae_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
-    x = put(np.asarray(chunk, np.float32))  # global rows (several hosts: all processes' parts)
-    return Prepared(arrays={"x": x}, n_items=int(x.shape[0]))
+def _ae_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> Prepared:
+    # Padding rows (NaN on the host) become zeros; they are never indexed (n_items real rows).
+    x = chunk.put(np.nan_to_num(chunk.local))
+    return Prepared(arrays={"x": x}, n_items=int(chunk.n_valid))
 
 
-def _ae_batch(setup: Setup, arrays: dict, idx: jax.Array) -> dict:
-    return {"x": jnp.take(arrays["x"], idx, axis=0)}
+def _ae_count(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> int:
+    return int(chunk.n_valid)
+
+
+def _ae_batch(setup: Setup, arrays: dict, idx: jax.Array, mesh) -> dict:
+    return {"x": data_lib.gather_rows(mesh, arrays["x"], idx)}
 
 
 def _ae_predict(model, batch: dict, frozen, setup: Setup):
@@ -198,50 +211,77 @@ def _ae_predict(model, batch: dict, frozen, setup: Setup):
     return x_hat, batch["x"]
 
 
-def encode_rows(mdef: state_lib.ModelDef, params, batch_stats, rows: jax.Array) -> jax.Array:
-    """Eval-mode latents of scaled abundances rows [R, S] -> [R, L] (float32), in slices of
-    `ENCODE_BATCH_ROWS` rows to bound memory."""
-    encode = _jit_encode(mdef)
-    parts = [encode(params, batch_stats, rows[i : i + ENCODE_BATCH_ROWS])
-             for i in range(0, rows.shape[0], ENCODE_BATCH_ROWS)]
-    return jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+def encode_rows(mdef: state_lib.ModelDef, params, batch_stats, rows: jax.Array,
+                mesh=None) -> jax.Array:
+    """Eval-mode latents of scaled abundances rows [R, S] -> [R, L] (float32).
+
+    rows: a global array sharded over the `data` axis of `mesh` (each device encodes its own
+    rows, `ENCODE_BATCH_ROWS` at a time: bounded memory), or, with mesh None, any array."""
+    return _jit_encode(mdef, mesh)(params, batch_stats, rows)
 
 
-_ENCODERS: dict[int, tuple[state_lib.ModelDef, Callable]] = {}
+_ENCODERS: dict[tuple, tuple[state_lib.ModelDef, Callable]] = {}
 
 
-def _jit_encode(mdef: state_lib.ModelDef) -> Callable:
-    """One jitted encoder per model definition (kept alive with it, so ids are not reused)."""
-    entry = _ENCODERS.get(id(mdef))
+def _jit_encode(mdef: state_lib.ModelDef, mesh) -> Callable:
+    """One jitted encoder per (model definition, mesh), kept alive with it (ids not reused)."""
+    key = (id(mdef), mesh)
+    entry = _ENCODERS.get(key)
     if entry is None:
         def encode(params, batch_stats, rows):
             model = state_lib.merge_model(mdef, params, batch_stats, train=False)
-            return model.encode(rows)
+            if mesh is None:
+                return model.encode(rows)
+            return data_lib.map_local_rows(mesh, model.encode, rows, ENCODE_BATCH_ROWS)
 
-        entry = _ENCODERS[id(mdef)] = (mdef, jax.jit(encode))
+        entry = _ENCODERS[key] = (mdef, jax.jit(encode))
     return entry[1]
 
 
+def _masked_minmax(z: jax.Array, n_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Min and max over the first n_valid rows of z [N, L] (padding rows ignored) -> [L] each."""
+    valid = (jnp.arange(z.shape[0]) < n_valid)[:, None]
+    return (jnp.min(jnp.where(valid, z, jnp.inf), axis=0),
+            jnp.max(jnp.where(valid, z, -jnp.inf), axis=0))
+
+
 def _ae_after(finished: Finished) -> None:
-    """Latent min/max over the TRAIN split with the best weights (eval mode) -> [2, L]."""
+    """Latent min/max over the TRAIN split with the best weights (eval mode) -> [2, L], reduced
+    over every chunk and every process; process 0 writes it."""
     lo = hi = None
-    for chunk in finished.train_chunks():
-        z = np.asarray(encode_rows(finished.mdef, finished.params, finished.batch_stats,
-                                   jnp.asarray(np.asarray(chunk, np.float32))))
-        lo = z.min(axis=0) if lo is None else np.minimum(lo, z.min(axis=0))
-        hi = z.max(axis=0) if hi is None else np.maximum(hi, z.max(axis=0))
+    minmax_fn = jax.jit(_masked_minmax, out_shardings=mesh_lib.replicated(finished.mesh))
+    for prepared in finished.train_chunks():
+        if prepared.n_items == 0:
+            continue
+        z = encode_rows(finished.mdef, finished.params, finished.batch_stats,
+                        prepared.arrays["x"], finished.mesh)
+        z_lo, z_hi = mesh_lib.fetch(minmax_fn(z, np.int32(prepared.n_items)))
+        lo = z_lo if lo is None else np.minimum(lo, z_lo)
+        hi = z_hi if hi is None else np.maximum(hi, z_hi)
     minmax = np.stack([lo, hi]).astype(np.float32)
-    with atomic.atomic_path(finished.directory / LATENTS_MINMAX) as tmp, open(tmp, "wb") as f:
-        np.save(f, minmax, allow_pickle=False)
+    if mesh_lib.is_main_process():
+        with atomic.atomic_path(finished.directory / LATENTS_MINMAX) as tmp, \
+                open(tmp, "wb") as f:
+            np.save(f, minmax, allow_pickle=False)
+    mesh_lib.barrier("latents_minmax")
 
 
 # --- emulators (latent and direct) ---------------------------------------------------------------
 
 
-def window_table(chunk: np.ndarray, horizon: int, where: str = "", stride: int = 1,
-                 t0_repeats: int = 1) -> np.ndarray:
+def tracer_lengths(chunk: np.ndarray) -> np.ndarray:
+    """Valid steps of each tracer of a sequential chunk [N, T, F]: the leading finite steps
+    (tracers are NaN-padded at the end; padding rows have length 0) -> int32 [N]."""
+    finite = np.all(np.isfinite(chunk), axis=2)  # [N, T]
+    n_steps = chunk.shape[1]
+    return np.where(finite.all(axis=1), n_steps, np.argmin(finite, axis=1)).astype(np.int32)
+
+
+def window_table(chunk: np.ndarray | None, horizon: int, where: str = "", stride: int = 1,
+                 t0_repeats: int = 1, lengths: np.ndarray | None = None) -> np.ndarray:
     """Windows of `horizon` steps inside a tracer, starting every `stride` steps: int32 [W, 2]
-    (tracer, start).
+    (tracer, start), built with numpy from the tracers' valid lengths (`lengths` [N], default
+    `tracer_lengths(chunk)`).
 
     A window needs horizon + 1 valid steps (its state and `horizon` targets). Tracers may be
     padded with NaN at the end (valid length = leading finite steps); tracers shorter than the
@@ -249,27 +289,35 @@ def window_table(chunk: np.ndarray, horizon: int, where: str = "", stride: int =
     (tracer k starts at k mod stride) so that, over the tracers, every start time is covered, and
     every tracer keeps its window from t0 (the start of every closed-loop rollout, and the
     fastest chemistry: the hardest step). `t0_repeats` > 1 lists every window from t0 that many
-    times (an epoch then samples them more often).
+    times (an epoch then samples them more often). Rows are grouped by tracer, in tracer order,
+    starts ascending after the repeated t0 windows.
     """
     if int(stride) < 1 or int(t0_repeats) < 1:
         raise ValueError(f"window_table: stride and t0_repeats must be >= 1, found {stride} and "
                          f"{t0_repeats}")
-    stride, t0_repeats = int(stride), int(t0_repeats)
-    n_tracers, n_steps = chunk.shape[:2]
-    finite = np.all(np.isfinite(chunk), axis=2)  # [N, T]
-    lengths = np.where(finite.all(axis=1), n_steps, np.argmin(finite, axis=1))
-    short = np.flatnonzero(lengths < horizon + 1)
+    stride, t0_repeats, horizon = int(stride), int(t0_repeats), int(horizon)
+    lengths = tracer_lengths(chunk) if lengths is None else np.asarray(lengths, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    short = np.flatnonzero((lengths > 0) & (lengths < horizon + 1))
     if short.size:
         log_line(
-            f"{where or 'sequential data'}: {short.size} of {n_tracers} tracers have fewer than "
-            f"horizon + 1 = {horizon + 1} steps (lengths {sorted(set(lengths[short].tolist()))}) "
-            "and give no training window"
+            f"{where or 'sequential data'}: {short.size} of {int(np.sum(lengths > 0))} tracers "
+            f"have fewer than horizon + 1 = {horizon + 1} steps (lengths "
+            f"{sorted(set(lengths[short].tolist()))}) and give no training window"
         )
-    rows = [(k, s) for k in range(n_tracers)
-            for s in [0] * (t0_repeats - 1)
-            + sorted({0, *range(k % stride, int(lengths[k]) - horizon, stride)})
-            if s < lengths[k] - horizon]
-    return np.asarray(rows, dtype=np.int32).reshape(-1, 2)
+    n_starts = lengths - horizon  # valid starts: 0 .. n_starts - 1
+    tracer = np.arange(lengths.shape[0], dtype=np.int64)
+    offset = tracer % stride
+    ok = n_starts >= 1
+    n_range = np.where(ok & (n_starts > offset), (n_starts - offset + stride - 1) // stride, 0)
+    n_zero = np.where(ok, (t0_repeats - 1) + (offset != 0), 0)  # t0 windows before the range
+    counts = n_zero + n_range
+    rows = np.repeat(tracer, counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.arange(rows.shape[0], dtype=np.int64) - first
+    zeros, offsets = np.repeat(n_zero, counts), np.repeat(offset, counts)
+    starts = np.where(pos < zeros, 0, offsets + (pos - zeros) * stride)
+    return np.stack([rows, starts], axis=1).astype(np.int32).reshape(-1, 2)
 
 
 def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -> dict:
@@ -399,69 +447,87 @@ def _state_bounds(config) -> tuple[float, float] | None:
     return float(bounds[0]), float(bounds[1])
 
 
-def _emu_arrays(setup: Setup, chunk: np.ndarray, put, split: str) -> dict:
-    if jax.process_count() > 1:
-        # Window tables index process-local tracers; joining them across hosts needs offsets.
-        raise NotImplementedError(
-            "multi-host training of emulators (sequential data) is not implemented; train them "
-            "on one host (any number of local devices) or set config.distributed = False"
-        )
-    p = setup.info["n_physical"]
-    chunk = np.asarray(chunk, np.float32)
+def _emu_arrays(setup: Setup, chunk: data_lib.HostChunk, split: str) -> dict:
+    """The chunk's tracers as one global array sharded over `data` and its window table (global
+    tracer indices of the chunk, from every process's tracer lengths), replicated."""
     # Training windows every `window_stride` steps (long horizons at the cost of short ones) with
     # the t0 windows repeated; validation keeps every stride-1 window once (the protocol the
     # benchmark's trainer check repeats).
     train = split == "train"
     horizon = setup.info["horizon"] if train else setup.info.get("val_horizon",
                                                                  setup.info["horizon"])
-    windows = window_table(chunk, horizon, where=f"split {split!r}",
+    lengths = chunk.all_rows(tracer_lengths(chunk.local))  # [n_rows], padding tracers 0
+    windows = window_table(None, horizon, where=f"split {split!r}",
                            stride=int(setup.info.get("window_stride", 1)) if train else 1,
-                           t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1)
+                           t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1,
+                           lengths=lengths)
     return {
-        "physical": put(np.nan_to_num(chunk[..., :p])),
-        "abundances": put(np.nan_to_num(chunk[..., p:])),
-        "windows": put(windows),
+        "sequence": chunk.put(np.nan_to_num(chunk.local)),  # [N, T, P + S]
+        "windows": mesh_lib.put_replicated(windows, chunk.mesh),
         # Its static length is the window length (training and validation may differ).
-        "window_steps": put(np.arange(horizon, dtype=np.int32)),
+        "window_steps": mesh_lib.put_replicated(np.arange(horizon, dtype=np.int32), chunk.mesh),
     }
 
 
-def _latent_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
-    """Encode every step once with the frozen autoencoder (eval mode), min-max scale latents."""
-    arrays = _emu_arrays(setup, chunk, put, split)
-    abund = arrays["abundances"]
-    n, t, s = abund.shape
-    z = encode_rows(setup.static, setup.frozen["ae_params"], setup.frozen["ae_batch_stats"],
-                    abund.reshape(n * t, s))
-    arrays["state"] = ((z - setup.frozen["latent_min"]) / setup.frozen["latent_span"]).reshape(
-        n, t, -1)
+def _emu_count(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> int:
+    train = split == "train"
+    horizon = setup.info["horizon"] if train else setup.info.get("val_horizon",
+                                                                 setup.info["horizon"])
+    lengths = chunk.all_rows(tracer_lengths(chunk.local))
+    return int(window_table(None, horizon, where=f"split {split!r}",
+                            stride=int(setup.info.get("window_stride", 1)) if train else 1,
+                            t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train
+                            else 1, lengths=lengths).shape[0])
+
+
+def _latent_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> Prepared:
+    """Encode every step of the chunk once with the frozen autoencoder (eval mode, each device
+    its own tracers), min-max scale the latents: state [N, T, L]."""
+    arrays = _emu_arrays(setup, chunk, split)
+    arrays["state"] = _latent_states(setup, chunk.mesh)(setup.frozen, arrays["sequence"])
     return Prepared(arrays=arrays, n_items=int(arrays["windows"].shape[0]))
 
 
-def _direct_prepare(setup: Setup, chunk: np.ndarray, put, split: str = "train") -> Prepared:
-    arrays = _emu_arrays(setup, chunk, put, split)
-    arrays["state"] = arrays["abundances"]
+_LATENT_STATES: dict[tuple, tuple[Any, Callable]] = {}
+
+
+def _latent_states(setup: Setup, mesh) -> Callable:
+    key = (id(setup.static), mesh, setup.info["n_physical"])
+    entry = _LATENT_STATES.get(key)
+    if entry is None:
+        p = setup.info["n_physical"]
+        mdef = setup.static
+
+        def states(frozen, sequence):
+            n, t, _ = sequence.shape
+            model = state_lib.merge_model(mdef, frozen["ae_params"], frozen["ae_batch_stats"],
+                                          train=False)
+            rows = sequence[..., p:].reshape(n * t, -1)
+            z = data_lib.map_local_rows(mesh, model.encode, rows, ENCODE_BATCH_ROWS)
+            return ((z - frozen["latent_min"]) / frozen["latent_span"]).reshape(n, t, -1)
+
+        entry = _LATENT_STATES[key] = (mdef, jax.jit(states))
+    return entry[1]
+
+
+def _direct_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> Prepared:
+    arrays = _emu_arrays(setup, chunk, split)
     return Prepared(arrays=arrays, n_items=int(arrays["windows"].shape[0]))
 
 
-def _window_batch(setup: Setup, arrays: dict, idx: jax.Array) -> dict:
+def _window_batch(setup: Setup, arrays: dict, idx: jax.Array, mesh) -> dict:
     """Windows idx [B] -> physical [B, H, P] (drives t -> t+1), state0 [B, D] at the window start,
     target [B, H, S] scaled abundances at steps start + 1 .. start + H."""
     horizon = arrays["window_steps"].shape[0]
+    p = setup.info["n_physical"]
     win = jnp.take(arrays["windows"], idx, axis=0)
     tracer, start = win[:, 0], win[:, 1]
-
-    def cut(a, length, offset):
-        def one(k, s0):
-            return jax.lax.dynamic_slice_in_dim(a[k], s0 + offset, length, axis=0)
-
-        return jax.vmap(one)(tracer, start)
-
-    return {
-        "physical": cut(arrays["physical"], horizon, 0),
-        "state0": cut(arrays["state"], 1, 0)[:, 0],
-        "target": cut(arrays["abundances"], horizon, 1),
-    }
+    seq = data_lib.gather_windows(mesh, arrays["sequence"], tracer, start, horizon + 1)
+    if "state" in arrays:  # latent emulator: the encoded state at the window start
+        state0 = data_lib.gather_windows(mesh, arrays["state"], tracer, start, 1)[:, 0]
+    else:  # direct emulator: the scaled abundances themselves
+        state0 = seq[:, 0, p:]
+    return {"physical": seq[:, :-1, :p], "state0": state0, "target": seq[:, 1:, p:]}
 
 
 def _latent_predict(model, batch: dict, frozen, setup: Setup):
@@ -489,16 +555,17 @@ COMPONENTS: dict[str, Component] = {
     "autoencoder": Component(
         preprocessing_layout="timeless", item="rows", setup=_ae_setup, build_model=_ae_build,
         prepare=_ae_prepare, make_batch=_ae_batch, predict=_ae_predict, after_training=_ae_after,
+        count_items=_ae_count,
     ),
     "emulator": Component(
         preprocessing_layout="sequential", item="windows", setup=_latent_setup,
         build_model=_emu_build, prepare=_latent_prepare, make_batch=_window_batch,
-        predict=_latent_predict, after_training=_no_after,
+        predict=_latent_predict, after_training=_no_after, count_items=_emu_count,
     ),
     "direct_emulator": Component(
         preprocessing_layout="sequential", item="windows", setup=_direct_setup,
         build_model=_emu_build, prepare=_direct_prepare, make_batch=_window_batch,
-        predict=_direct_predict, after_training=_no_after,
+        predict=_direct_predict, after_training=_no_after, count_items=_emu_count,
     ),
 }
 

@@ -3,10 +3,16 @@
     summary = train_component(config)                 # preprocesses on demand
     summary = train_component(config, preprocessed_dir=d, devices=jax.devices()[:1])
 
-Per epoch: a device-side permutation of the training items, one jitted step per batch
-(`jax.jit(step, donate_argnums=0)`, state replicated `P()`, batch sharded `P("data")`), one host
-fetch of the epoch's losses, a full validation pass in eval mode, reduce-on-plateau of the learning
-rate, optional dropout decay, a checkpoint (latest + best) and `metrics.json`. A diverged epoch (a
+Per epoch: a permutation of the training items drawn from the data key, `steps_per_call`
+jitted steps per dispatch (`jax.jit(step, donate_argnums=0)`, state replicated `P()`, batch cut
+from the data chunk on device and sharded `P("data")`, see `training.data`), one host fetch of
+the epoch's losses, a full validation pass in eval mode (padded, masked batches), reduce-on-plateau
+of the learning rate, optional dropout decay, a checkpoint (latest + best), `metrics.json` and
+TensorBoard scalars (`training.metric_writer`, process 0). Multi-process runs (config.distributed)
+run the same code: every process reads its own rows, process 0 preprocesses and writes every
+artifact while the others wait. SIGTERM / SIGINT save a checkpoint between two dispatches and
+stop (`training.preemption.TrainingInterrupted`); `config.profile_steps` traces that many steps
+with `jax.profiler`. Everything runs under `config.matmul_precision`. A diverged epoch (a
 NaN/inf loss, or a validation loss above `divergence_factor` x the best) rolls the state back to
 the best checkpoint with the learning rate x `rollback_lr_factor`, at most `max_rollbacks` times;
 a non-finite loss with no rollback left raises `NonFiniteLossError` (last good checkpoint kept).
@@ -17,6 +23,7 @@ exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -34,16 +41,21 @@ from ml_collections import ConfigDict
 from astrochem_jax import atomic, config_utils, locks, paths, runtime, shards
 from astrochem_jax.losses import total_loss, validation_metrics
 from astrochem_jax.training import checkpoints as ckpt_lib
-from astrochem_jax.training import checks
+from astrochem_jax.training import checks, preemption
 from astrochem_jax.training import components as comp_lib
 from astrochem_jax.training import data as data_lib
 from astrochem_jax.training import mesh as mesh_lib
+from astrochem_jax.training import metric_writer as writer_lib
 from astrochem_jax.training import state as state_lib
+from astrochem_jax.training.preemption import TrainingInterrupted
 
 METRICS_JSON = "metrics.json"
 SUMMARY_JSON = "summary.json"
 # Config fields that may change between a run and its resumption (they do not change the result).
-RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident_max_mb")
+RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident_max_mb",
+                         "profile_steps")
+# Fields added after runs were saved, with the value those runs used (resume compares them).
+NEW_FIELD_DEFAULTS = {"matmul_precision": "default"}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -126,13 +138,13 @@ def _constrain_batch(batch: Any, mesh) -> Any:
 class Steps:
     """Jitted functions for one model definition (rebuilt if dropout changes).
 
-    train(state, arrays, perm [n_batches, B], start, frozen, lr_factors [n], n) ->
-    (state, diagnostics {name: [n]}): n
-    consecutive steps (batches start .. start + n - 1 sliced on device) in ONE dispatch
-    (`lax.scan`), so small models are not bound by per-step dispatch; `n` is static.
+    train(state, arrays, idx [n, B], frozen, lr_factors [n]) -> (state, diagnostics {name: [n]}):
+    n consecutive steps on the batches of global item indices `idx` (cut from the chunk's arrays
+    on device) in ONE dispatch (`lax.scan`), so small models are not bound by per-step dispatch.
     train_on_batches(state, batches (leading axis n), frozen) -> (state, diagnostics): the same
     updates on batches already cut (benchmarks use it to time the input pipeline separately).
-    evaluate(params, batch_stats, arrays, idx [B], frozen) -> batch-mean metrics.
+    evaluate(params, batch_stats, arrays, idx [B], mask [B], frozen) -> {metric: sum over the
+    unmasked items, "count": their number} (per-item metrics: padded batches count exactly).
     """
 
     train: Any
@@ -151,10 +163,10 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
 
     def update(state: state_lib.TrainState, batch, frozen, lr_factor):
         batch = _constrain_batch(batch, mesh)
-        key = state_lib.step_key(state)
+        keys = state_lib.step_keys(state)
 
         def loss_fn(params):
-            model = state_lib.merge_model(mdef, params, state.batch_stats, train=True, key=key)
+            model = state_lib.merge_model(mdef, params, state.batch_stats, train=True, key=keys)
             pred, true = component.predict(model, batch, frozen, setup)
             loss, parts = loss_of(pred, true)
             return loss, (parts, nnx.state(model, nnx.BatchStat))
@@ -178,11 +190,10 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
                                    opt_state=opt_state, rng=state.rng)
         return new, diagnostics
 
-    def train_steps(state: state_lib.TrainState, arrays, perm, start, frozen, lr_factors,
-                    n: int):
-        idx = jax.lax.dynamic_slice_in_dim(perm, start, n, axis=0)  # [n, B]
+    def train_steps(state: state_lib.TrainState, arrays, idx, frozen, lr_factors):
         return jax.lax.scan(
-            lambda s, xs: update(s, component.make_batch(setup, arrays, xs[0]), frozen, xs[1]),
+            lambda s, xs: update(s, component.make_batch(setup, arrays, xs[0], mesh), frozen,
+                                 xs[1]),
             state, (idx, lr_factors))
 
     def train_on_batches(state: state_lib.TrainState, batches, frozen):
@@ -190,15 +201,23 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
         return jax.lax.scan(lambda s, xs: update(s, xs[0], frozen, xs[1]), state,
                             (batches, ones))
 
-    def eval_step(params, batch_stats, arrays, idx, frozen):
-        batch = component.make_batch(setup, arrays, idx)
-        model = state_lib.merge_model(mdef, params, batch_stats, train=False)
-        pred, true = component.predict(model, batch, frozen, setup)
-        loss, parts = loss_of(pred, true)
-        metrics = validation_metrics(pred, true, setup.abundance_clip)
+    def per_item(pred, true):
+        """Metrics of ONE item (a row, or a window [H, S]): the batch means are their means."""
+        loss, parts = loss_of(pred[None], true[None])
+        metrics = validation_metrics(pred[None], true[None], setup.abundance_clip)
         metrics.pop("n_samples")
         out = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}}
         out.update(metrics)
+        return out
+
+    def eval_step(params, batch_stats, arrays, idx, mask, frozen):
+        batch = _constrain_batch(component.make_batch(setup, arrays, idx, mesh), mesh)
+        model = state_lib.merge_model(mdef, params, batch_stats, train=False)
+        pred, true = component.predict(model, batch, frozen, setup)
+        items = jax.vmap(per_item)(pred, true)
+        w = mask.astype(jnp.float32)
+        out = {k: jnp.tensordot(w, v.astype(jnp.float32), axes=1) for k, v in items.items()}
+        out["count"] = jnp.sum(w)
         return out
 
     state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
@@ -206,15 +225,15 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
     train = jax.jit(
         train_steps,
         donate_argnums=0,
-        static_argnums=6,
-        in_shardings=(state_sharding, None, mesh_lib.batch_sharded(mesh, 2, axis=1), repl, None,
-                      repl),
+        in_shardings=(state_sharding, None, repl, None, repl),
         out_shardings=(state_sharding, repl),
     )
     on_batches = jax.jit(train_on_batches, donate_argnums=0,
                          in_shardings=(state_sharding, None, None),
                          out_shardings=(state_sharding, repl))
-    return Steps(train=train, train_on_batches=on_batches, evaluate=jax.jit(eval_step))
+    evaluate = jax.jit(eval_step, in_shardings=(repl, repl, None, repl, repl, None),
+                       out_shardings=repl)
+    return Steps(train=train, train_on_batches=on_batches, evaluate=evaluate)
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
@@ -352,8 +371,11 @@ def _flatten(d: Any, prefix: str = "") -> dict:
 
 
 def has_checkpoint(directory: Path) -> bool:
-    """Whether `<directory>/checkpoints/` holds at least one saved epoch."""
+    """Whether `<directory>/checkpoints/` holds at least one saved epoch, or an interrupted run
+    left its mid-epoch checkpoint (`preemption.INTERRUPTED_DIR`)."""
     checkpoint_dir = directory / ckpt_lib.CHECKPOINT_DIR
+    if (directory / preemption.INTERRUPTED_DIR).is_dir():
+        return True
     return checkpoint_dir.is_dir() and any(p.is_dir() and p.name.isdigit()
                                            for p in checkpoint_dir.iterdir())
 
@@ -378,6 +400,8 @@ def check_resume_compatible(directory: Path, config, info: dict) -> None:
                     if k not in RESUME_IGNORED_FIELDS})
     new = _flatten({k: v for k, v in config_utils.to_dict(config).items()
                     if k not in RESUME_IGNORED_FIELDS})
+    for key, value in NEW_FIELD_DEFAULTS.items():
+        old.setdefault(key, value)
     old.update(_flatten(old_info, "data_info"))
     new.update(_flatten(json.loads(json.dumps(info)), "data_info"))
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -393,34 +417,47 @@ def check_resume_compatible(directory: Path, config, info: dict) -> None:
 # --- the loop -------------------------------------------------------------------------------------
 
 
+
 def ensure_preprocessed(config) -> Path:
-    """Build (or validate the cache of) the preprocessed data this component needs."""
-    from astrochem_jax.preprocess import preprocess
+    """Build (or validate the cache of) the preprocessed data this component needs. With several
+    processes, process 0 builds it while the others wait, then they only check the cache."""
+    from astrochem_jax.preprocess import is_cached, output_dirs, preprocess
 
     method = config_utils.load_config(config.preprocessing_method, "preprocessing")
-    return Path(preprocess(config.dataset, method))
+    if jax.process_count() == 1:
+        return Path(preprocess(config.dataset, method))
+    failure = None
+    if mesh_lib.is_main_process():
+        try:
+            preprocess(config.dataset, method)
+        except Exception as err:  # the others must still leave the barrier
+            failure = err
+    mesh_lib.barrier("preprocessed")
+    if failure is not None:
+        raise failure
+    directory, _ = output_dirs(config.dataset, method)
+    if not is_cached(config.dataset, method):
+        raise RuntimeError(f"process {jax.process_index()}: {directory} is not a valid "
+                           "preprocessed cache after process 0 built it (do all processes see "
+                           "the same outputs/ directory?)")
+    return Path(directory)
 
 
-def _evaluate(steps: Steps, state, chunks, source, setup, component, put, frozen, batch_size,
-              mesh) -> dict:
-    """Weighted means over the whole split: scalars and per-species vectors (numpy)."""
-    results, weights = [], []
-    for prepared in chunks if chunks is not None else _stream(source, setup, component, put):
-        for idx in data_lib.eval_index_batches(prepared.n_items, batch_size, mesh):
-            results.append(steps.evaluate(state.params, state.batch_stats, prepared.arrays, idx,
-                                          frozen))
-            weights.append(idx.shape[0])
-    if not results:
+def _evaluate(steps: Steps, state, loader: data_lib.ChunkLoader, frozen, batch_size) -> dict:
+    """Means over the whole split (every item once): scalars and per-species vectors (numpy)."""
+    sums = []
+    for _, _, prepared in loader.iterate():
+        for idx, mask in data_lib.eval_batches(prepared.n_items, batch_size):
+            sums.append(steps.evaluate(state.params, state.batch_stats, prepared.arrays, idx,
+                                       mask, frozen))
+        loader.fence = sums[-1] if sums else None
+    if not sums:
+        source = loader.source
         raise ValueError(f"{source.directory}: split {source.split!r} has no items to evaluate")
-    results = jax.device_get(results)
-    w = np.asarray(weights, np.float64) / float(np.sum(weights))
-    return {k: np.tensordot(w, np.stack([np.asarray(r[k], np.float64) for r in results]), axes=1)
-            for k in results[0]}
-
-
-def _stream(source, setup, component, put):
-    for chunk in source.chunks():
-        yield component.prepare(setup, chunk, put, source.split)
+    sums = mesh_lib.fetch(sums)
+    count = float(np.sum([s["count"] for s in sums], dtype=np.float64))
+    return {k: np.sum([np.asarray(s[k], np.float64) for s in sums], axis=0) / count
+            for k in sums[0] if k != "count"}
 
 
 def _scalars(metrics: dict) -> dict:
@@ -428,7 +465,7 @@ def _scalars(metrics: dict) -> dict:
 
 
 def _is_main() -> bool:
-    return jax.process_index() == 0
+    return mesh_lib.is_main_process()
 
 
 def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None = None,
@@ -437,11 +474,16 @@ def train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None =
 
     The config is checked first (`training.checks`). One run per component at a time: a lock
     under `outputs/runs/<name>/` refuses a second one. A run that fails before its first
-    checkpoint leaves nothing in `outputs/weights/<name>/`."""
+    checkpoint leaves nothing in `outputs/weights/<name>/`. Raises `TrainingInterrupted` after
+    saving a checkpoint when SIGTERM / SIGINT arrive."""
     checks.check_training_config(config)
+    mesh_lib.initialize_distributed(bool(config.get("distributed", False)))
     out_dir = paths.weights_dir(config.name)
-    with locks.exclusive(paths.runs_dir() / config.name / "train.lock",
-                         f"component {config.name!r} ({out_dir})"):
+    # One lock per run, held by process 0 (the processes of one multi-host run share outputs/).
+    lock = (locks.exclusive(paths.runs_dir() / config.name / "train.lock",
+                            f"component {config.name!r} ({out_dir})") if _is_main()
+            else contextlib.nullcontext())
+    with lock:
         try:
             return _train_component(config, preprocessed_dir=preprocessed_dir, devices=devices)
         except BaseException:
@@ -467,13 +509,34 @@ def _discard_unless_checkpointed(out_dir: Path) -> None:
 
 def _train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None = None,
                      devices=None) -> dict:
+    """train_component without the checks and the lock: distributed set-up, matmul precision."""
     wall_start = time.perf_counter()
-    mesh_lib.initialize_distributed(bool(config.get("distributed", False)))
+    precision = runtime.matmul_precision(config.get("matmul_precision"))
+    with jax.default_matmul_precision(precision):
+        return _train(config, preprocessed_dir, devices, wall_start)
+
+
+def _component_arrays(component, setup, split: str):
+    return lambda chunk: component.prepare(setup, chunk, split)
+
+
+def _train_item_counts(component, setup, loader: data_lib.ChunkLoader) -> list[int]:
+    """Items (rows / windows) of every train chunk: from the kept chunks, or counted on the
+    host chunk by chunk (nothing is put on the devices)."""
+    source = loader.source
+    if source.resident:
+        return [loader.get(k).n_items for k in range(source.n_chunks)]
+    return [int(component.count_items(setup, source.load(k, loader.mesh), "train"))
+            for k in range(source.n_chunks)]
+
+
+def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> dict:
     component = comp_lib.get_component(config.type)
     mesh = mesh_lib.make_mesh(devices)
     mesh_lib.check_batch_size(int(config.batch_size), mesh)
     eval_batch_size = int(config.get("eval_batch_size") or config.batch_size)
     mesh_lib.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+    seed = int(config.seed)
 
     if preprocessed_dir is None:
         preprocessed_dir = ensure_preprocessed(config)
@@ -482,41 +545,51 @@ def _train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None 
     setup = component.setup(config, manifest, pre_dir)
     out_dir = paths.weights_dir(config.name)
     check_resume_compatible(out_dir, config, setup.info)
+    mesh_lib.barrier("resume_checked")
     if _is_main():
         ckpt_lib.write_config_json(out_dir, config, setup.info)
 
     mdef, params, batch_stats = state_lib.build_split(
-        lambda: component.build_model(config, setup.info, nnx.Rngs(int(config.seed))))
+        lambda: component.build_model(config, setup.info, state_lib.model_rngs(seed)))
     n_params = state_lib.count_parameters(params)
     tx = state_lib.make_optimizer(config)
-    state = state_lib.init_state(params, batch_stats, tx, int(config.seed))
+    state = state_lib.init_state(params, batch_stats, tx, seed)
     repl = mesh_lib.replicated(mesh)
     abstract = ckpt_lib.abstract_with_sharding(state, repl)
-    state = jax.device_put(state, repl)
+    state = mesh_lib.put_replicated(state, mesh)
+    del params, batch_stats  # the state holds the only copy the loop needs
 
     checkpointer = ckpt_lib.Checkpointer(out_dir, async_save=bool(config.checkpoint.async_save))
+    interrupted = preemption.InterruptCheckpoint(out_dir)
     loop = initial_loop_state(config)
     resumed = checkpointer.restore_latest_intact(abstract, comp_lib.log_line)
     if resumed is not None:
         latest, state, loop = resumed
         comp_lib.log_line(f"{config.name}: resuming after epoch {latest} from "
                           f"{checkpointer.directory}")
+    saved = interrupted.restore(abstract) if interrupted.exists() else None
+    if saved is not None and int(saved[1]["epoch"]) >= int(latest or 0):
+        state, loop = saved
+        where = loop.get("in_epoch")
+        comp_lib.log_line(
+            f"{config.name}: resuming the interrupted run from {interrupted.directory} (epoch "
+            f"{int(loop['epoch']) + (1 if where else 0)}"
+            + (f", batch {where['batches_done'] + where['batch'] + 1}" if where else "") + ")")
+    elif saved is not None:
+        interrupted.remove()  # older than the latest epoch checkpoint
 
-    put = data_lib.device_put_fn(mesh)
     if setup.frozen is not None:  # frozen arrays (e.g. the autoencoder) replicated on the mesh
-        setup = dataclasses.replace(setup, frozen=jax.device_put(setup.frozen, repl))
+        setup = dataclasses.replace(setup, frozen=mesh_lib.put_replicated(setup.frozen, mesh))
     frozen = setup.frozen
     resident_mb = float(config.device_resident_max_mb)
     train_src = data_lib.split_source(pre_dir, manifest, "train", resident_mb)
     val_src = data_lib.split_source(pre_dir, manifest, "val", resident_mb)
-    train_res = [component.prepare(setup, c, put, "train") for c in train_src.chunks()] \
-        if train_src.resident else None
-    val_res = [component.prepare(setup, c, put, "val") for c in val_src.chunks()] \
-        if val_src.resident else None
+    train_loader = data_lib.ChunkLoader(train_src, mesh,
+                                        _component_arrays(component, setup, "train"))
+    val_loader = data_lib.ChunkLoader(val_src, mesh, _component_arrays(component, setup, "val"))
 
     batch_size = int(config.batch_size)
     steps_per_call = max(1, int(config.get("steps_per_call", 1)))
-    base_key = jax.random.key(int(config.seed))
     steps_by_dropout: dict[float, Steps] = {}
 
     def steps_for(rate: float) -> Steps:
@@ -526,148 +599,223 @@ def _train_component(config: ConfigDict, *, preprocessed_dir: str | Path | None 
             steps_by_dropout[rate] = make_steps(component, setup, m, tx, config, mesh, abstract)
         return steps_by_dropout[rate]
 
+    train_items = _train_item_counts(component, setup, train_loader)
+    epoch_batches = max(1, sum(n // batch_size for n in train_items))
+    if all(n < batch_size for n in train_items):
+        raise ValueError(
+            f"{pre_dir}: the train split has fewer {component.item} per chunk than "
+            f"config.batch_size = {batch_size}; lower the batch size"
+        )
+
     if loop["epoch"] == 0 and loop.get("initial_val_loss") is None:
         # The untrained model's validation loss: the reference a run must beat to count as
         # converged (for emulators, whose output layer starts near zero, this is ~ persistence).
-        initial = _evaluate(steps_for(float(loop["dropout"])), state, val_res, val_src, setup,
-                            component, put, frozen, eval_batch_size, mesh)
+        initial = _evaluate(steps_for(float(loop["dropout"])), state, val_loader, frozen,
+                            eval_batch_size)
         loop["initial_val_loss"] = _finite_or_none(float(initial["loss"]))
 
-    while loop["stop_reason"] is None and loop["epoch"] < int(config.epochs):
-        epoch = loop["epoch"]  # 0-based index of the epoch being trained
-        t0 = time.perf_counter()
-        dropout_used = float(loop["dropout"])
-        steps = steps_for(dropout_used)
-        epoch_key = jax.random.fold_in(base_key, epoch)
-        order = np.random.default_rng([int(config.seed), epoch]).permutation(train_src.n_chunks)
-        losses, n_samples = [], 0
-        chunks = train_res if train_res is not None else list(
-            _stream(train_src, setup, component, put))
-        epoch_batches = max(1, sum(c.n_items // batch_size for c in chunks))
-        batches_done = 0
-        for ci in order:
-            prepared = chunks[ci]
-            if prepared.n_items < batch_size:
-                continue
-            perm = data_lib.epoch_batches(jax.random.fold_in(epoch_key, int(ci)),
-                                          prepared.n_items, batch_size, mesh)
-            for start in range(0, perm.shape[0], steps_per_call):
-                n = min(steps_per_call, perm.shape[0] - start)
-                done = batches_done + start + np.arange(n)
-                factors = state_lib.lr_schedule_factor(config, epoch + done / epoch_batches)
-                state, chunk_losses = steps.train(state, prepared.arrays, perm, np.int32(start),
-                                                  frozen, factors.astype(np.float32), n)
-                losses.append(chunk_losses)
-            batches_done += perm.shape[0]
-            n_samples += perm.shape[0] * batch_size
-        if not losses:
-            raise ValueError(
-                f"{pre_dir}: the train split has fewer {component.item} per chunk than "
-                f"config.batch_size = {batch_size}; lower the batch size"
-            )
-        diagnostics = {k: np.concatenate([np.asarray(d[k]) for d in jax.device_get(losses)])
-                       for k in losses[0]}
-        losses = diagnostics["loss"]
-        train_seconds = time.perf_counter() - t0
-        bad = np.flatnonzero(~np.isfinite(losses))
-        train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
-        val, val_loss = {}, math.nan
-        if not bad.size:
-            val = _evaluate(steps, state, val_res, val_src, setup, component, put, frozen,
-                            eval_batch_size, mesh)
-            val_loss = float(val["loss"])
-        lr = state_lib.learning_rate(state)
-        skipped = float(np.mean(~np.isfinite(diagnostics["grad_norm"])))
-        diverged = divergence(loop, train_loss, val_loss, config, skipped)
-        rolled_back_to = None
-        if diverged is not None and can_roll_back(loop, config):
-            rolled_back_to = int(loop["best_epoch"])
-            checkpointer.wait()
-            state, _ = checkpointer.restore(rolled_back_to, abstract)
-            loop["epoch"] = epoch + 1
-            loop, new_lr = rollback_bookkeeping(loop, lr, config)
-            state = state_lib.with_learning_rate(state, new_lr)
-            comp_lib.log_line(
-                f"{config.name} epoch {epoch + 1}: diverged ({diverged}); rolled back to epoch "
-                f"{rolled_back_to}, lr {lr:.2e} -> {new_lr:.2e} "
-                f"(rollback {loop['rollbacks']} of {int(config.max_rollbacks)})"
-            )
-        elif bad.size:
-            k = int(bad[0])
-            raise NonFiniteLossError(
-                f"{config.name}: training loss is {losses[k]} at epoch {epoch + 1}, step {k + 1} "
-                f"of the epoch (global step {int(state.step) - len(losses) + k + 1}); stopping. "
-                f"The last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
-                f"{checkpointer.directory}; lower config.lr or check the data"
-            )
-        elif skipped > MAX_SKIPPED_STEP_FRACTION:
-            raise NonFiniteLossError(
-                f"{config.name}: epoch {epoch + 1}: {diverged}; stopping. The last good "
-                f"checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
-                f"{checkpointer.directory}; lower config.lr or check the data"
-            )
-        elif not math.isfinite(val_loss):
-            raise NonFiniteLossError(
-                f"{config.name}: validation loss is {val_loss} after epoch {epoch + 1}; stopping. "
-                f"The last good checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
-                f"{checkpointer.directory}"
-            )
-        else:
-            loop["epoch"] = epoch + 1
-            loop, new_lr = update_bookkeeping(loop, val_loss, lr, config)
-            if new_lr != lr:
+    writer = writer_lib.MetricWriter(config.name, resume_epoch=int(loop["epoch"]),
+                                     enabled=_is_main())
+    profiler = writer_lib.StepProfiler(int(config.get("profile_steps") or 0),
+                                       writer.directory, enabled=_is_main())
+    calls = 0  # jitted train calls in this invocation (the profiler skips the first)
+
+    def stop_here(loop_now: dict, state_now, guard) -> None:
+        """Save the interrupted-run checkpoint and raise TrainingInterrupted."""
+        checkpointer.wait()
+        interrupted.save(int(mesh_lib.fetch(state_now.step)), state_now, loop_now)
+        where = loop_now.get("in_epoch")
+        position = (f"epoch {int(loop_now['epoch']) + 1}, batch "
+                    f"{where['batches_done'] + where['batch'] + 1}" if where else
+                    f"after epoch {int(loop_now['epoch'])}")
+        message = (f"{config.name}: stopped by signal {guard.signum} ({position}); checkpoint "
+                   f"saved in {interrupted.directory}. Rerun the same command to resume "
+                   "exactly")
+        comp_lib.log_line(message)
+        writer.close()
+        profiler.close()
+        checkpointer.close()
+        raise TrainingInterrupted(message, guard.signum)
+
+    with preemption.PreemptionGuard() as guard:
+        while loop["stop_reason"] is None and loop["epoch"] < int(config.epochs):
+            epoch = loop["epoch"]  # 0-based index of the epoch being trained
+            where = loop.pop("in_epoch", None) or {"pos": 0, "batch": 0, "batches_done": 0,
+                                                   "n_samples": 0, "diagnostics": None,
+                                                   "seconds": 0.0}
+            t0 = time.perf_counter() - float(where["seconds"])
+            dropout_used = float(loop["dropout"])
+            steps = steps_for(dropout_used)
+            order = state_lib.data_rng(seed, epoch, 0).permutation(train_src.n_chunks)
+            done_parts = ([preemption.decode_diagnostics(where["diagnostics"])]
+                          if where["diagnostics"] else [])
+            losses = []
+            batches_done, n_samples = int(where["batches_done"]), int(where["n_samples"])
+            for pos, ci, prepared in train_loader.iterate(order, int(where["pos"])):
+                if prepared.n_items < batch_size:
+                    continue
+                perm = data_lib.epoch_batches(state_lib.data_rng(seed, epoch, 1 + int(ci)),
+                                              prepared.n_items, batch_size)
+                first = int(where["batch"]) if pos == int(where["pos"]) else 0
+                for start in range(first, perm.shape[0], steps_per_call):
+                    calls += 1
+                    if guard.should_stop():
+                        fetched = mesh_lib.fetch(losses)
+                        so_far = _concat_diagnostics(done_parts + fetched)
+                        stop_here(dict(loop, in_epoch={
+                            "pos": int(pos), "batch": int(start), "batches_done": batches_done,
+                            "n_samples": n_samples,
+                            "diagnostics": preemption.encode_diagnostics(so_far) if so_far
+                            else None,
+                            "seconds": time.perf_counter() - t0}), state, guard)
+                    n = min(steps_per_call, perm.shape[0] - start)
+                    done = batches_done + start + np.arange(n)
+                    factors = state_lib.lr_schedule_factor(config, epoch + done / epoch_batches)
+                    profiler.before_call(calls)
+                    state, chunk_losses = steps.train(state, prepared.arrays,
+                                                      perm[start:start + n], frozen,
+                                                      factors.astype(np.float32))
+                    profiler.after_call(chunk_losses, n)
+                    losses.append(chunk_losses)
+                train_loader.fence = losses[-1] if losses else None
+                batches_done += perm.shape[0]
+                n_samples += perm.shape[0] * batch_size
+            prepared = None  # a streamed chunk must not outlive its epoch (device memory bound)
+            diagnostics = _concat_diagnostics(done_parts + mesh_lib.fetch(losses))
+            losses = diagnostics["loss"]
+            train_seconds = time.perf_counter() - t0
+            bad = np.flatnonzero(~np.isfinite(losses))
+            train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
+            val, val_loss = {}, math.nan
+            if not bad.size:
+                val = _evaluate(steps, state, val_loader, frozen, eval_batch_size)
+                val_loss = float(val["loss"])
+            lr = state_lib.learning_rate(state)
+            skipped = float(np.mean(~np.isfinite(diagnostics["grad_norm"])))
+            diverged = divergence(loop, train_loss, val_loss, config, skipped)
+            rolled_back_to = None
+            if diverged is not None and can_roll_back(loop, config):
+                rolled_back_to = int(loop["best_epoch"])
+                checkpointer.wait()
+                state, _ = checkpointer.restore(rolled_back_to, abstract)
+                loop["epoch"] = epoch + 1
+                loop, new_lr = rollback_bookkeeping(loop, lr, config)
                 state = state_lib.with_learning_rate(state, new_lr)
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": _finite_or_none(float(np.mean(losses))),
-            "train": train_summary(diagnostics),
-            "val_loss": _finite_or_none(val_loss),
-            "val": _scalars(val),
-            "lr": lr,  # config.lr x plateau / rollback reductions, at the start of the epoch
-            # ... x the schedule factor at the epoch's last step: what the optimizer applied
-            "lr_applied": lr * float(state_lib.lr_schedule_factor(config, epoch + 1.0)),
-            "dropout": dropout_used,
-            "steps": int(state.step),
-            "seconds": seconds,
-            "samples_per_s": n_samples / train_seconds,
-        }
-        if rolled_back_to is not None:
-            record["rolled_back_to"] = rolled_back_to
-        loop["history"] = [*loop["history"], record]
-        loop["wall_time_s"] = float(loop["wall_time_s"]) + seconds
-        every = max(1, int(config.checkpoint.get("every_epochs", 1)))
-        if (loop["best_epoch"] == loop["epoch"] or loop["epoch"] % every == 0
-                or loop["epoch"] >= int(config.epochs) or loop["stop_reason"]):
-            # The metric is the loss this epoch measured, so after a rollback the best checkpoint
-            # stays the original one (a non-finite loss is saved as the largest float).
-            saved_loss = val_loss if math.isfinite(val_loss) else float(np.finfo(np.float64).max)
-            checkpointer.save(loop["epoch"], state, loop, saved_loss)
-        if _is_main():
-            atomic.write_json(out_dir / METRICS_JSON, loop["history"])
-        comp_lib.log_line(
-            f"{config.name} epoch {epoch + 1}/{int(config.epochs)}  "
-            f"train {float(np.mean(losses)):.4e}  val {val_loss:.4e}  "
-            f"|g| {record['train']['grad_norm_mean'] or math.nan:.2g}/"
-            f"{record['train']['grad_norm_max'] or math.nan:.2g}  "
-            f"mre {100 * record['val'].get('mean_relative_error', math.nan):.3g}%  "
-            f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  "
-            f"lr {record['lr_applied']:.2e}  "
-            f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"
-            + (f"  [{loop['stop_reason']}]" if loop["stop_reason"] else "")
-        )
+                # The restored step would replay the dropout / noise keys that led here.
+                state = state_lib.with_generation(state, seed, int(loop["rollbacks"]))
+                comp_lib.log_line(
+                    f"{config.name} epoch {epoch + 1}: diverged ({diverged}); rolled back to "
+                    f"epoch {rolled_back_to}, lr {lr:.2e} -> {new_lr:.2e} "
+                    f"(rollback {loop['rollbacks']} of {int(config.max_rollbacks)})"
+                )
+            elif bad.size:
+                k = int(bad[0])
+                raise NonFiniteLossError(
+                    f"{config.name}: training loss is {losses[k]} at epoch {epoch + 1}, step "
+                    f"{k + 1} of the epoch (global step {int(state.step) - len(losses) + k + 1});"
+                    f" stopping. The last good checkpoint (epoch {checkpointer.latest_epoch()}) "
+                    f"is kept in {checkpointer.directory}; lower config.lr or check the data"
+                )
+            elif skipped > MAX_SKIPPED_STEP_FRACTION:
+                raise NonFiniteLossError(
+                    f"{config.name}: epoch {epoch + 1}: {diverged}; stopping. The last good "
+                    f"checkpoint (epoch {checkpointer.latest_epoch()}) is kept in "
+                    f"{checkpointer.directory}; lower config.lr or check the data"
+                )
+            elif not math.isfinite(val_loss):
+                raise NonFiniteLossError(
+                    f"{config.name}: validation loss is {val_loss} after epoch {epoch + 1}; "
+                    f"stopping. The last good checkpoint (epoch {checkpointer.latest_epoch()}) "
+                    f"is kept in {checkpointer.directory}"
+                )
+            else:
+                loop["epoch"] = epoch + 1
+                loop, new_lr = update_bookkeeping(loop, val_loss, lr, config)
+                if new_lr != lr:
+                    state = state_lib.with_learning_rate(state, new_lr)
+            seconds = time.perf_counter() - t0
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": _finite_or_none(float(np.mean(losses))),
+                "train": train_summary(diagnostics),
+                "val_loss": _finite_or_none(val_loss),
+                "val": _scalars(val),
+                "lr": lr,  # config.lr x plateau / rollback reductions, at the epoch's start
+                # ... x the schedule factor at the epoch's last step: what the optimizer applied
+                "lr_applied": lr * float(state_lib.lr_schedule_factor(config, epoch + 1.0)),
+                "dropout": dropout_used,
+                "steps": int(state.step),
+                "seconds": seconds,
+                "samples_per_s": n_samples / train_seconds,
+            }
+            if rolled_back_to is not None:
+                record["rolled_back_to"] = rolled_back_to
+            loop["history"] = [*loop["history"], record]
+            loop["wall_time_s"] = float(loop["wall_time_s"]) + seconds
+            every = max(1, int(config.checkpoint.get("every_epochs", 1)))
+            saved_now = (loop["best_epoch"] == loop["epoch"] or loop["epoch"] % every == 0
+                         or loop["epoch"] >= int(config.epochs) or bool(loop["stop_reason"]))
+            if saved_now:
+                # The metric is the loss this epoch measured, so after a rollback the best
+                # checkpoint stays the original one (a non-finite loss is saved as the largest
+                # float).
+                saved_loss = (val_loss if math.isfinite(val_loss)
+                              else float(np.finfo(np.float64).max))
+                checkpointer.save(loop["epoch"], state, loop, saved_loss)
+                if saved is not None:  # the interrupted-run slot is superseded
+                    checkpointer.wait()
+                    interrupted.remove()
+                    saved = None
+            if _is_main():
+                atomic.write_json(out_dir / METRICS_JSON, loop["history"])
+            writer.write(epoch + 1, record)
+            comp_lib.log_line(
+                f"{config.name} epoch {epoch + 1}/{int(config.epochs)}  "
+                f"train {float(np.mean(losses)):.4e}  val {val_loss:.4e}  "
+                f"|g| {record['train']['grad_norm_mean'] or math.nan:.2g}/"
+                f"{record['train']['grad_norm_max'] or math.nan:.2g}  "
+                f"mre {100 * record['val'].get('mean_relative_error', math.nan):.3g}%  "
+                f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  "
+                f"lr {record['lr_applied']:.2e}  "
+                f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"
+                + (f"  [{loop['stop_reason']}]" if loop["stop_reason"] else "")
+            )
+            if guard.should_stop():
+                if saved_now:
+                    saved = None
+                    checkpointer.wait()
+                    message = (f"{config.name}: stopped by signal {guard.signum} after epoch "
+                               f"{loop['epoch']} (checkpointed). Rerun the same command to "
+                               "resume exactly")
+                    comp_lib.log_line(message)
+                    writer.close()
+                    profiler.close()
+                    checkpointer.close()
+                    raise TrainingInterrupted(message, guard.signum)
+                stop_here(loop, state, guard)
+    writer.close()
+    profiler.close()
     checkpointer.wait()
     if loop["stop_reason"] is None:  # not saved: a rerun with more epochs continues
         loop["stop_reason"] = f"epoch cap ({config.epochs})"
     summary = _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params,
-                      train_src, val_src, val_res, put, frozen, eval_batch_size, mesh, out_dir,
+                      train_loader, val_loader, frozen, eval_batch_size, mesh, out_dir,
                       time.perf_counter() - wall_start, steps_for(float(config.dropout)))
     checkpointer.close()
     return summary
 
 
-def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params, train_src,
-            val_src, val_res, put, frozen, eval_batch_size, mesh, out_dir, wall_s,
+def _concat_diagnostics(parts: list[dict]) -> dict:
+    """Per-call diagnostics {name: [n]} (host) -> {name: [steps so far]} float32."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    return {k: np.concatenate([np.asarray(p[k], np.float32).reshape(-1) for p in parts])
+            for k in parts[0]}
+
+
+def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params,
+            train_loader, val_loader, frozen, eval_batch_size, mesh, out_dir, wall_s,
             steps: Steps) -> dict:
     """Best weights -> after-training hook (latents min/max), final validation, summary.json."""
     best = checkpointer.best_epoch()
@@ -675,13 +823,15 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         raise ValueError(f"{config.name}: no checkpoint was written (config.epochs = "
                          f"{config.epochs}); nothing to summarise")
     best_state, _ = checkpointer.restore(best, abstract)
-    val = _evaluate(steps, best_state, val_res, val_src, setup, component, put, frozen,
-                    eval_batch_size, mesh)
+    val = _evaluate(steps, best_state, val_loader, frozen, eval_batch_size)
     component.after_training(comp_lib.Finished(
         config=config, setup=setup, mdef=mdef, params=best_state.params,
-        batch_stats=best_state.batch_stats, train_chunks=train_src.chunks, directory=out_dir,
+        batch_stats=best_state.batch_stats,
+        train_chunks=lambda: (prepared for _, _, prepared in train_loader.iterate()),
+        directory=out_dir, mesh=mesh,
     ))
     verdict = convergence_verdict(loop, float(val["loss"]), config)
+    train_src = train_loader.source
     summary = {
         "status": "failed" if verdict else "converged",
         "failure": verdict,
@@ -704,6 +854,12 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "devices": {"count": int(mesh.devices.size),
                     "kinds": sorted({d.device_kind for d in mesh.devices.flat}),
                     "processes": int(jax.process_count())},
+        "numerics": {"matmul_precision": runtime.matmul_precision(
+                         config.get("matmul_precision")),
+                     "x64": bool(jax.config.jax_enable_x64)},
+        "data": {"train_resident": bool(train_src.resident),
+                 "train_chunks": int(train_src.n_chunks),
+                 "device_resident_max_mb": float(config.device_resident_max_mb)},
         "train_split_shape": list(train_src.shape),
         "wall_time_s": float(wall_s),
         "training_time_s": float(loop["wall_time_s"]),
@@ -711,6 +867,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
     }
     if _is_main():
         atomic.write_json(out_dir / SUMMARY_JSON, summary)
+    mesh_lib.barrier("summary_written")
     if verdict:
         raise TrainingFailedError(
             f"{config.name}: training FAILED to converge: {verdict}. The checkpoints and "

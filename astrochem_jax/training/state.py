@@ -5,8 +5,16 @@ Models are Flax NNX modules; training works on pure functions of their split sta
     graphdef, params (nnx.Param), batch_stats (nnx.BatchStat), rng_keys (nnx.RngKey), rest
 
 `TrainState` holds only what changes during training (step, params, batch_stats, opt_state, rng);
-the model's own random streams are re-keyed every step from `fold_in(rng, step)`, so a run is a pure
-function of (config, seed) and resumes exactly from a checkpoint.
+the model's own random streams are re-keyed every step, so a run is a pure function of (config,
+seed) and resumes exactly from a checkpoint.
+
+Random keys: ONE root key per seed, `jax.random.key(seed)`, folded with a generation number
+(0, then +1 per rollback) and split into independent streams (`STREAMS`): `init` (parameter
+initialisation), `data` (epoch orders and batch permutations, drawn on the host with numpy from
+the key's data), `dropout` and `noise` (the models' dropout masks and Gaussian noise, re-keyed
+every step as `fold_in(stream, step)`). `TrainState.rng` holds the raw data of the current
+generation's root key: a rollback restores an earlier step but gets a new generation, so it draws
+fresh dropout / noise keys instead of replaying the ones that led to the divergence.
 """
 
 from __future__ import annotations
@@ -72,32 +80,83 @@ def build_split(build: Callable[[], nnx.Module]) -> tuple[ModelDef, Any, Any]:
     return ModelDef(m.train_graphdef, m.eval_graphdef, rng_keys, rest), params, batch_stats
 
 
-def fresh_rng_keys(rng_keys: Any, key: jax.Array) -> Any:
-    """Replace every random-stream key of the model by an independent key derived from `key`."""
-    leaves, treedef = jax.tree.flatten(rng_keys)
-    if not leaves:
-        return rng_keys
-    keys = jax.random.split(key, len(leaves))
-    new = []
-    for leaf, k in zip(leaves, keys, strict=True):
-        typed = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        k = k if typed else jax.random.key_data(k)
-        new.append(jnp.reshape(k, leaf.shape))
-    return jax.tree.unflatten(treedef, new)
+STREAMS = ("init", "data", "dropout", "noise")
+# Streams of the model's random keys (nnx.RngKey tags) re-keyed every training step.
+MODEL_STREAMS = ("dropout", "noise")
+
+
+def generation_key(seed: int, generation: int = 0) -> jax.Array:
+    """The root key of `seed` for a generation (0, then one more per rollback)."""
+    return jax.random.fold_in(jax.random.key(int(seed)), int(generation))
+
+
+def split_streams(root: jax.Array) -> dict[str, jax.Array]:
+    """A root key -> {stream: key} for every name of `STREAMS` (independent keys)."""
+    return dict(zip(STREAMS, jax.random.split(root, len(STREAMS)), strict=True))
+
+
+def stream_keys(seed: int, generation: int = 0) -> dict[str, jax.Array]:
+    return split_streams(generation_key(seed, generation))
+
+
+def model_rngs(seed: int) -> nnx.Rngs:
+    """The `nnx.Rngs` models are built with: parameters from the `init` stream; the module's
+    `dropout` / `noise` keys (replaced every training step, see `step_keys`) tagged by stream."""
+    keys = stream_keys(seed)
+    return nnx.Rngs(keys["init"], dropout=keys["dropout"], noise=keys["noise"])
+
+
+def data_rng(seed: int, *path: int) -> np.random.Generator:
+    """A numpy generator of the `data` stream, for (epoch, part, ...) `path`: the same on every
+    process and for every device count."""
+    key = stream_keys(seed)["data"]
+    for p in path:
+        key = jax.random.fold_in(key, int(p))
+    return np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).tolist())
+
+
+def fresh_rng_keys(rng_keys: Any, keys: dict[str, jax.Array]) -> Any:
+    """Replace every random-stream key of the model by an independent key of its own stream:
+    leaf i tagged t gets fold_in(keys[t], i) (untagged or unknown tags use `dropout`)."""
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    count = [0]
+
+    def fresh(leaf):
+        tag = getattr(leaf, "tag", None) if is_var(leaf) else None
+        k = jax.random.fold_in(keys.get(tag, keys["dropout"]), count[0])
+        count[0] += 1
+        value = leaf[...] if is_var(leaf) else leaf
+        typed = jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
+        k = jnp.reshape(k if typed else jax.random.key_data(k), value.shape)
+        return leaf.replace(k) if is_var(leaf) else k
+
+    return jax.tree.map(fresh, rng_keys, is_leaf=is_var)
 
 
 def merge_model(mdef: ModelDef, params: Any, batch_stats: Any, *, train: bool,
-                key: jax.Array | None = None) -> nnx.Module:
-    """Rebuild the module in training (random streams keyed by `key`) or evaluation mode."""
+                key: dict[str, jax.Array] | None = None) -> nnx.Module:
+    """Rebuild the module in training (random streams keyed by `key`, {stream: key} as from
+    `step_keys`) or evaluation mode."""
     if train:
         rng_keys = mdef.rng_keys if key is None else fresh_rng_keys(mdef.rng_keys, key)
         return nnx.merge(mdef.train_graphdef, params, batch_stats, rng_keys, mdef.rest, copy=True)
     return nnx.merge(mdef.eval_graphdef, params, batch_stats, mdef.rng_keys, mdef.rest, copy=True)
 
 
-def step_key(state: TrainState) -> jax.Array:
-    """The key of the current step: fold_in(rng, step), independent of the device count."""
-    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+def step_keys(state: TrainState) -> dict[str, jax.Array]:
+    """{dropout, noise} keys of the current step: fold_in(stream, step) of the state's
+    generation; independent of the device count."""
+    streams = split_streams(jax.random.wrap_key_data(state.rng))
+    return {name: jax.random.fold_in(streams[name], state.step) for name in MODEL_STREAMS}
+
+
+def with_generation(state: TrainState, seed: int, generation: int) -> TrainState:
+    """The same state with the random streams of another generation (after a rollback)."""
+    new = np.asarray(jax.random.key_data(generation_key(seed, generation))).astype(
+        state.rng.dtype)
+    rng = (jax.device_put(new, state.rng.sharding) if isinstance(state.rng, jax.Array)
+           else jnp.asarray(new))
+    return dataclasses.replace(state, rng=rng)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -152,7 +211,7 @@ def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
         params=params,
         batch_stats=batch_stats,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(int(seed) + 1)),
+        rng=jax.random.key_data(generation_key(int(seed), 0)),
     )
 
 

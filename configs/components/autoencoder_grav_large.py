@@ -114,4 +114,13 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # end; an interrupted run resumes (exactly) from the last one written.
     c.checkpoint.every_epochs = 10
     c.distributed = False  # jax.distributed.initialize() (multi-host; see training/mesh.py)
+
+    # --- numerics and operation ----------------------------------------------------------------
+    # float32 matrix products (jax.default_matmul_precision), recorded in summary.json: "default"
+    # is the backend's choice (TF32 on recent NVIDIA GPUs, bfloat16 passes on TPU; exact float32
+    # on CPU), "highest" full float32 everywhere (slower on GPU / TPU).
+    c.matmul_precision = "default"
+    # Trace this many training steps with jax.profiler (0 = off), from the run's second jitted
+    # call: outputs/runs/<name>/tensorboard/plugins/profile/.
+    c.profile_steps = 0
     return c

@@ -12,6 +12,7 @@ the old recipe's divergence: docs/architecture.md, "Closed-loop training"):
   (measured: 100% of closed-loop states pinned, Jacobian norm 255, gradients 1e13, then NaN);
 - truncated backpropagation: no gradient through more than 8 consecutive steps (gradient_window;
   a healthy step Jacobian of norm ~1.25 still grows gradients 1.25^64 = 1e6 over a window);
+- dropout 0.1 against closed-loop overfitting;
 - a fixed budget, linear warmup + cosine decay of the learning rate; the checkpoint is chosen
   by closed-loop validation over full trajectories of the VALIDATION tracers (never the test
   tracers the benchmark scores).
@@ -51,6 +52,11 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.lr_schedule = "warmup_cosine"
     c.warmup_epochs = 3.0
     c.lr_final_factor = 0.01
+    # Dropout 0.1 in the hidden layers (training only): closed-loop validation improves while
+    # the training loss keeps falling without it. Measured on the default dataset, one seed and
+    # autoencoder, best val mean |dlog10| over 299 steps: none 0.134, dropout 0.1 0.092, state
+    # noise 0.003 0.104 (0.01: 0.119), weight decay 0.01 0.130, bounds (-0.05, 1.05) 0.16.
+    c.dropout = 0.1
     c.loss.conservation_weight = 0.1
     c.loss.worst_weight = 0.0  # the max-over-species term destabilises closed-loop training
     return c

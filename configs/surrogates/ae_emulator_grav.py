@@ -52,5 +52,8 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.components.encoder = datasets.component_name("autoencoder_grav_large", dataset)
     c.components.emulator = datasets.component_name("emulator_grav_sequential", dataset)
     c.components.decoder = c.components.encoder
+    # float32 matrix products of the rollout (jax.default_matmul_precision; "default" = the
+    # backend's choice: TF32 on recent NVIDIA GPUs); recorded in report.json "numerics".
+    c.matmul_precision = "default"
     c.benchmark = benchmark_config()
     return c

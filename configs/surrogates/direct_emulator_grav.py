@@ -18,5 +18,8 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.components.encoder = ""
     c.components.emulator = datasets.component_name("direct_emulator_grav", dataset)
     c.components.decoder = ""
+    # float32 matrix products of the rollout (jax.default_matmul_precision; "default" = the
+    # backend's choice: TF32 on recent NVIDIA GPUs); recorded in report.json "numerics".
+    c.matmul_precision = "default"
     c.benchmark = benchmark_config()
     return c
