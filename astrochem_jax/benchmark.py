@@ -49,6 +49,7 @@ from astrochem_jax import atomic, config_utils, locks, metrics, paths, shards  #
 from astrochem_jax.surrogates import Surrogate, build, plots, speed  # noqa: E402
 from astrochem_jax.surrogates import evaluation as ev  # noqa: E402
 from astrochem_jax.surrogates import flops as flops_lib  # noqa: E402
+from astrochem_jax.surrogates import uncertainty as uq  # noqa: E402
 from astrochem_jax.surrogates.rollout import rollout_physical, shard_batch  # noqa: E402
 
 # Fraction of the measured matmul peak the rollout should reach at batch >= PEAK_TARGET_BATCH.
@@ -255,11 +256,14 @@ def trainer_check(surrogate: Surrogate) -> dict:
 
 def rollout_flops(surrogate: Surrogate, n_steps: int) -> dict:
     """Matrix-product FLOPs of one trajectory of `n_steps` steps (batch of one), with the
-    per-sample cost of each part."""
+    per-sample cost of each part; an ensemble's trajectory costs every member's."""
     s = jax.ShapeDtypeStruct((1, surrogate.n_species), np.float32)
     p = jax.ShapeDtypeStruct((1, n_steps, surrogate.n_physical), np.float32)
     parts, params = surrogate.parts, surrogate.params
-    total = flops_lib.count_dot_flops(
+    members = surrogate.ensemble_size
+    if members > 1:  # one member's parameters; every member costs the same
+        params = jax.tree.map(lambda leaf: leaf[0], params)
+    total = members * flops_lib.count_dot_flops(
         functools.partial(rollout_physical, parts, surrogate.scaler), params, s, p)
     z = jax.eval_shape(parts.encode, params, s)
     p1 = jax.ShapeDtypeStruct((1, surrogate.n_physical), np.float32)
@@ -269,8 +273,10 @@ def rollout_flops(surrogate: Surrogate, n_steps: int) -> dict:
         "encode_per_sample": flops_lib.count_dot_flops(parts.encode, params, s),
         "step_per_sample": flops_lib.count_dot_flops(parts.step, params, p1, z),
         "decode_per_sample": flops_lib.count_dot_flops(parts.decode, params, z),
+        "members": int(members),
         "counted": "2 * multiply-adds of every dot_general (dense layers); encode once, "
-                   "T-1 emulator steps, decode T times",
+                   "T-1 emulator steps, decode T times (per_trajectory: x members; the "
+                   "*_per_sample entries are one member's)",
     }
 
 
@@ -491,6 +497,39 @@ def solve_same_tracks(surrogate: Surrogate, data: ScoredData, bench: ConfigDict,
 # Plots and summary
 
 
+def uncertainty_section(surrogate: Surrogate, data: ScoredData) -> tuple[dict, tuple]:
+    """An ensemble's spread against its error on the scored tracers (`surrogates.uncertainty`),
+    steps 1..T-1 closed loop from t0; returns (report section, (error, spread) arrays)."""
+    x0 = np.asarray(data.abundances[:, 0], np.float32)
+    phys = np.asarray(data.physical[:, :-1], np.float32)
+    mean, spread, members = surrogate.predict(x0, phys, return_spread=True, return_members=True)
+    mean, spread = np.asarray(mean, np.float64)[:, 1:], np.asarray(spread, np.float64)[:, 1:]
+    members = np.asarray(members, np.float64)[:, :, 1:]
+    truth = data.abundances[:, 1:]
+    section = uq.uncertainty_report(truth, mean, spread, members, surrogate.meta.members)
+    section["excluded_members"] = sorted(set(range(max(surrogate.meta.members) + 1))
+                                         - set(surrogate.meta.members))
+    return section, (uq.abs_error_dex(truth, mean), spread)
+
+
+def ensemble_throughput(speed: dict, members: int) -> dict:
+    """The ensemble's throughput (trajectories of the combined surrogate per second) and that
+    of its members (x members) at each timed batch size."""
+    return {"n_members": int(members),
+            "batches": [{"batch_size": e["batch_size"],
+                         "ensemble_trajectories_per_s": e["trajectories_per_s"],
+                         "member_trajectories_per_s": e["trajectories_per_s"] * members}
+                        for e in speed["throughput"]]}
+
+
+def write_uncertainty_plots(out_dir: Path, report: dict, error: np.ndarray,
+                            spread: np.ndarray) -> dict:
+    return {"reliability": str(plots.plot_reliability(
+                out_dir / "reliability.png", report["uncertainty"]["reliability"])),
+            "error_vs_spread": str(plots.plot_error_vs_spread(
+                out_dir / "error_vs_spread.png", error, spread))}
+
+
 def write_plots(out_dir: Path, surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
                 report: dict, bench: ConfigDict) -> dict:
     acc = report["accuracy"]
@@ -538,6 +577,21 @@ def format_summary(report: dict) -> str:
         rows.append(("element conservation", f"worst element {worst_el[0]}: mean "
                                              f"{worst_el[1]['mean']:.3g}, max "
                                              f"{worst_el[1]['max']:.3g} (relative)"))
+    unc = report.get("uncertainty")
+    if unc:
+        ms = unc["member_summary"]["mean_abs_dlog10"]
+        rows += [
+            ("ensemble", f"{unc['n_members']} members: mean |dlog10| of the mean "
+                         f"{unc['ensemble_mean']['mean_abs_dlog10']:.3g} dex; members best / "
+                         f"median / worst {ms['best']:.3g} / {ms['median']:.3g} / "
+                         f"{ms['worst']:.3g}"),
+            ("spread vs error", f"Spearman {_fmt(unc['spearman']['entries'])} (entries), "
+                                f"{_fmt(unc['spearman']['species_steps'])} (species-steps), "
+                                f"{_fmt(unc['spearman']['tracers'])} (tracers); coverage "
+                                f"+-1 / 2 sigma {100 * unc['coverage']['1_sigma']:.1f} / "
+                                f"{100 * unc['coverage']['2_sigma']:.1f}% (Gaussian 68.3 / "
+                                "95.4%)"),
+        ]
     if sp is None:
         rows.append(("speed", "not measured (benchmark.measure_speed=False)"))
         return _table(rows)
@@ -567,6 +621,10 @@ def format_summary(report: dict) -> str:
     else:
         rows.append(("solver", solver["reason"]))
     return _table(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -685,8 +743,13 @@ def _run_benchmark(config: ConfigDict, surrogate: Surrogate, log) -> dict:
         "accuracy": _quiet(accuracy_section, surrogate, data, pred, elements, matrix,
                            int(bench.n_worst_species)),
         "reconstruction_floor": reconstruction_floor(surrogate, data),
-        "trainer_check": trainer_check(surrogate),
+        "trainer_check": (trainer_check(surrogate) if surrogate.ensemble_size == 1 else
+                          {"available": False, "reason": "an ensemble: the trainer's validation "
+                           "metrics are means over members, not the ensemble mean's"}),
     }
+    uq_arrays = None
+    if surrogate.ensemble_size > 1:
+        report["uncertainty"], uq_arrays = _quiet(uncertainty_section, surrogate, data)
     log(f"accuracy: mean relative error {report['accuracy']['relative_error']['mean']:.4g}, "
         f"mean |dlog10| {report['accuracy']['abs_dlog10']['mean']:.3g} dex")
     report["speed"] = speed_report
@@ -703,6 +766,11 @@ def _run_benchmark(config: ConfigDict, surrogate: Surrogate, log) -> dict:
     else:
         report["speedup"] = None
     report["plots"] = _quiet(write_plots, out_dir, surrogate, data, pred, report, bench)
+    if uq_arrays is not None:
+        report["plots"].update(_quiet(write_uncertainty_plots, out_dir, report, *uq_arrays))
+        if report["speed"]:
+            report["uncertainty"]["throughput"] = ensemble_throughput(report["speed"],
+                                                                      surrogate.ensemble_size)
     report["config"] = config_utils.to_dict(config)
     report["wall_time_s"] = time.perf_counter() - wall_start
     atomic.write_json(out_dir / "report.json", report)

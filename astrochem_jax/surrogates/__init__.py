@@ -57,6 +57,9 @@ from astrochem_jax.surrogates import inference
 from astrochem_jax.surrogates.rollout import (
     DTYPE,
     SurrogateParts,
+    ensemble_physical,
+    make_ensemble_reconstruct,
+    make_ensemble_rollout,
     make_reconstruct,
     make_rollout,
     replicate,
@@ -94,6 +97,11 @@ class SurrogateMeta:
     # The outputs root the components were loaded from (`load(..., workdir=)`); None = the
     # process default (`paths.outputs_dir()`).
     outputs_dir: Path | None = None
+    # Deep ensembles: params carry a leading member axis; `rollout` returns the members' mean in
+    # log space and `predict_fn(params, x0, physical) -> (mean, spread_dex, members)`.
+    ensemble_size: int = 1
+    predict_fn: Callable | None = None
+    members: tuple[int, ...] = (0,)  # the component members used (excluded ones left out)
 
 
 def _meta(name: str, doc: str):
@@ -130,18 +138,46 @@ class Surrogate:
     seen_tracers = _meta("seen_tracers", "{role: tracer ids seen in training, or None}")
     matmul_precision = _meta("matmul_precision", "jax.default_matmul_precision of the rollout")
     outputs_dir = _meta("outputs_dir", "outputs root the components came from (None: default)")
+    ensemble_size = _meta("ensemble_size", "members combined (1: a single model)")
 
     def __call__(self, abundances_0, physical):
+        """abundances [B, T + 1, S]: the model's rollout, or an ensemble's mean in log space."""
         leaves = jax.tree.leaves((self.params, abundances_0, physical))
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
             with jax.default_matmul_precision(self.matmul_precision):
+                if self.ensemble_size > 1:
+                    return ensemble_physical(self.parts, self.scaler, self.params, abundances_0,
+                                             physical)[0]
                 return rollout_physical(self.parts, self.scaler, self.params, abundances_0,
                                         physical)
+        return self._sharded(self.rollout, abundances_0, physical)
+
+    def predict(self, abundances_0, physical, *, return_spread: bool = False,
+                return_members: bool = False):
+        """The ensemble's mean [B, T + 1, S], with on request its spread [B, T + 1, S] (std over
+        members of log10 abundance, dex) and the members [M, B, T + 1, S]: a tuple (mean,
+        spread?, members?). A single model has no spread to give (SurrogateError)."""
+        if not (return_spread or return_members):
+            return self(abundances_0, physical)
+        if self.ensemble_size == 1 or self.meta.predict_fn is None:
+            raise SurrogateError(f"surrogate {self.name!r} is a single model, not an ensemble: "
+                                 "it has no spread or members (train its components with "
+                                 "--config.ensemble_size=N)")
+        mean, spread, members = self._sharded(self.meta.predict_fn, abundances_0, physical)
+        return (mean, *((spread,) if return_spread else ()),
+                *((members,) if return_members else ()))
+
+    def _sharded(self, fn, abundances_0, physical):
+        """fn(params, x0, physical) on the batch split over this process's devices (padded to
+        their count, the padding cut from every output's batch axis)."""
         n = int(np.shape(abundances_0)[0])
         x0 = shard_batch_padded(abundances_0)
         phys = shard_batch_padded(physical)
         with jax.default_matmul_precision(self.matmul_precision):
-            out = self.rollout(self.params, x0, phys)
+            out = fn(self.params, x0, phys)
+        if isinstance(out, tuple):  # (mean, spread, members): members' batch axis is axis 1
+            mean, spread, members = out
+            return (mean[:n], spread[:n], members[:, :n]) if mean.shape[0] != n else out
         return out if out.shape[0] == n else out[:n]
 
     @property
@@ -369,7 +405,9 @@ def direct_emulator_inference_parts(emulator: nnx.Module) -> tuple[SurrogatePart
 
 
 def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
-            components: dict[str, str], loaded: dict) -> Surrogate:
+            components: dict[str, str], loaded: dict,
+            members: tuple[int, ...] | None = None) -> Surrogate:
+    """members: the ensemble members whose params are stacked in `params` (None: one model)."""
     info = emulator.info
     scaler = Scaler.from_dict(info["scaling"])
     if _get(config, "state_clip") is not None:
@@ -382,6 +420,7 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
     from astrochem_jax import runtime
 
     precision = runtime.matmul_precision(_get(config, "matmul_precision"))
+    ensemble_fns = make_ensemble_rollout(parts, scaler) if members else None
     return Surrogate(params=params, meta=SurrogateMeta(
         name=str(config.name),
         type=str(config.type),
@@ -393,14 +432,18 @@ def _common(config: ConfigDict, emulator, parts: SurrogateParts, params: Any,
         components=components,
         scaler=scaler,
         parts=parts,
-        rollout=make_rollout(parts, scaler),
-        reconstruct=make_reconstruct(parts, scaler),
+        rollout=ensemble_fns[0] if members else make_rollout(parts, scaler),
+        reconstruct=(make_ensemble_reconstruct(parts, scaler) if members
+                     else make_reconstruct(parts, scaler)),
         info=info,
         component_configs={role: config_utils.to_dict(c.config) for role, c in loaded.items()},
         seen_tracers={role: (None if c.info.get("seen_tracers") is None
                              else [int(t) for t in c.info["seen_tracers"]])
                       for role, c in loaded.items()},
         matmul_precision=precision,
+        ensemble_size=len(members) if members else 1,
+        predict_fn=ensemble_fns[1] if members else None,
+        members=tuple(members) if members else (0,),
     ))
 
 
@@ -450,18 +493,53 @@ def build_ae_emulator(config: ConfigDict) -> Surrogate:
         _check_same("the abundance clip", names[role],
                     list(ae.info["scaling"]["abundance_clip"]), names["emulator"],
                     list(emulator.info["scaling"]["abundance_clip"]), retrain)
-        expected = (2, int(ae.info["latent_dim"]))
+        expected = ((2, int(ae.info["latent_dim"])) if ae.ensemble_size == 1 else
+                    (ae.ensemble_size, 2, int(ae.info["latent_dim"])))
         if ae.latents_minmax is None or tuple(ae.latents_minmax.shape) != expected:
             found = None if ae.latents_minmax is None else ae.latents_minmax.shape
             raise SurrogateError(
                 f"{ae.directory}/latents_minmax.npy: expected shape {expected}, found {found}; "
                 f"retrain the autoencoder: `{train_command(names[role])}`")
 
-    parts, params = ae_emulator_inference_parts(
-        encoder.model(train=False), emulator.model(train=False), decoder.model(train=False),
-        encoder.latents_minmax, decoder.latents_minmax)
     loaded = {"encoder": encoder, "decoder": decoder, "emulator": emulator}
-    return _common(config, emulator, parts, params, names, loaded)
+    members = ensemble_members(names, loaded)
+    if members is None:
+        parts, params = ae_emulator_inference_parts(
+            encoder.model(train=False), emulator.model(train=False), decoder.model(train=False),
+            encoder.latents_minmax, decoder.latents_minmax)
+        return _common(config, emulator, parts, params, names, loaded)
+    # An ensemble: emulators over one autoencoder, or pairs (member k of each component).
+    built = []
+    for k in members:
+        enc, dec = (c.member(k if c.ensemble_size > 1 else 0) for c in (encoder, decoder))
+        built.append(ae_emulator_inference_parts(
+            enc.model(train=False), emulator.member(k).model(train=False),
+            dec.model(train=False), enc.latents_minmax, dec.latents_minmax))
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for _, p in built])
+    return _common(config, emulator, built[0][0], params, names, loaded, members)
+
+
+def ensemble_members(names: dict[str, str], loaded: dict) -> tuple[int, ...] | None:
+    """The ensemble members a surrogate combines (None: every component is a single model).
+
+    Every ensemble component must have the same size (autoencoders of size 1 are shared by
+    every emulator member); members any component excluded in training are left out."""
+    sizes = {role: c.ensemble_size for role, c in loaded.items()}
+    n = max(sizes.values())
+    if n == 1:
+        return None
+    wrong = {role: k for role, k in sizes.items() if k not in (1, n)}
+    if wrong or sizes.get("emulator", n) != n:
+        raise SurrogateError(
+            f"incompatible components: ensemble sizes {sizes} ({names}); an ensemble surrogate "
+            "combines emulator members k with autoencoder member k (autoencoder ensembles of "
+            "the emulator's size) or with one shared autoencoder")
+    excluded = {int(e["member"]) for c in loaded.values() if c.ensemble_size > 1
+                for e in (c.summary or {}).get("excluded_members", [])}
+    members = tuple(k for k in range(n) if k not in excluded)
+    if not members:
+        raise SurrogateError(f"every ensemble member of {names} was excluded in training")
+    return members
 
 
 def build_direct_emulator(config: ConfigDict) -> Surrogate:
@@ -470,8 +548,15 @@ def build_direct_emulator(config: ConfigDict) -> Surrogate:
     emulator = load_checked_component(name, ("direct_emulator",), "emulator")
     _check_same("the state size", name, int(emulator.info["state_dim"]), "its species list",
                 len(emulator.info["species"]), f"Retrain it: `{train_command(name)}`")
-    parts, params = direct_emulator_inference_parts(emulator.model(train=False))
-    return _common(config, emulator, parts, params, {"emulator": name}, {"emulator": emulator})
+    loaded = {"emulator": emulator}
+    members = ensemble_members({"emulator": name}, loaded)
+    if members is None:
+        parts, params = direct_emulator_inference_parts(emulator.model(train=False))
+        return _common(config, emulator, parts, params, {"emulator": name}, loaded)
+    built = [direct_emulator_inference_parts(emulator.member(k).model(train=False))
+             for k in members]
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for _, p in built])
+    return _common(config, emulator, built[0][0], params, {"emulator": name}, loaded, members)
 
 
 SURROGATES: dict[str, Callable[[ConfigDict], Surrogate]] = {

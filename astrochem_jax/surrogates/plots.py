@@ -118,3 +118,42 @@ def plot_throughput(path: Path, throughput: Sequence[dict], solver_traj_per_s: f
     ax.set_title(f"throughput on {device_kind}")
     ax.legend()
     return _save(fig, path)
+
+
+def plot_reliability(path: Path, reliability: Sequence[dict]) -> Path:
+    """Ensemble calibration: nominal probability vs observed fraction of errors within the
+    corresponding number of spreads (the diagonal is a calibrated Gaussian spread)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    nominal = [r["nominal"] for r in reliability]
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    ax.plot(nominal, [r["observed"] for r in reliability], "o-", label="ensemble")
+    ax.set_xlabel("nominal probability (Gaussian, |error| <= z spread)")
+    ax.set_ylabel("observed fraction")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_error_vs_spread(path: Path, error_dex: np.ndarray, spread_dex: np.ndarray,
+                         max_points: int = 20000, seed: int = 0) -> Path:
+    """Scatter of |error| against the ensemble spread (dex, log axes; a random subsample)."""
+    plt = _pyplot()
+    error, spread = np.ravel(error_dex), np.ravel(spread_dex)
+    if error.size > max_points:
+        keep = np.random.default_rng(seed).choice(error.size, max_points, replace=False)
+        error, spread = error[keep], spread[keep]
+    floor = 1e-4
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(np.maximum(spread, floor), np.maximum(error, floor), s=2, alpha=0.25)
+    top = max(float(np.max(np.maximum(spread, floor))), float(np.max(np.maximum(error, floor))))
+    line = np.array([floor, top])
+    ax.plot(line, line, color="k", lw=1, label="error = spread")
+    ax.plot(line, 2 * line, color="0.5", lw=1, ls="--", label="error = 2 spread")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ensemble spread (dex)")
+    ax.set_ylabel("|log10 mean - log10 truth| (dex)")
+    ax.legend(loc="lower right")
+    return _save(fig, path)

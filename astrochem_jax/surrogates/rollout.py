@@ -136,6 +136,54 @@ def make_rollout(parts: SurrogateParts, scaler: Scaler) -> Callable:
     return jax.jit(rollout)
 
 
+def _span_dex(scaler: Scaler) -> float:
+    lo, hi = scaler.abundance_clip
+    return float(np.log10(hi) - np.log10(lo))
+
+
+def ensemble_physical(parts: SurrogateParts, scaler: Scaler, params: Params,
+                      abundances_0: jax.Array, physical: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Every member of an ensemble (params with a leading member axis [M, ...]) rolled out in
+    one vmapped computation, combined in log space: (mean [B, T + 1, S] abundances =
+    10^mean(log10 x_m), spread [B, T + 1, S] = std over members of log10 x_m in dex, members
+    [M, B, T + 1, S] scaled abundances). Scaled abundances are affine in log10, so the mean and
+    spread are taken on them."""
+    s0 = scale_abundances_f32(scaler, abundances_0)
+    p_scaled = scaler.scale_physical(jnp.asarray(physical, DTYPE)).astype(DTYPE)
+    members = jax.vmap(
+        lambda p: _rollout(parts, p, s0, p_scaled, lambda s: s.astype(DTYPE)))(params)
+    mean = unscale_abundances_f32(scaler, jnp.mean(members, axis=0))
+    spread = jnp.std(members, axis=0) * jnp.asarray(_span_dex(scaler), DTYPE)
+    return mean, spread, members
+
+
+def make_ensemble_rollout(parts: SurrogateParts, scaler: Scaler) -> tuple[Callable, Callable]:
+    """(rollout, predict) of an ensemble: the jitted `rollout(params, abundances_0, physical) ->
+    mean [B, T + 1, S]` (what `surrogate(...)` returns; nothing else is computed) and
+    `predict(...) -> (mean, spread [B, T + 1, S] dex, members [M, B, T + 1, S] abundances)`."""
+
+    def rollout(params, abundances_0, physical):
+        return ensemble_physical(parts, scaler, params, abundances_0, physical)[0]
+
+    def predict(params, abundances_0, physical):
+        mean, spread, members = ensemble_physical(parts, scaler, params, abundances_0, physical)
+        return mean, spread, unscale_abundances_f32(scaler, members)
+
+    return jax.jit(rollout), jax.jit(predict)
+
+
+def make_ensemble_reconstruct(parts: SurrogateParts, scaler: Scaler) -> Callable:
+    """Jitted decode(encode(x)) of every member, averaged in log space: x [N, S] -> [N, S]."""
+
+    def reconstruct(params, abundances):
+        s = scale_abundances_f32(scaler, abundances)
+        members = jax.vmap(lambda p: parts.decode(p, parts.encode(p, s)))(params)
+        return unscale_abundances_f32(scaler, jnp.mean(members, axis=0))
+
+    return jax.jit(reconstruct)
+
+
 def make_reconstruct(parts: SurrogateParts, scaler: Scaler) -> Callable:
     """Jitted decode(encode(x)) in physical units: x [N, S] -> x_hat [N, S] (the floor of any
     rollout's accuracy: what the state space can represent at all)."""

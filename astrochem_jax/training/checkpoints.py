@@ -223,10 +223,32 @@ class LoadedComponent:
     latents_minmax: np.ndarray | None
     summary: dict | None
     fingerprint: str = ""  # `fingerprint(params, batch_stats, latents_minmax)`
+    # Ensembles (config.ensemble_size > 1): params, batch_stats and latents_minmax carry a
+    # leading member axis; `member(k)` is member k as a plain component.
+    ensemble_size: int = 1
 
     def model(self, train: bool = False) -> nnx.Module:
         """The NNX module with the best weights (evaluation mode by default)."""
+        if self.ensemble_size > 1:
+            raise ValueError(f"component {self.name!r} is an ensemble of {self.ensemble_size}: "
+                             "take one member first (`.member(k)`) or use `.members()`")
         return state_lib.merge_model(self.mdef, self.params, self.batch_stats, train=train)
+
+    def member(self, k: int) -> LoadedComponent:
+        """Ensemble member k as a plain component (itself for a plain component, k = 0)."""
+        if self.ensemble_size == 1:
+            if int(k) != 0:
+                raise IndexError(f"component {self.name!r} is not an ensemble; member {k}")
+            return self
+        minmax = None if self.latents_minmax is None else self.latents_minmax[int(k)]
+        params, stats = state_lib.member_of((self.params, self.batch_stats), int(k))
+        return dataclasses.replace(self, params=params, batch_stats=stats,
+                                   latents_minmax=minmax, ensemble_size=1)
+
+    def members(self) -> list[LoadedComponent]:
+        """Every member that was not excluded during training (summary.json)."""
+        excluded = {int(e["member"]) for e in (self.summary or {}).get("excluded_members", [])}
+        return [self.member(k) for k in range(self.ensemble_size) if k not in excluded]
 
 
 def training_command(name: str) -> str:
@@ -307,6 +329,9 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> L
         lambda: component.build_model(config, info, nnx.Rngs(int(config.seed))))
     tx = state_lib.make_optimizer(config)
     template = state_lib.init_state(params, batch_stats, tx, int(config.seed))
+    members = int(config.get("ensemble_size") or 1)
+    if members > 1:  # only the shapes matter: the restore fills every member
+        template = state_lib.stack_members([template] * members)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     retrain = f"delete {directory} and retrain: {training_command(name)}"
@@ -344,4 +369,5 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> L
         mdef=mdef, params=restored.params, batch_stats=restored.batch_stats, epoch=int(epoch),
         latents_minmax=minmax, summary=summary,
         fingerprint=fingerprint(restored.params, restored.batch_stats, minmax),
+        ensemble_size=members,
     )

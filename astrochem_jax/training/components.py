@@ -57,6 +57,9 @@ class Setup:
     abundance_clip: tuple[float, float]
     frozen: Any = None
     static: Any = None
+    # frozen carries a leading ensemble-member axis (a latent emulator ensemble trained on an
+    # autoencoder ensemble: member k on autoencoder member k).
+    frozen_per_member: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Finished:
     train_chunks: Callable[[], Iterable[Prepared]]
     directory: Path
     mesh: Any = None
+    members: int = 1  # ensembles: params / batch_stats carry a leading member axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,19 +250,25 @@ def _masked_minmax(z: jax.Array, n_valid: jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 def _ae_after(finished: Finished) -> None:
-    """Latent min/max over the TRAIN split with the best weights (eval mode) -> [2, L], reduced
-    over every chunk and every process; process 0 writes it."""
-    lo = hi = None
+    """Latent min/max over the TRAIN split with the best weights (eval mode) -> [2, L] (an
+    ensemble: [M, 2, L], each member its own), reduced over every chunk and every process;
+    process 0 writes it."""
+    members = int(finished.members)
+    lo, hi = [None] * members, [None] * members
     minmax_fn = jax.jit(_masked_minmax, out_shardings=mesh_lib.replicated(finished.mesh))
     for prepared in finished.train_chunks():
         if prepared.n_items == 0:
             continue
-        z = encode_rows(finished.mdef, finished.params, finished.batch_stats,
-                        prepared.arrays["x"], finished.mesh)
-        z_lo, z_hi = mesh_lib.fetch(minmax_fn(z, np.int32(prepared.n_items)))
-        lo = z_lo if lo is None else np.minimum(lo, z_lo)
-        hi = z_hi if hi is None else np.maximum(hi, z_hi)
-    minmax = np.stack([lo, hi]).astype(np.float32)
+        for m in range(members):
+            params, stats = ((finished.params, finished.batch_stats) if members == 1 else
+                             state_lib.member_of((finished.params, finished.batch_stats), m))
+            z = encode_rows(finished.mdef, params, stats, prepared.arrays["x"], finished.mesh)
+            z_lo, z_hi = mesh_lib.fetch(minmax_fn(z, np.int32(prepared.n_items)))
+            lo[m] = z_lo if lo[m] is None else np.minimum(lo[m], z_lo)
+            hi[m] = z_hi if hi[m] is None else np.maximum(hi[m], z_hi)
+    minmax = np.stack([np.stack([a, b]) for a, b in zip(lo, hi, strict=True)]).astype(np.float32)
+    if members == 1:
+        minmax = minmax[0]
     if mesh_lib.is_main_process():
         with atomic.atomic_path(finished.directory / LATENTS_MINMAX) as tmp, \
                 open(tmp, "wb") as f:
@@ -395,23 +405,34 @@ def _latent_setup(config, manifest: dict, directory: Path) -> Setup:
         )
     if ae.latents_minmax is None:
         raise ComponentError(f"{where}: {LATENTS_MINMAX} missing; rerun its training command")
-    if ae.latents_minmax.shape != (2, latent_dim):
+    ae_members = int(ae.ensemble_size)
+    members = int(config.get("ensemble_size") or 1)
+    expected = (2, latent_dim) if ae_members == 1 else (ae_members, 2, latent_dim)
+    if ae.latents_minmax.shape != expected:
         raise ComponentError(
             f"{where}: {LATENTS_MINMAX} has shape {ae.latents_minmax.shape}, expected "
-            f"(2, {latent_dim})"
+            f"{expected}"
         )
+    if ae_members > 1 and members != ae_members:
+        raise ComponentError(
+            f"{where}: an ensemble of {ae_members} autoencoders trains an ensemble of "
+            f"{ae_members} emulators (member k on autoencoder member k), but "
+            f"config.ensemble_size = {members}; set --config.ensemble_size={ae_members}, or "
+            "train the emulators over a single autoencoder")
     info.update(latent_dim=latent_dim, state_dim=latent_dim,
                 autoencoder_component=str(config.autoencoder_component),
                 # The exact autoencoder (weights + latent scaling) these latents come from:
                 # resuming and surrogates refuse any other.
                 autoencoder_fingerprint=ae.fingerprint)
+    info["autoencoder_members"] = ae_members
     stoich = load_stoichiometric_matrix(info["dataset"], info["species"])
-    lo, hi = ae.latents_minmax.astype(np.float32)
+    minmax = ae.latents_minmax.astype(np.float32)
+    lo, hi = minmax[..., 0, :], minmax[..., 1, :]
     span = np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)
     frozen = {"ae_params": ae.params, "ae_batch_stats": ae.batch_stats,
               "latent_min": jnp.asarray(lo, F32), "latent_span": jnp.asarray(span, F32)}
     return Setup(info=info, stoich=stoich, abundance_clip=_abundance_clip(manifest),
-                 frozen=frozen, static=ae.mdef)
+                 frozen=frozen, static=ae.mdef, frozen_per_member=ae_members > 1)
 
 
 def _direct_setup(config, manifest: dict, directory: Path) -> Setup:
@@ -484,7 +505,8 @@ def _latent_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train
     """Encode every step of the chunk once with the frozen autoencoder (eval mode, each device
     its own tracers), min-max scale the latents: state [N, T, L]."""
     arrays = _emu_arrays(setup, chunk, split)
-    arrays["state"] = _latent_states(setup, chunk.mesh)(setup.frozen, arrays["sequence"])
+    if not setup.frozen_per_member:  # one autoencoder: every member shares the encoded states
+        arrays["state"] = _latent_states(setup, chunk.mesh)(setup.frozen, arrays["sequence"])
     return Prepared(arrays=arrays, n_items=int(arrays["windows"].shape[0]))
 
 
@@ -523,21 +545,28 @@ def _window_batch(setup: Setup, arrays: dict, idx: jax.Array, mesh) -> dict:
     win = jnp.take(arrays["windows"], idx, axis=0)
     tracer, start = win[:, 0], win[:, 1]
     seq = data_lib.gather_windows(mesh, arrays["sequence"], tracer, start, horizon + 1)
+    batch = {"physical": seq[:, :-1, :p], "target": seq[:, 1:, p:]}
     if "state" in arrays:  # latent emulator: the encoded state at the window start
-        state0 = data_lib.gather_windows(mesh, arrays["state"], tracer, start, 1)[:, 0]
+        batch["state0"] = data_lib.gather_windows(mesh, arrays["state"], tracer, start, 1)[:, 0]
+    elif "latent_dim" in setup.info:  # one autoencoder per member: encoded in `predict`
+        batch["x0"] = seq[:, 0, p:]
     else:  # direct emulator: the scaled abundances themselves
-        state0 = seq[:, 0, p:]
-    return {"physical": seq[:, :-1, :p], "state0": state0, "target": seq[:, 1:, p:]}
+        batch["state0"] = seq[:, 0, p:]
+    return batch
 
 
 def _latent_predict(model, batch: dict, frozen, setup: Setup):
-    """Roll the latent emulator over the window and decode with the frozen autoencoder."""
-    states = rollout_module(model, batch["state0"], batch["physical"],
+    """Roll the latent emulator over the window and decode with the frozen autoencoder (the
+    window's first state encoded here when it was not encoded in `prepare`)."""
+    ae = state_lib.merge_model(setup.static, frozen["ae_params"], frozen["ae_batch_stats"],
+                               train=False)
+    state0 = batch.get("state0")
+    if state0 is None:
+        state0 = (ae.encode(batch["x0"]) - frozen["latent_min"]) / frozen["latent_span"]
+    states = rollout_module(model, state0, batch["physical"],
                             int(setup.info.get("gradient_window", 0)))  # [B, H, L] scaled
     b, h, d = states.shape
     z = states.reshape(b * h, d) * frozen["latent_span"] + frozen["latent_min"]
-    ae = state_lib.merge_model(setup.static, frozen["ae_params"], frozen["ae_batch_stats"],
-                               train=False)
     x_hat = ae.decode(z).reshape(b, h, -1)
     return x_hat, batch["target"]
 

@@ -153,7 +153,12 @@ class Steps:
 
 
 def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state_lib.ModelDef,
-               tx: optax.GradientTransformation, config, mesh, abstract_state: Any) -> Steps:
+               tx: optax.GradientTransformation, config, mesh, abstract_state: Any,
+               members: int = 1) -> Steps:
+    """The jitted steps; with `members` > 1 the state carries a leading member axis and every
+    function is `jax.vmap`ped over it (one dispatch trains every member): `idx` is then
+    [n, M, B] (each member its own batches), diagnostics [n, M], evaluation sums [M]. The frozen
+    arrays are shared, or per member when `setup.frozen_per_member` (autoencoder ensembles)."""
     weights = _loss_weights(config)
     stoich = setup.stoich if weights["conservation_weight"] != 0 else None
 
@@ -190,15 +195,25 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
                                    opt_state=opt_state, rng=state.rng)
         return new, diagnostics
 
+    frozen_axis = 0 if setup.frozen_per_member else None
+    step_fn = (update if members == 1
+               else jax.vmap(update, in_axes=(0, 0, frozen_axis, None)))
+
+    def cut(arrays, idx):
+        """Batch of item indices idx [B] (or [M, B]: every member's batch cut at once, then
+        split along a leading member axis)."""
+        if members == 1:
+            return component.make_batch(setup, arrays, idx, mesh)
+        batch = component.make_batch(setup, arrays, idx.reshape(-1), mesh)
+        return jax.tree.map(lambda x: x.reshape(members, -1, *x.shape[1:]), batch)
+
     def train_steps(state: state_lib.TrainState, arrays, idx, frozen, lr_factors):
         return jax.lax.scan(
-            lambda s, xs: update(s, component.make_batch(setup, arrays, xs[0], mesh), frozen,
-                                 xs[1]),
-            state, (idx, lr_factors))
+            lambda s, xs: step_fn(s, cut(arrays, xs[0]), frozen, xs[1]), state, (idx, lr_factors))
 
     def train_on_batches(state: state_lib.TrainState, batches, frozen):
         ones = jnp.ones((jax.tree.leaves(batches)[0].shape[0],), jnp.float32)
-        return jax.lax.scan(lambda s, xs: update(s, xs[0], frozen, xs[1]), state,
+        return jax.lax.scan(lambda s, xs: step_fn(s, xs[0], frozen, xs[1]), state,
                             (batches, ones))
 
     def per_item(pred, true):
@@ -210,14 +225,21 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
         out.update(metrics)
         return out
 
-    def eval_step(params, batch_stats, arrays, idx, mask, frozen):
-        batch = _constrain_batch(component.make_batch(setup, arrays, idx, mesh), mesh)
+    def eval_member(params, batch_stats, batch, mask, frozen):
         model = state_lib.merge_model(mdef, params, batch_stats, train=False)
         pred, true = component.predict(model, batch, frozen, setup)
         items = jax.vmap(per_item)(pred, true)
         w = mask.astype(jnp.float32)
-        out = {k: jnp.tensordot(w, v.astype(jnp.float32), axes=1) for k, v in items.items()}
-        out["count"] = jnp.sum(w)
+        return {k: jnp.tensordot(w, v.astype(jnp.float32), axes=1) for k, v in items.items()}
+
+    def eval_step(params, batch_stats, arrays, idx, mask, frozen):
+        batch = _constrain_batch(component.make_batch(setup, arrays, idx, mesh), mesh)
+        if members == 1:
+            out = eval_member(params, batch_stats, batch, mask, frozen)
+        else:  # every member on the same items: sums [M]
+            out = jax.vmap(eval_member, in_axes=(0, 0, None, None, frozen_axis))(
+                params, batch_stats, batch, mask, frozen)
+        out["count"] = jnp.sum(mask.astype(jnp.float32))
         return out
 
     state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
@@ -254,6 +276,7 @@ def initial_loop_state(config) -> dict:
         "rollbacks": 0,
         "wall_time_s": 0.0,
         "initial_val_loss": None,
+        "excluded_members": [],  # ensembles: [{member, epoch, reason}]
         "history": [],
     }
 
@@ -549,15 +572,15 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     if _is_main():
         ckpt_lib.write_config_json(out_dir, config, setup.info)
 
-    mdef, params, batch_stats = state_lib.build_split(
-        lambda: component.build_model(config, setup.info, state_lib.model_rngs(seed)))
-    n_params = state_lib.count_parameters(params)
+    members = ensemble_size(config)
     tx = state_lib.make_optimizer(config)
-    state = state_lib.init_state(params, batch_stats, tx, seed)
+    mdef, state = state_lib.build_members(
+        lambda m: component.build_model(config, setup.info, state_lib.model_rngs(seed, m)),
+        tx, seed, members)
+    n_params = state_lib.count_parameters(state.params) // members
     repl = mesh_lib.replicated(mesh)
     abstract = ckpt_lib.abstract_with_sharding(state, repl)
     state = mesh_lib.put_replicated(state, mesh)
-    del params, batch_stats  # the state holds the only copy the loop needs
 
     checkpointer = ckpt_lib.Checkpointer(out_dir, async_save=bool(config.checkpoint.async_save))
     interrupted = preemption.InterruptCheckpoint(out_dir)
@@ -594,9 +617,11 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
 
     def steps_for(rate: float) -> Steps:
         if rate not in steps_by_dropout:
-            m = mdef if rate == float(config.dropout) else set_dropout(mdef, state.params,
-                                                                      state.batch_stats, rate)
-            steps_by_dropout[rate] = make_steps(component, setup, m, tx, config, mesh, abstract)
+            one = state if members == 1 else state_lib.member_of(state, 0)
+            m = mdef if rate == float(config.dropout) else set_dropout(mdef, one.params,
+                                                                      one.batch_stats, rate)
+            steps_by_dropout[rate] = make_steps(component, setup, m, tx, config, mesh, abstract,
+                                                members)
         return steps_by_dropout[rate]
 
     train_items = _train_item_counts(component, setup, train_loader)
@@ -612,7 +637,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
         # converged (for emulators, whose output layer starts near zero, this is ~ persistence).
         initial = _evaluate(steps_for(float(loop["dropout"])), state, val_loader, frozen,
                             eval_batch_size)
-        loop["initial_val_loss"] = _finite_or_none(float(initial["loss"]))
+        loop["initial_val_loss"] = _finite_or_none(float(np.mean(initial["loss"])))
 
     writer = writer_lib.MetricWriter(config.name, resume_epoch=int(loop["epoch"]),
                                      enabled=_is_main())
@@ -647,15 +672,15 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             dropout_used = float(loop["dropout"])
             steps = steps_for(dropout_used)
             order = state_lib.data_rng(seed, epoch, 0).permutation(train_src.n_chunks)
-            done_parts = ([preemption.decode_diagnostics(where["diagnostics"])]
-                          if where["diagnostics"] else [])
+            done_parts = ([_member_shaped(preemption.decode_diagnostics(where["diagnostics"]),
+                                          members)] if where["diagnostics"] else [])
             losses = []
             batches_done, n_samples = int(where["batches_done"]), int(where["n_samples"])
             for pos, ci, prepared in train_loader.iterate(order, int(where["pos"])):
                 if prepared.n_items < batch_size:
                     continue
-                perm = data_lib.epoch_batches(state_lib.data_rng(seed, epoch, 1 + int(ci)),
-                                              prepared.n_items, batch_size)
+                perm = member_batches(seed, epoch, int(ci), prepared.n_items, batch_size,
+                                      members)
                 first = int(where["batch"]) if pos == int(where["pos"]) else 0
                 for start in range(first, perm.shape[0], steps_per_call):
                     calls += 1
@@ -682,6 +707,11 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 n_samples += perm.shape[0] * batch_size
             prepared = None  # a streamed chunk must not outlive its epoch (device memory bound)
             diagnostics = _concat_diagnostics(done_parts + mesh_lib.fetch(losses))
+            member_records = None
+            if members > 1:  # members that diverge are excluded (recorded), the rest go on
+                member_records = [{"member": m} for m in range(members)]
+                diagnostics = ensemble_train_diagnostics(diagnostics, loop, epoch,
+                                                         member_records)
             losses = diagnostics["loss"]
             train_seconds = time.perf_counter() - t0
             bad = np.flatnonzero(~np.isfinite(losses))
@@ -689,6 +719,8 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             val, val_loss = {}, math.nan
             if not bad.size:
                 val = _evaluate(steps, state, val_loader, frozen, eval_batch_size)
+                if members > 1:
+                    val = ensemble_val_metrics(val, loop, epoch, member_records)
                 val_loss = float(val["loss"])
             lr = state_lib.learning_rate(state)
             skipped = float(np.mean(~np.isfinite(diagnostics["grad_norm"])))
@@ -712,7 +744,8 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 k = int(bad[0])
                 raise NonFiniteLossError(
                     f"{config.name}: training loss is {losses[k]} at epoch {epoch + 1}, step "
-                    f"{k + 1} of the epoch (global step {int(state.step) - len(losses) + k + 1});"
+                    f"{k + 1} of the epoch (global step "
+                    f"{state_lib.step_count(state) - len(losses) + k + 1});"
                     f" stopping. The last good checkpoint (epoch {checkpointer.latest_epoch()}) "
                     f"is kept in {checkpointer.directory}; lower config.lr or check the data"
                 )
@@ -744,12 +777,14 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 # ... x the schedule factor at the epoch's last step: what the optimizer applied
                 "lr_applied": lr * float(state_lib.lr_schedule_factor(config, epoch + 1.0)),
                 "dropout": dropout_used,
-                "steps": int(state.step),
+                "steps": state_lib.step_count(state),
                 "seconds": seconds,
                 "samples_per_s": n_samples / train_seconds,
             }
             if rolled_back_to is not None:
                 record["rolled_back_to"] = rolled_back_to
+            if member_records is not None:
+                record["members"] = member_records
             loop["history"] = [*loop["history"], record]
             loop["wall_time_s"] = float(loop["wall_time_s"]) + seconds
             every = max(1, int(config.checkpoint.get("every_epochs", 1)))
@@ -806,12 +841,99 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
 
 
 def _concat_diagnostics(parts: list[dict]) -> dict:
-    """Per-call diagnostics {name: [n]} (host) -> {name: [steps so far]} float32."""
+    """Per-call diagnostics {name: [n]} or {name: [n, M]} (ensembles; host) -> {name: [steps so
+    far(, M)]} float32."""
     parts = [p for p in parts if p]
     if not parts:
         return {}
-    return {k: np.concatenate([np.asarray(p[k], np.float32).reshape(-1) for p in parts])
-            for k in parts[0]}
+    return {k: np.concatenate([np.asarray(p[k], np.float32).reshape(
+        -1, *np.shape(p[k])[1:]) for p in parts]) for k in parts[0]}
+
+
+def _member_shaped(diagnostics: dict, members: int) -> dict:
+    """Diagnostics decoded from JSON (flat) -> [steps, M] for an ensemble."""
+    if members == 1:
+        return diagnostics
+    return {k: np.asarray(v).reshape(-1, members) for k, v in diagnostics.items()}
+
+
+# --- ensembles ------------------------------------------------------------------------------------
+
+
+def ensemble_size(config) -> int:
+    """config.ensemble_size (absent in configs saved before the field existed: 1)."""
+    members = int(config.get("ensemble_size") or 1)
+    if members < 1:
+        raise ValueError(f"config.ensemble_size must be >= 1, found {members}")
+    return members
+
+
+def member_batches(seed: int, epoch: int, chunk: int, n_items: int, batch_size: int,
+                   members: int) -> np.ndarray:
+    """This epoch's batches of one chunk: int32 [n_batches, B], or [n_batches, M, B] for an
+    ensemble (each member its own permutation of the items, from its own data stream; member 0
+    draws exactly the plain component's)."""
+    perms = [data_lib.epoch_batches(state_lib.data_rng(seed, epoch, 1 + chunk, member=m),
+                                    n_items, batch_size) for m in range(members)]
+    return perms[0] if members == 1 else np.stack(perms, axis=1)
+
+
+def _excluded(loop: dict) -> set[int]:
+    return {int(e["member"]) for e in loop.get("excluded_members", [])}
+
+
+def _exclude(loop: dict, member: int, epoch: int, reason: str) -> None:
+    loop["excluded_members"] = [*loop.get("excluded_members", []),
+                                {"member": int(member), "epoch": int(epoch) + 1, "reason": reason}]
+    comp_lib.log_line(f"ensemble member {member} excluded at epoch {epoch + 1}: {reason}")
+
+
+def ensemble_train_diagnostics(diagnostics: dict, loop: dict, epoch: int,
+                               records: list[dict]) -> dict:
+    """Per-member diagnostics {name: [n, M]} -> each member's training summary in `records`;
+    members whose loss is not finite, or that skipped more than MAX_SKIPPED_STEP_FRACTION of the
+    steps, are excluded from now on (loop["excluded_members"], never silently). Returns the
+    diagnostics of the included members averaged per step {name: [n]} (all NaN when none is
+    left, which stops the run as a diverged one)."""
+    members = records.__len__()
+    for m in range(members):
+        one = {k: v[:, m] for k, v in diagnostics.items()}
+        records[m]["train"] = train_summary(one)
+        if m in _excluded(loop):
+            continue
+        skipped = float(np.mean(~np.isfinite(one["grad_norm"])))
+        if not np.all(np.isfinite(one["loss"])):
+            _exclude(loop, m, epoch, "training loss is not finite")
+        elif skipped > MAX_SKIPPED_STEP_FRACTION:
+            _exclude(loop, m, epoch, f"{100 * skipped:.0f}% of its steps had a non-finite "
+                                     "gradient")
+    keep = [m for m in range(members) if m not in _excluded(loop)]
+    for m in range(members):
+        records[m]["excluded"] = m not in keep
+    if not keep:
+        return {k: np.full(v.shape[0], np.nan, np.float32) for k, v in diagnostics.items()}
+    return {k: np.mean(v[:, keep], axis=1) for k, v in diagnostics.items()}
+
+
+def ensemble_val_metrics(val: dict, loop: dict, epoch: int, records: list[dict] | None) -> dict:
+    """Per-member validation metrics {name: [M] or [M, S]} -> each member's in `records` (when
+    given); members with a non-finite validation loss are excluded from now on. Returns the
+    mean over the included members: the ensemble's validation metrics, which choose its
+    checkpoint (all NaN when no member is left)."""
+    members = int(np.shape(val["loss"])[0])
+    for m in range(members):
+        if records is not None:
+            records[m]["val_loss"] = _finite_or_none(float(val["loss"][m]))
+            records[m]["val"] = _scalars({k: v[m] for k, v in val.items()})
+        if m not in _excluded(loop) and not np.isfinite(val["loss"][m]):
+            _exclude(loop, m, epoch, f"validation loss is {float(val['loss'][m])}")
+    keep = [m for m in range(members) if m not in _excluded(loop)]
+    if records is not None:
+        for m in range(members):
+            records[m]["excluded"] = m not in keep
+    if not keep:
+        return {k: np.full(np.shape(v)[1:], np.nan) for k, v in val.items()}
+    return {k: np.mean(np.asarray(v)[keep], axis=0) for k, v in val.items()}
 
 
 def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params,
@@ -823,12 +945,17 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         raise ValueError(f"{config.name}: no checkpoint was written (config.epochs = "
                          f"{config.epochs}); nothing to summarise")
     best_state, _ = checkpointer.restore(best, abstract)
+    members = ensemble_size(config)
     val = _evaluate(steps, best_state, val_loader, frozen, eval_batch_size)
+    member_summaries = None
+    if members > 1:  # a copy of the bookkeeping: this re-evaluation excludes no one for good
+        member_summaries = [{"member": m} for m in range(members)]
+        val = ensemble_val_metrics(val, dict(loop), int(best) - 1, member_summaries)
     component.after_training(comp_lib.Finished(
         config=config, setup=setup, mdef=mdef, params=best_state.params,
         batch_stats=best_state.batch_stats,
         train_chunks=lambda: (prepared for _, _, prepared in train_loader.iterate()),
-        directory=out_dir, mesh=mesh,
+        directory=out_dir, mesh=mesh, members=members,
     ))
     verdict = convergence_verdict(loop, float(val["loss"]), config)
     train_src = train_loader.source
@@ -846,6 +973,11 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "final_epoch": int(loop["epoch"]),
         "stop_reason": loop["stop_reason"],
         "best_val_metrics": _scalars(val),
+        "ensemble_size": members,
+        # ensembles: each member's validation metrics at the best epoch; members excluded for
+        # a non-finite loss (never used by surrogates)
+        "members": member_summaries,
+        "excluded_members": list(loop.get("excluded_members", [])),
         "best_val_per_species": {
             k: np.asarray(v).tolist() for k, v in val.items() if np.ndim(v) == 1
         },

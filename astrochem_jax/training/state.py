@@ -85,9 +85,17 @@ STREAMS = ("init", "data", "dropout", "noise")
 MODEL_STREAMS = ("dropout", "noise")
 
 
-def generation_key(seed: int, generation: int = 0) -> jax.Array:
-    """The root key of `seed` for a generation (0, then one more per rollback)."""
-    return jax.random.fold_in(jax.random.key(int(seed)), int(generation))
+# Ensemble member m > 0 folds MEMBER_FOLD + m into its generation key (member 0 uses the plain
+# key, so an ensemble of one IS the plain component; MEMBER_FOLD keeps members apart from
+# generations, which fold small integers).
+MEMBER_FOLD = 1 << 30
+
+
+def generation_key(seed: int, generation: int = 0, member: int = 0) -> jax.Array:
+    """The root key of `seed` for a generation (0, then one more per rollback) and an ensemble
+    member (0 for a plain component)."""
+    key = jax.random.fold_in(jax.random.key(int(seed)), int(generation))
+    return key if int(member) == 0 else jax.random.fold_in(key, MEMBER_FOLD + int(member))
 
 
 def split_streams(root: jax.Array) -> dict[str, jax.Array]:
@@ -95,21 +103,21 @@ def split_streams(root: jax.Array) -> dict[str, jax.Array]:
     return dict(zip(STREAMS, jax.random.split(root, len(STREAMS)), strict=True))
 
 
-def stream_keys(seed: int, generation: int = 0) -> dict[str, jax.Array]:
-    return split_streams(generation_key(seed, generation))
+def stream_keys(seed: int, generation: int = 0, member: int = 0) -> dict[str, jax.Array]:
+    return split_streams(generation_key(seed, generation, member))
 
 
-def model_rngs(seed: int) -> nnx.Rngs:
+def model_rngs(seed: int, member: int = 0) -> nnx.Rngs:
     """The `nnx.Rngs` models are built with: parameters from the `init` stream; the module's
     `dropout` / `noise` keys (replaced every training step, see `step_keys`) tagged by stream."""
-    keys = stream_keys(seed)
+    keys = stream_keys(seed, 0, member)
     return nnx.Rngs(keys["init"], dropout=keys["dropout"], noise=keys["noise"])
 
 
-def data_rng(seed: int, *path: int) -> np.random.Generator:
+def data_rng(seed: int, *path: int, member: int = 0) -> np.random.Generator:
     """A numpy generator of the `data` stream, for (epoch, part, ...) `path`: the same on every
-    process and for every device count."""
-    key = stream_keys(seed)["data"]
+    process and for every device count (each ensemble member has its own)."""
+    key = stream_keys(seed, 0, member)["data"]
     for p in path:
         key = jax.random.fold_in(key, int(p))
     return np.random.default_rng(np.asarray(jax.random.key_data(key), np.uint32).tolist())
@@ -151,8 +159,12 @@ def step_keys(state: TrainState) -> dict[str, jax.Array]:
 
 
 def with_generation(state: TrainState, seed: int, generation: int) -> TrainState:
-    """The same state with the random streams of another generation (after a rollback)."""
-    new = np.asarray(jax.random.key_data(generation_key(seed, generation))).astype(
+    """The same state with the random streams of another generation (after a rollback); an
+    ensemble state (rng [M, 2]) gets every member's own key of that generation."""
+    members = state.rng.shape[0] if np.ndim(state.rng) == 2 else None
+    keys = ([generation_key(seed, generation, m) for m in range(members)] if members
+            else generation_key(seed, generation))
+    new = np.asarray(jax.random.key_data(jnp.stack(keys) if members else keys)).astype(
         state.rng.dtype)
     rng = (jax.device_put(new, state.rng.sharding) if isinstance(state.rng, jax.Array)
            else jnp.asarray(new))
@@ -205,24 +217,53 @@ def lr_schedule_factor(config, progress_epochs) -> np.ndarray:
 
 
 def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
-               seed: int) -> TrainState:
+               seed: int, member: int = 0) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(generation_key(int(seed), 0)),
+        rng=jax.random.key_data(generation_key(int(seed), 0, member)),
     )
 
 
+def stack_members(trees: list) -> Any:
+    """Pytrees of the ensemble members -> one pytree with a leading member axis [M, ...]."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member_of(tree: Any, member: int) -> Any:
+    """Member `member` of a pytree stacked by `stack_members`."""
+    return jax.tree.map(lambda leaf: leaf[member], tree)
+
+
+def build_members(build: Callable[[int], nnx.Module], tx: optax.GradientTransformation,
+                  seed: int, members: int) -> tuple[ModelDef, TrainState]:
+    """(ModelDef, TrainState) of `members` models built by `build(member)`: for 1 member the
+    plain state, else every leaf stacked on a leading member axis (the step counter too: every
+    member steps together). Member 0 is the plain component of `seed`."""
+    states, mdef = [], None
+    for m in range(int(members)):
+        mdef_m, params, batch_stats = build_split(lambda m=m: build(m))
+        mdef = mdef or mdef_m
+        states.append(init_state(params, batch_stats, tx, seed, m))
+    return mdef, (states[0] if members == 1 else stack_members(states))
+
+
+def step_count(state: TrainState) -> int:
+    """Training steps taken (an ensemble's members step together)."""
+    return int(np.ravel(np.asarray(state.step))[0])
+
+
 def learning_rate(state: TrainState) -> float:
-    return float(state.opt_state.hyperparams["learning_rate"])
+    return float(np.ravel(np.asarray(state.opt_state.hyperparams["learning_rate"]))[0])
 
 
 def with_learning_rate(state: TrainState, lr: float) -> TrainState:
-    """The same state with a new learning rate (same dtype and sharding as the old one)."""
+    """The same state with a new learning rate (same dtype, shape and sharding as the old one;
+    every ensemble member gets it)."""
     old = state.opt_state.hyperparams["learning_rate"]
-    new = jax.device_put(np.asarray(lr, dtype=old.dtype), old.sharding)
+    new = jax.device_put(np.full(old.shape, lr, dtype=old.dtype), old.sharding)
     hyper = dict(state.opt_state.hyperparams, learning_rate=new)
     return dataclasses.replace(state, opt_state=state.opt_state._replace(hyperparams=hyper))
 

@@ -24,6 +24,10 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.dataset = datasets.by_name(dataset)
     c.preprocessing_method = "timeless"  # configs/preprocessing/<name>.py
     c.seed = 0
+    # Deep ensemble: N members trained in one run (one vmapped step; member k its own init,
+    # data order, dropout and noise keys; member 0 is the plain component of `seed`). A member
+    # whose loss goes non-finite is excluded (recorded in metrics.json and summary.json).
+    c.ensemble_size = 1
 
     # --- model ---------------------------------------------------------------------------------
     c.model = ConfigDict()
