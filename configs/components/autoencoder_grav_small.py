@@ -8,8 +8,7 @@ from configs.components import autoencoder_grav_large
 
 def get_config(dataset: str | None = None) -> ConfigDict:
     c = autoencoder_grav_large.get_config(dataset)
-    c.name = datasets.component_name("autoencoder_grav_small", dataset) + (
-        "_small" if dataset and dataset != datasets.DEFAULT else "")
+    c.name = datasets.component_name("autoencoder_grav_small", dataset, "small")
     c.model.hidden_dims = (64, 32)
     c.model.latent_dim = 8
     return c

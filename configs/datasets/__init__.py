@@ -27,12 +27,11 @@ def check_name(name: str) -> None:
                          f"{available}")
 
 
-def component_name(base: str, dataset: str | None) -> str:
+def component_name(base: str, dataset: str | None, variant: str = "") -> str:
     """Name of a component (or surrogate) trained on `dataset`: `base` for the default dataset,
-    else `<kind>_<dataset>` (e.g. `autoencoder_uclchem_grav_train`), where kind is `base`
-    without its `_grav...` suffix."""
+    else `<kind>[_<variant>]_<dataset>` (e.g. `autoencoder_uclchem_grav_train`,
+    `emulator_ensemble_grav_seed7`), where kind is `base` without its `_grav...` suffix."""
     if not dataset or dataset == DEFAULT:
         return base
-    check_name(dataset)
     kind = base.split("_grav")[0]
-    return f"{kind}_{dataset}"
+    return f"{kind}_{variant}_{dataset}" if variant else f"{kind}_{dataset}"
