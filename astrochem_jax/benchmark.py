@@ -497,19 +497,33 @@ def solve_same_tracks(surrogate: Surrogate, data: ScoredData, bench: ConfigDict,
 # Plots and summary
 
 
-def uncertainty_section(surrogate: Surrogate, data: ScoredData) -> tuple[dict, tuple]:
-    """An ensemble's spread against its error on the scored tracers (`surrogates.uncertainty`),
-    steps 1..T-1 closed loop from t0; returns (report section, (error, spread) arrays)."""
+def ensemble_rollout(surrogate: Surrogate, data: ScoredData) -> tuple[np.ndarray, ...]:
+    """(truth, mean, raw spread, members) on steps 1..T-1, closed loop from t0: [N, T-1, S]
+    each, members [M, N, T-1, S] (float64; spread in dex, uncalibrated)."""
+    raw = surrogate.calibrated(1.0)
     x0 = np.asarray(data.abundances[:, 0], np.float32)
     phys = np.asarray(data.physical[:, :-1], np.float32)
-    mean, spread, members = surrogate.predict(x0, phys, return_spread=True, return_members=True)
-    mean, spread = np.asarray(mean, np.float64)[:, 1:], np.asarray(spread, np.float64)[:, 1:]
-    members = np.asarray(members, np.float64)[:, :, 1:]
-    truth = data.abundances[:, 1:]
+    mean, spread, members = raw.predict(x0, phys, return_spread=True, return_members=True)
+    return (data.abundances[:, 1:], np.asarray(mean, np.float64)[:, 1:],
+            np.asarray(spread, np.float64)[:, 1:], np.asarray(members, np.float64)[:, :, 1:])
+
+
+def uncertainty_section(surrogate: Surrogate, data: ScoredData,
+                        n_tracers: int | None = None) -> tuple[dict, tuple]:
+    """An ensemble's spread against its error on the scored tracers (`surrogates.uncertainty`),
+    steps 1..T-1 closed loop from t0, and the spread factor fitted on the VALIDATION tracers
+    (`calibration`); returns (report section, (error, spread) arrays of the scored tracers)."""
+    truth, mean, spread, members = ensemble_rollout(surrogate, data)
     section = uq.uncertainty_report(truth, mean, spread, members, surrogate.meta.members)
     section["excluded_members"] = sorted(set(range(max(surrogate.meta.members) + 1))
                                          - set(surrogate.meta.members))
-    return section, (uq.abs_error_dex(truth, mean), spread)
+    error = uq.abs_error_dex(truth, mean)
+    val = load_split_tracers(surrogate, n_tracers, "val")
+    val_truth, val_mean, val_spread, _ = ensemble_rollout(surrogate, val)
+    section["calibration"] = uq.calibration_report(uq.abs_error_dex(val_truth, val_mean),
+                                                   val_spread, error, spread, fitted_on="val")
+    section["calibration"]["n_fit_tracers"] = int(val.tracer_ids.size)
+    return section, (error, spread)
 
 
 def ensemble_throughput(speed: dict, members: int) -> dict:
@@ -524,8 +538,11 @@ def ensemble_throughput(speed: dict, members: int) -> dict:
 
 def write_uncertainty_plots(out_dir: Path, report: dict, error: np.ndarray,
                             spread: np.ndarray) -> dict:
+    unc = report["uncertainty"]
     return {"reliability": str(plots.plot_reliability(
-                out_dir / "reliability.png", report["uncertainty"]["reliability"])),
+                out_dir / "reliability.png", unc["reliability"],
+                calibrated=unc["calibration"]["reliability"],
+                scale=unc["calibration"]["spread_scale"])),
             "error_vs_spread": str(plots.plot_error_vs_spread(
                 out_dir / "error_vs_spread.png", error, spread))}
 
@@ -592,6 +609,12 @@ def format_summary(report: dict) -> str:
                                 f"{100 * unc['coverage']['2_sigma']:.1f}% (Gaussian 68.3 / "
                                 "95.4%)"),
         ]
+        cal = unc.get("calibration")
+        if cal:
+            rows.append(("calibrated spread", f"x {cal['spread_scale']:.3g} (fitted on "
+                         f"{cal['n_fit_tracers']} {cal['fitted_on']} tracers): coverage +-1 / 2 "
+                         f"sigma {100 * cal['coverage']['1_sigma']:.1f} / "
+                         f"{100 * cal['coverage']['2_sigma']:.1f}%"))
     if sp is None:
         rows.append(("speed", "not measured (benchmark.measure_speed=False)"))
         return _table(rows)
@@ -749,7 +772,8 @@ def _run_benchmark(config: ConfigDict, surrogate: Surrogate, log) -> dict:
     }
     uq_arrays = None
     if surrogate.ensemble_size > 1:
-        report["uncertainty"], uq_arrays = _quiet(uncertainty_section, surrogate, data)
+        report["uncertainty"], uq_arrays = _quiet(uncertainty_section, surrogate, data,
+                                                  bench.n_test_tracers)
     log(f"accuracy: mean relative error {report['accuracy']['relative_error']['mean']:.4g}, "
         f"mean |dlog10| {report['accuracy']['abs_dlog10']['mean']:.3g} dex")
     report["speed"] = speed_report

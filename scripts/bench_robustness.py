@@ -162,6 +162,36 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def markdown_table(report: dict) -> str:
+    """README's robustness table: one row per (dataset, seed), then min / median / max."""
+    head = ("| dataset | seed | test mean / median / p99 \\|dlog10\\| (dex) | MRE (worst species) "
+            "| non-finite | AE floor (dex) | wall (s) |\n|---|---|---|---|---|---|---|")
+    rows = [head]
+    for name, entry in report["datasets"].items():
+        for r in entry.get("runs", []):
+            if r["status"] != "ok":
+                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | "
+                            f"{r['wall_time_s']:.0f} |")
+                continue
+            rows.append(
+                f"| {name} | {r['seed']} | {r['mean_abs_dlog10']:.3f} / "
+                f"{r['median_abs_dlog10']:.3f} / {r['p99_abs_dlog10']:.2f} | "
+                f"{r['mean_relative_error']:.3g} ({r['worst_species']}) | {r['non_finite']} | "
+                f"{r['autoencoder_floor_abs_dlog10']:.4f} | {r['wall_time_s']:.0f} |")
+        summary = entry.get("summary") or {}
+        if "mean_abs_dlog10" in summary:
+            def mmm(key: str, fmt: str, summary: dict = summary) -> str:
+                v = summary[key]
+                return "/".join(format(v[k], fmt) for k in ("min", "median", "max"))
+
+            rows.append(
+                f"| {name} | min/median/max | {mmm('mean_abs_dlog10', '.3f')} mean, "
+                f"{mmm('p99_abs_dlog10', '.2f')} p99 | {mmm('mean_relative_error', '.3g')} | "
+                f"{mmm('non_finite', '.0f')} | {mmm('autoencoder_floor_abs_dlog10', '.4f')} | "
+                f"{mmm('wall_time_s', '.0f')} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="grav",
@@ -196,6 +226,7 @@ def main() -> None:
     out_path = outputs / "benchmarks" / "robustness" / f"{'_'.join(names)}.json"
     atomic.write_json(out_path, report)
     print(json.dumps(report, indent=1))
+    print(markdown_table(report), file=sys.stderr)
     print(f"written: {out_path}", file=sys.stderr)
 
 

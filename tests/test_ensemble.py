@@ -118,6 +118,25 @@ def test_uncertainty_metrics_on_known_errors():
         uq.uncertainty_report(truth, mean[:1], spread, members)
 
 
+def test_spread_recalibration_fitted_on_one_set_holds_on_another():
+    """Errors ~ |N(0, 3 s)| with a raw spread s: the fitted factor is ~3, and it restores
+    Gaussian coverage on an independent draw (the test tracers)."""
+    rng = np.random.default_rng(1)
+    spread_fit, spread = rng.uniform(0.01, 0.5, 20000), rng.uniform(0.01, 0.5, 20000)
+    error_fit = np.abs(rng.normal(0.0, 3.0 * spread_fit))
+    error = np.abs(rng.normal(0.0, 3.0 * spread))
+    report = uq.calibration_report(error_fit, spread_fit, error, spread)
+    assert report["spread_scale"] == pytest.approx(3.0, rel=0.05)
+    assert report["fit_coverage"]["2_sigma"] == pytest.approx(0.9545, abs=2e-3)
+    assert report["coverage"]["2_sigma"] == pytest.approx(0.9545, abs=0.01)
+    assert report["coverage"]["1_sigma"] == pytest.approx(0.6827, abs=0.02)
+    assert uq.coverage(error, spread, 2.0) < 0.55  # the raw spread under-covers
+    # Every error exactly 1.5 spreads: the factor puts them on the 2-sigma edge.
+    assert uq.spread_scale(1.5 * spread, spread) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="one shape"):
+        uq.spread_scale(error[:5], spread)
+
+
 def test_ensemble_training_saving_loading_and_surrogate(monkeypatch):
     """Pairs (3 autoencoders, 3 emulators on them, member k on autoencoder member k) and a direct
     ensemble train in one run each; one checkpoint holds every member and loads back; a member
@@ -182,6 +201,11 @@ def test_ensemble_training_saving_loading_and_surrogate(monkeypatch):
     np.testing.assert_allclose(np.log10(np.asarray(mean)), logs.mean(axis=0), atol=2e-4)
     np.testing.assert_allclose(np.asarray(spread), logs.std(axis=0), atol=2e-3)
     np.testing.assert_allclose(np.asarray(surrogate(x0, phys)), np.asarray(mean), rtol=1e-6)
+    wider = surrogate.calibrated(2.5)
+    np.testing.assert_allclose(np.asarray(wider.predict(x0, phys, return_spread=True)[1]),
+                               2.5 * np.asarray(spread), rtol=1e-6)
+    with pytest.raises(surrogates.SurrogateError, match="positive finite"):
+        surrogate.calibrated(0.0)
     # Each member equals the single-model surrogate of that pair.
     for k in (0, 1):
         single = surrogates.ae_emulator_inference_parts(

@@ -102,6 +102,9 @@ class SurrogateMeta:
     ensemble_size: int = 1
     predict_fn: Callable | None = None
     members: tuple[int, ...] = (0,)  # the component members used (excluded ones left out)
+    # Ensembles: `predict(..., return_spread=True)` returns spread x spread_scale (1 = the raw
+    # std over members; the benchmark fits a calibrated factor on validation tracers).
+    spread_scale: float = 1.0
 
 
 def _meta(name: str, doc: str):
@@ -164,8 +167,19 @@ class Surrogate:
                                  "it has no spread or members (train its components with "
                                  "--config.ensemble_size=N)")
         mean, spread, members = self._sharded(self.meta.predict_fn, abundances_0, physical)
+        if self.meta.spread_scale != 1.0:
+            spread = spread * self.meta.spread_scale
         return (mean, *((spread,) if return_spread else ()),
                 *((members,) if return_members else ()))
+
+    def calibrated(self, spread_scale: float) -> Surrogate:
+        """This surrogate with its spread multiplied by `spread_scale` (e.g. the benchmark's
+        report["uncertainty"]["calibration"]["spread_scale"], fitted on validation tracers)."""
+        scale = float(spread_scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise SurrogateError(f"surrogate {self.name!r}: spread_scale must be a positive "
+                                 f"finite number, got {spread_scale!r}")
+        return self.replace(meta=replace(self.meta, spread_scale=scale))
 
     def _sharded(self, fn, abundances_0, physical):
         """fn(params, x0, physical) on the batch split over this process's devices (padded to

@@ -120,14 +120,19 @@ def plot_throughput(path: Path, throughput: Sequence[dict], solver_traj_per_s: f
     return _save(fig, path)
 
 
-def plot_reliability(path: Path, reliability: Sequence[dict]) -> Path:
+def plot_reliability(path: Path, reliability: Sequence[dict],
+                     calibrated: Sequence[dict] | None = None, scale: float | None = None) -> Path:
     """Ensemble calibration: nominal probability vs observed fraction of errors within the
-    corresponding number of spreads (the diagonal is a calibrated Gaussian spread)."""
+    corresponding number of spreads (the diagonal is a calibrated Gaussian spread); with
+    `calibrated`, the same for the spread x `scale` (fitted on validation tracers)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     nominal = [r["nominal"] for r in reliability]
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
-    ax.plot(nominal, [r["observed"] for r in reliability], "o-", label="ensemble")
+    ax.plot(nominal, [r["observed"] for r in reliability], "o-", label="ensemble spread")
+    if calibrated is not None:
+        ax.plot([r["nominal"] for r in calibrated], [r["observed"] for r in calibrated], "s-",
+                label=f"spread x {scale:.3g} (fit on val)")
     ax.set_xlabel("nominal probability (Gaussian, |error| <= z spread)")
     ax.set_ylabel("observed fraction")
     ax.set_xlim(0, 1)
