@@ -162,6 +162,10 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _min_median_max(values: dict, fmt: str) -> str:
+    return "/".join(format(values[k], fmt) for k in ("min", "median", "max"))
+
+
 def markdown_table(report: dict) -> str:
     """README's robustness table: one row per (dataset, seed), then min / median / max."""
     head = ("| dataset | seed | test mean / median / p99 \\|dlog10\\| (dex) | MRE (worst species) "
@@ -180,15 +184,12 @@ def markdown_table(report: dict) -> str:
                 f"{r['autoencoder_floor_abs_dlog10']:.4f} | {r['wall_time_s']:.0f} |")
         summary = entry.get("summary") or {}
         if "mean_abs_dlog10" in summary:
-            def mmm(key: str, fmt: str, summary: dict = summary) -> str:
-                v = summary[key]
-                return "/".join(format(v[k], fmt) for k in ("min", "median", "max"))
-
-            rows.append(
-                f"| {name} | min/median/max | {mmm('mean_abs_dlog10', '.3f')} mean, "
-                f"{mmm('p99_abs_dlog10', '.2f')} p99 | {mmm('mean_relative_error', '.3g')} | "
-                f"{mmm('non_finite', '.0f')} | {mmm('autoencoder_floor_abs_dlog10', '.4f')} | "
-                f"{mmm('wall_time_s', '.0f')} |")
+            cells = [_min_median_max(summary[k], f) for k, f in (
+                ("mean_abs_dlog10", ".3f"), ("p99_abs_dlog10", ".2f"),
+                ("mean_relative_error", ".3g"), ("non_finite", ".0f"),
+                ("autoencoder_floor_abs_dlog10", ".4f"), ("wall_time_s", ".0f"))]
+            rows.append(f"| {name} | min/median/max | {cells[0]} mean, {cells[1]} p99 | "
+                        f"{cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} |")
     return "\n".join(rows)
 
 

@@ -206,6 +206,16 @@ def test_ensemble_training_saving_loading_and_surrogate(monkeypatch):
                                2.5 * np.asarray(spread), rtol=1e-6)
     with pytest.raises(surrogates.SurrogateError, match="positive finite"):
         surrogate.calibrated(0.0)
+    # The benchmark's section: raw spread even from a calibrated surrogate, factor fit on val.
+    from astrochem_jax import benchmark
+
+    val_data = benchmark.load_split_tracers(surrogate, None, "val")
+    section, (error, raw) = benchmark.uncertainty_section(wider, val_data)
+    np.testing.assert_allclose(raw, np.asarray(spread, np.float64)[:, 1:], rtol=1e-5,
+                               atol=1e-7)
+    assert section["calibration"]["spread_scale"] == pytest.approx(
+        uq.spread_scale(error, raw))
+    assert section["calibration"]["n_fit_tracers"] == val_data.tracer_ids.size
     # Each member equals the single-model surrogate of that pair.
     for k in (0, 1):
         single = surrogates.ae_emulator_inference_parts(
