@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export OPENBLAS_NUM_THREADS=1
-.venv/bin/ruff check astrochem_jax configs scripts tests
+.venv/bin/ruff check astrochem_jax configs scripts tests notebooks
 .venv/bin/python -m pytest -q "$@"

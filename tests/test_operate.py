@@ -237,3 +237,38 @@ def test_distributed_settings_come_from_the_environment():
     # Without the flag nothing is initialised (single-process runs never touch the service).
     mesh_lib.initialize_distributed(False)
     assert not jax.distributed.is_initialized()
+
+
+def test_checkpoint_saves_leave_the_preemption_sync_point_to_the_loop(monkeypatch, tmp_path):
+    """orbax's CheckpointManager polls JAX's preemption sync point on every save with its own
+    step ids (the epoch); a notice it takes never reaches the loop, and a preempted multi-process
+    run trained on. The epoch and mid-epoch checkpoints must not poll; the loop alone does."""
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    from astrochem_jax.training import checkpoints
+
+    polled = []
+
+    def sync_point(step):
+        polled.append(int(step))
+        return False
+
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", sync_point)
+    tree = {"w": np.arange(6.0, dtype=np.float32).reshape(2, 3)}
+    plain = ocp.CheckpointManager(tmp_path / "plain", item_names=("state",))
+    plain.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
+    plain.wait_until_finished()
+    plain.close()
+    assert 3 in polled  # what the subclass guards against (drop it when orbax stops polling)
+
+    polled.clear()
+    ckpt = checkpoints.Checkpointer(tmp_path / "component")
+    try:
+        ckpt.save(1, tree, {"epoch": 1}, val_loss=0.5)
+        ckpt.save(2, tree, {"epoch": 2}, val_loss=0.4)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    preemption.InterruptCheckpoint(tmp_path / "component").save(7, tree, {"batch": 3})
+    assert polled == []

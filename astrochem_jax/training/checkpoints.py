@@ -34,6 +34,7 @@ from ml_collections import ConfigDict
 
 from astrochem_jax import atomic, config_utils, paths
 from astrochem_jax.training import state as state_lib
+from astrochem_jax.training.preemption import LoopSyncedCheckpointManager
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -95,8 +96,8 @@ class Checkpointer:
                 read_only=read_only,
                 create=not read_only,
             )
-            self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                                 item_names=_ITEMS)
+            self.manager = LoopSyncedCheckpointManager(self.directory, options=options,
+                                                       item_names=_ITEMS)
 
     def step_directory(self, epoch: int) -> Path:
         return self.directory / str(int(epoch))

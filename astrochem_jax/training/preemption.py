@@ -37,6 +37,20 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SYNC_IDS = itertools.count(1)
 
 
+class LoopSyncedCheckpointManager(ocp.CheckpointManager):
+    """An orbax CheckpointManager that leaves JAX's preemption sync protocol to the training
+    loop (`PreemptionGuard.should_stop`).
+
+    orbax's `save` / `should_save` call `multihost_utils.reached_preemption_sync_point(step)`
+    with the checkpoint's step (our epoch), and the protocol answers True once, to whichever
+    caller reaches the agreed step id first. With two callers counting steps differently, orbax
+    could take the notice (it then logs "Reached preemption sync point" and saves) while the loop
+    never sees it, and a preempted multi-process run trained on to the end. Only the loop polls."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class TrainingInterrupted(Exception):  # noqa: N818 (not an error: the run stopped on request)
     """Training stopped on SIGTERM / SIGINT after saving a checkpoint; rerun to resume.
 
@@ -113,7 +127,8 @@ class InterruptCheckpoint:
     def _manager(self, read_only: bool = False) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
                                                read_only=read_only)
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "loop"))
+        return LoopSyncedCheckpointManager(self.directory, options=options,
+                                           item_names=("state", "loop"))
 
     def exists(self) -> bool:
         return self.directory.is_dir() and any(p.name.isdigit() for p in self.directory.iterdir())
