@@ -286,6 +286,36 @@ def test_load_refuses_a_missing_or_unreadable_best_checkpoint():
         load_component("no_best")
 
 
+def test_load_refuses_an_unfinished_component_and_replaced_weights():
+    """No summary.json (training still running, interrupted or crashed): the best-so-far weights
+    are refused unless asked for. summary.json records the fingerprint of the trained numbers;
+    a latents_minmax.npy (or checkpoint) replaced after training is refused, naming both."""
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="finished")
+    c.epochs = 2
+    train_component(c, preprocessed_dir=dirs["timeless"])
+    directory = paths.weights_dir("finished")
+    summary = json.loads((directory / "summary.json").read_text())
+    loaded = load_component("finished")
+    assert summary["fingerprint"] == loaded.fingerprint
+
+    minmax = np.load(directory / "latents_minmax.npy")
+    np.save(directory / "latents_minmax.npy", minmax * 1.5)
+    with pytest.raises(checkpoints.CheckpointError) as info:
+        load_component("finished")
+    for fragment in ("replaced after training", summary["fingerprint"][:16], "retrain"):
+        assert fragment in str(info.value), str(info.value)
+    np.save(directory / "latents_minmax.npy", minmax)
+    assert load_component("finished").fingerprint == summary["fingerprint"]
+
+    (directory / "summary.json").unlink()
+    with pytest.raises(checkpoints.ComponentUnfinishedError) as info:
+        load_component("finished")
+    for fragment in ("has not finished", "summary.json", "Resume it with"):
+        assert fragment in str(info.value), str(info.value)
+    assert load_component("finished", allow_unfinished=True).epoch == loaded.epoch
+
+
 # ------------------------------------------------------------------------------------------------
 # The exact autoencoder under an emulator, and loading from anywhere
 

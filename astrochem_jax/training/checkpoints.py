@@ -302,11 +302,20 @@ class ComponentFailedError(ValueError):
     """The component's training ended without converging (summary.json status "failed")."""
 
 
-def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> LoadedComponent:
+class ComponentUnfinishedError(RuntimeError):
+    """The component's training has not finished (no summary.json): it is still running, was
+    interrupted, or crashed; its best-so-far weights are not a trained component."""
+
+
+def load_component(name: str, *, sharding=None, allow_failed: bool = False,
+                   allow_unfinished: bool = False) -> LoadedComponent:
     """Rebuild component `name` from `outputs/weights/<name>/config.json` and restore its best
     parameters and batch statistics (on `sharding`, default the first local device).
 
-    A component whose summary.json says status "failed" is refused unless `allow_failed`."""
+    Refused: a component whose summary.json says status "failed" (unless `allow_failed`); one
+    without summary.json, i.e. whose training has not finished (unless `allow_unfinished`: its
+    best epoch so far); one whose weights on disk are not those summary.json's fingerprint
+    names (a checkpoint or latents_minmax.npy replaced after training)."""
     from astrochem_jax.training.components import get_component
 
     directory = paths.weights_dir(name)
@@ -324,6 +333,11 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> L
             f"component {name!r} not found: {directory / CONFIG_JSON} or {checkpoint_dir} is "
             f"missing. Train it first with: {training_command(name)}"
         )
+    if not allow_unfinished and not summary_path.exists():
+        raise ComponentUnfinishedError(
+            f"component {name!r}: its training has not finished ({summary_path} is missing: "
+            "still running, interrupted or crashed), so its best-so-far weights are not used. "
+            f"Resume it with: {training_command(name)}")
     config, info = read_config_json(directory)
     component = get_component(config.type)
     mdef, params, batch_stats = state_lib.build_split(
@@ -365,10 +379,16 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False) -> L
         checkpointer.close()
     minmax_path = directory / "latents_minmax.npy"
     minmax = np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None
+    found = fingerprint(restored.params, restored.batch_stats, minmax)
+    recorded = None if summary is None else summary.get("fingerprint")
+    if recorded is not None and recorded != found:
+        raise CheckpointError(
+            f"component {name!r}: the weights on disk (checkpoint epoch {epoch} and "
+            f"{minmax_path.name}; fingerprint {found[:16]}) are not the ones its training ended "
+            f"with ({summary_path}: {recorded[:16]}): a file was replaced after training. "
+            f"Restore the original files, or {retrain}")
     return LoadedComponent(
         name=name, directory=directory, type=str(config.type), config=config, info=info,
         mdef=mdef, params=restored.params, batch_stats=restored.batch_stats, epoch=int(epoch),
-        latents_minmax=minmax, summary=summary,
-        fingerprint=fingerprint(restored.params, restored.batch_stats, minmax),
-        ensemble_size=members,
+        latents_minmax=minmax, summary=summary, fingerprint=found, ensemble_size=members,
     )

@@ -998,6 +998,12 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "package_versions": runtime.package_versions(),
     }
     if _is_main():
+        # The trained numbers this summary describes (load_component refuses other weights, and
+        # an emulator records the same fingerprint of the autoencoder it was trained on).
+        minmax_path = out_dir / "latents_minmax.npy"
+        summary["fingerprint"] = ckpt_lib.fingerprint(
+            best_state.params, best_state.batch_stats,
+            np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None)
         atomic.write_json(out_dir / SUMMARY_JSON, summary)
     mesh_lib.barrier("summary_written")
     if verdict:
