@@ -125,6 +125,28 @@ def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(monkeypatch, 
     assert not (out / preemption.INTERRUPTED_DIR).exists()  # superseded by epoch 3's checkpoint
 
 
+def test_sigterm_in_the_first_epoch_resumes_without_an_epoch_checkpoint(monkeypatch):
+    """Stopped before any epoch checkpoint exists: the rerun starts from the mid-epoch slot
+    alone (the multi-process CI run hit this) and ends like an uninterrupted run."""
+    dirs = tf.write_preprocessed(n_tracers=10, shard_items={"sequential": 3})
+
+    def config(name):
+        c = tf.tiny_config("direct_emulator", name=name)
+        c.epochs, c.steps_per_call, c.divergence_factor = 2, 1, None
+        return c
+
+    train_component(config("straight"), preprocessed_dir=dirs["sequential"])
+    count = _kill_at_call(monkeypatch, 2)
+    with pytest.raises(preemption.TrainingInterrupted, match="epoch 1, batch 3"):
+        train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    out = paths.weights_dir("resumed")
+    assert (out / preemption.INTERRUPTED_DIR).is_dir()
+    assert not any((out / "checkpoints").glob("[0-9]*"))
+    count["restore"]()
+    train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    assert _metrics("resumed") == _metrics("straight")
+
+
 def test_sigint_at_an_epoch_boundary_also_resumes_exactly(monkeypatch):
     dirs = tf.write_preprocessed()
     c = tf.tiny_config("autoencoder", name="straight")

@@ -585,6 +585,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     checkpointer = ckpt_lib.Checkpointer(out_dir, async_save=bool(config.checkpoint.async_save))
     interrupted = preemption.InterruptCheckpoint(out_dir)
     loop = initial_loop_state(config)
+    latest = None  # the newest intact epoch checkpoint (none before epoch 1 ends)
     resumed = checkpointer.restore_latest_intact(abstract, comp_lib.log_line)
     if resumed is not None:
         latest, state, loop = resumed
