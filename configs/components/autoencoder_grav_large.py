@@ -51,7 +51,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # mean |dlog10| of decode(encode(x)): [160, 80] / 14 0.178 dex, [160, 80] / 32 0.172,
     # [160, 80] / 32 untied 0.167, [512, 256] / 64 0.159, [512, 256] / 32 0.153 (chosen);
     # dropout 0.1 on [512, 256] / 32 was worse (0.219 at epoch 200). PCA needs 48 components
-    # for 0.154 dex there: the chemistry of these tracers is high-dimensional.
+    # for 0.154 dex there: the chemistry of these tracers is high-dimensional. Decided from the
+    # dataset config's n_species when the config is built (a later --config.dataset.n_species
+    # override does not change it; set --config.model.* directly).
     if (c.dataset.get("n_species") or 0) > LARGE_NETWORK_SPECIES:
         c.model.hidden_dims = (512, 256)
         c.model.latent_dim = 32
