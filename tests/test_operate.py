@@ -147,6 +147,29 @@ def test_sigterm_in_the_first_epoch_resumes_without_an_epoch_checkpoint(monkeypa
     assert _metrics("resumed") == _metrics("straight")
 
 
+def test_sigterm_mid_epoch_of_an_ensemble_resumes_exactly(monkeypatch):
+    """An ensemble's step counter has one entry per member: the mid-epoch checkpoint of a
+    stopped ensemble run is saved (it crashed on that counter) and resumes exactly."""
+    dirs = tf.write_preprocessed(n_tracers=10, shard_items={"sequential": 3})
+
+    def config(name):
+        c = tf.tiny_config("direct_emulator", name=name)
+        c.epochs, c.steps_per_call, c.divergence_factor = 2, 1, None
+        c.ensemble_size = 2
+        c.checkpoint.every_epochs = 10
+        return c
+
+    train_component(config("straight"), preprocessed_dir=dirs["sequential"])
+    straight = _metrics("straight")
+    count = _kill_at_call(monkeypatch, straight[0]["steps"] + 2)
+    with pytest.raises(preemption.TrainingInterrupted, match="epoch 2, batch 3"):
+        train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    assert (paths.weights_dir("resumed") / preemption.INTERRUPTED_DIR).is_dir()
+    count["restore"]()
+    train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    assert _metrics("resumed") == straight
+
+
 def test_sigint_at_an_epoch_boundary_also_resumes_exactly(monkeypatch):
     dirs = tf.write_preprocessed()
     c = tf.tiny_config("autoencoder", name="straight")
