@@ -18,6 +18,12 @@ Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
 error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
 on the test rows), epochs and wall time; per dataset the min / median / max of each over seeds.
+
+Components of an earlier run are reused when their config is unchanged (training resumes and
+stops at once; the numbers are the same, training is deterministic). After a recipe change the
+trainer refuses to resume them (a run "failed at emulator": "holds checkpoints of a different
+run"): pass `--retrain` to delete this script's components and reports for the chosen datasets
+and seeds first.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,8 +98,11 @@ def history_facts(component: str, outputs: Path) -> dict:
     return out
 
 
-def run_seed(name: str, seed: int, outputs: Path, logs: Path) -> dict:
+def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = False) -> dict:
     prefix = f"robustness/{name}/s{seed}"
+    if retrain:
+        for directory in (outputs / "weights" / prefix, outputs / "benchmarks" / prefix):
+            shutil.rmtree(directory, ignore_errors=True)
     ae, emulator = f"{prefix}/autoencoder", f"{prefix}/emulator"
     py = sys.executable
     steps = [
@@ -198,6 +208,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="grav",
                         help="comma-separated configs/datasets names (default: grav)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
+    parser.add_argument("--retrain", action="store_true",
+                        help="delete this script's earlier components of these datasets and "
+                             "seeds first (needed after a recipe change)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
     from astrochem_jax import paths, runtime
@@ -216,7 +229,7 @@ def main() -> None:
         raw = ensure_raw(name, logs)
         runs = []
         for seed in seeds:
-            runs.append(run_seed(name, seed, outputs, logs))
+            runs.append(run_seed(name, seed, outputs, logs, args.retrain))
             print(json.dumps({k: runs[-1].get(k) for k in (
                 "dataset", "seed", "status", "mean_abs_dlog10", "p99_abs_dlog10",
                 "mean_relative_error", "autoencoder_floor_abs_dlog10", "wall_time_s")}),
