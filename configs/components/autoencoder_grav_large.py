@@ -35,6 +35,8 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # --- model ---------------------------------------------------------------------------------
     c.model = ConfigDict()
     c.model.hidden_dims = (160, 80)
+    # Measured (seed 0, val split, default dataset, this recipe): latent 14 0.0152 dex / 3.54%
+    # mean relative error; latent 20 3.36%; latent 24 3.64%. Not worth a larger emulator state.
     c.model.latent_dim = 14
     # Gaussian noise on the latent while training (AstroChemNet: 0.1). Measured on this dataset
     # at CI-sized budgets (2 CPU cores): noise 0.1 -> val mean relative error 15.8%, 0.02 ->

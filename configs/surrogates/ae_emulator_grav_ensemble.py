@@ -1,4 +1,4 @@
-"""Ensemble surrogate: `autoencoder_grav_large` around the 5 emulators of
+"""Ensemble surrogate of 5 full pairs: member k of `autoencoder_grav_ensemble` around member k of
 `emulator_grav_ensemble`. The surrogate returns the members' mean in log space;
 `surrogate.predict(x0, physical, return_spread=True)` adds the spread (std of log10 abundance
 over members, dex). The benchmark adds an `uncertainty` section (calibration of the spread
@@ -18,4 +18,6 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.name = datasets.component_name("ae_emulator_grav_ensemble", dataset, "ensemble")
     c.components.emulator = datasets.component_name("emulator_grav_ensemble", dataset,
                                                     "ensemble")
+    c.components.encoder = c.components.decoder = datasets.component_name(
+        "autoencoder_grav_ensemble", dataset, "ensemble")
     return c
