@@ -649,9 +649,8 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     def stop_here(loop_now: dict, state_now, guard) -> None:
         """Save the interrupted-run checkpoint and raise TrainingInterrupted."""
         checkpointer.wait()
-        # an ensemble's step counter has one entry per member (they step together)
-        step_now = int(np.ravel(mesh_lib.fetch(state_now.step))[0])
-        interrupted.save(step_now, state_now, loop_now)
+        # step_count: an ensemble's counter has one entry per member (they step together)
+        interrupted.save(state_lib.step_count(state_now), state_now, loop_now)
         where = loop_now.get("in_epoch")
         position = (f"epoch {int(loop_now['epoch']) + 1}, batch "
                     f"{where['batches_done'] + where['batch'] + 1}" if where else
