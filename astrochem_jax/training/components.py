@@ -339,10 +339,13 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
             f"{directory}/manifest.json: sequential rows have {width} features, expected "
             f"n_physical + n_species = {info['n_physical']} + {info['n_species']}"
         )
-    horizon = int(config.horizon)
-    if horizon < 1:
-        raise ComponentError(f"config.horizon must be >= 1, found {horizon}")
     train_steps = int(manifest["splits"]["train"]["shape"][1])
+    # 0: the full trajectory from t0 (one window per tracer with window_stride >= the length):
+    # the closed-loop rollout the surrogate is scored on, e.g. to fine-tune a trained emulator.
+    horizon = train_steps - 1 if int(config.horizon) == 0 else int(config.horizon)
+    if horizon < 1:
+        raise ComponentError(f"config.horizon must be 0 (full trajectory) or >= 1, found "
+                             f"{config.horizon}")
     if train_steps < horizon + 1:
         # Otherwise every tracer is skipped and the run fails later with "lower the batch size".
         raise ComponentError(

@@ -55,7 +55,7 @@ SUMMARY_JSON = "summary.json"
 RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident_max_mb",
                          "profile_steps")
 # Fields added after runs were saved, with the value those runs used (resume compares them).
-NEW_FIELD_DEFAULTS = {"matmul_precision": "default"}
+NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -553,6 +553,49 @@ def _train_item_counts(component, setup, loader: data_lib.ChunkLoader) -> list[i
             for k in range(source.n_chunks)]
 
 
+def load_warm_start(config, info: dict) -> ckpt_lib.LoadedComponent | None:
+    """The trained component named by `config.init_from` (its best weights), checked to fit this
+    run: same type and ensemble size, and for latent emulators the same exact autoencoder
+    (`data_info.autoencoder_fingerprint`). None when `init_from` is unset."""
+    name = config.get("init_from")
+    if not name:
+        return None
+    loaded = ckpt_lib.load_component(str(name))
+    where = f"config.init_from = {name!r} ({loaded.directory})"
+    if loaded.type != str(config.type):
+        raise comp_lib.ComponentError(f"{where}: a component of type {loaded.type!r}, but this "
+                                      f"run trains type {config.type!r}")
+    if loaded.ensemble_size != ensemble_size(config):
+        raise comp_lib.ComponentError(
+            f"{where}: {loaded.ensemble_size} ensemble member(s), this run has "
+            f"config.ensemble_size = {ensemble_size(config)}")
+    ours, theirs = info.get("autoencoder_fingerprint"), loaded.info.get("autoencoder_fingerprint")
+    if ours != theirs:
+        raise comp_lib.ComponentError(
+            f"{where}: trained on the autoencoder with fingerprint {str(theirs)[:16]}, but this "
+            f"run's autoencoder ({info.get('autoencoder_component')!r}) has {str(ours)[:16]}; "
+            "warm-start only from an emulator of the same autoencoder")
+    return loaded
+
+
+def warm_started(state: state_lib.TrainState, loaded: ckpt_lib.LoadedComponent | None,
+                 where: str) -> state_lib.TrainState:
+    """`state` with the parameters and batch statistics of `loaded` (a fresh optimizer state);
+    the trees must match leaf for leaf in shape."""
+    if loaded is None:
+        return state
+    for what, ours, theirs in (("params", state.params, loaded.params),
+                               ("batch_stats", state.batch_stats, loaded.batch_stats)):
+        a = jax.tree.map(np.shape, ours)
+        b = jax.tree.map(np.shape, theirs)
+        if jax.tree.structure(a) != jax.tree.structure(b) or jax.tree.leaves(a) != \
+                jax.tree.leaves(b):
+            raise comp_lib.ComponentError(
+                f"{where}: its {what} do not match this run's model (shapes "
+                f"{jax.tree.leaves(b)} against {jax.tree.leaves(a)}); use the same config.model")
+    return dataclasses.replace(state, params=loaded.params, batch_stats=loaded.batch_stats)
+
+
 def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> dict:
     component = comp_lib.get_component(config.type)
     mesh = mesh_lib.make_mesh(devices)
@@ -567,6 +610,10 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     manifest = shards.read_manifest(pre_dir)
     setup = component.setup(config, manifest, pre_dir)
     out_dir = paths.weights_dir(config.name)
+    warm = load_warm_start(config, setup.info)
+    if warm is not None:
+        setup.info["init_from"] = {"component": warm.name, "fingerprint": warm.fingerprint,
+                                   "epoch": warm.epoch}
     check_resume_compatible(out_dir, config, setup.info)
     mesh_lib.barrier("resume_checked")
     if _is_main():
@@ -577,6 +624,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     mdef, state = state_lib.build_members(
         lambda m: component.build_model(config, setup.info, state_lib.model_rngs(seed, m)),
         tx, seed, members)
+    state = warm_started(state, warm, f"config.init_from = {config.get('init_from')!r}")
     n_params = state_lib.count_parameters(state.params) // members
     repl = mesh_lib.replicated(mesh)
     abstract = ckpt_lib.abstract_with_sharding(state, repl)

@@ -31,6 +31,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # data order, dropout and noise keys; member 0 is the plain component of `seed`). A member
     # whose loss goes non-finite is excluded (recorded in metrics.json and summary.json).
     c.ensemble_size = 1
+    # Warm start: a trained component of this type (same model) whose best weights initialise
+    # this run (fresh optimizer); None = random initialisation.
+    c.init_from = config_dict.placeholder(str)
 
     # --- model ---------------------------------------------------------------------------------
     c.model = ConfigDict()
