@@ -266,12 +266,21 @@ def _config_spec(base: str) -> str:
     components = paths.configs_dir() / "components"
     if (components / f"{base}.py").exists():
         return f"configs/components/{base}.py"
-    datasets = {p.stem for p in (paths.configs_dir() / "datasets").glob("*.py")}
+    datasets = sorted(p.stem for p in (paths.configs_dir() / "datasets").glob("*.py")
+                      if not p.stem.startswith("_"))
+    # `<kind>[_<variant>]_<dataset>` (configs.datasets.component_name): the config whose
+    # get_config(dataset).name is `base`.
     for config in sorted(components.glob("*.py")):
         kind = config.stem.split("_grav")[0]
-        dataset = base[len(kind) + 1:]
-        if base.startswith(f"{kind}_") and dataset in datasets:
-            return f"configs/components/{config.name}:{dataset}"
+        for dataset in datasets:
+            if not (base.startswith(f"{kind}_") and base.endswith(f"_{dataset}")):
+                continue
+            try:
+                name = config_utils.load_config(f"{config}:{dataset}", "components").name
+            except Exception:  # noqa: BLE001 - a config that cannot build for it is not the one
+                continue
+            if name == base:
+                return f"configs/components/{config.name}:{dataset}"
     return f"configs/components/{base}.py"
 
 
