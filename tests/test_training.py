@@ -170,6 +170,50 @@ def test_emulator_validates_closed_loop_over_full_trajectories(outputs_with_ae):
         train_component(c, preprocessed_dir=pre)
 
 
+def test_warm_start_from_a_trained_emulator_on_full_trajectories(outputs_with_ae):
+    """init_from: the run starts from the named component's best weights (its untrained-model
+    validation loss is the source's best), horizon 0 trains on one window per tracer over the
+    whole trajectory, and the source is recorded; a source of another model shape, type or
+    autoencoder is refused."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    base = tf.tiny_config("emulator", name="ws_base")
+    base.epochs = 3
+    base_summary = train_component(base, preprocessed_dir=pre)
+    c = tf.tiny_config("emulator", name="ws_fine")
+    c.init_from, c.horizon, c.window_stride, c.t0_window_repeats = "ws_base", 0, 1 << 20, 1
+    c.batch_size = c.eval_batch_size = 2  # 6 train tracers: one window each
+    summary = train_component(c, preprocessed_dir=pre, devices=jax.devices()[:2])
+    assert summary["initial_val_loss"] == pytest.approx(base_summary["best_val_loss"], rel=1e-5)
+    info = json.loads((paths.weights_dir("ws_fine") / "config.json").read_text())["data_info"]
+    n_steps = np.load(sorted(pre.glob("train-*.npy"))[0]).shape[1]
+    assert info["horizon"] == n_steps - 1
+    assert info["init_from"]["component"] == "ws_base"
+    assert info["init_from"]["fingerprint"] == base_summary["fingerprint"]
+    n_train = np.load(sorted(pre.glob("train-*.npy"))[0]).shape[0]
+    assert components.window_table(None, info["horizon"], stride=c.window_stride,
+                                   lengths=np.full(n_train, n_steps)).tolist() == \
+        [[k, 0] for k in range(n_train)]
+
+    wider = tf.tiny_config("emulator", name="ws_wider")
+    wider.init_from, wider.model.hidden_dims = "ws_base", (8, 4)
+    with pytest.raises(ComponentError, match="config.init_from = 'ws_base'.*do not match"):
+        train_component(wider, preprocessed_dir=pre)
+    other_type = tf.tiny_config("emulator", name="ws_type")
+    other_type.init_from = "tiny_autoencoder"
+    with pytest.raises(ComponentError, match="type 'autoencoder'.*trains type 'emulator'"):
+        train_component(other_type, preprocessed_dir=pre)
+    path = paths.weights_dir("ws_base") / "config.json"  # as if trained on another autoencoder
+    data = json.loads(path.read_text())
+    data["data_info"]["autoencoder_fingerprint"] = "0" * 64
+    path.write_text(json.dumps(data))
+    other_ae = tf.tiny_config("emulator", name="ws_ae")
+    other_ae.init_from = "ws_base"
+    with pytest.raises(ComponentError, match="same autoencoder"):
+        train_component(other_ae, preprocessed_dir=pre)
+    for name in ("ws_wider", "ws_type", "ws_ae"):
+        assert not paths.weights_dir(name).exists(), name
+
+
 def test_missing_autoencoder_names_the_command(outputs_with_ae):
     c = tf.tiny_config("emulator")
     c.autoencoder_component = "autoencoder_grav_small"
@@ -339,6 +383,13 @@ def test_sweep_names_and_values():
         'python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py '
         '--sweep="lr=1e-3"'
     )
+    # Names of components trained on a named dataset map back to the config that builds them,
+    # variants (`<kind>_<variant>_<dataset>`) included.
+    for name, spec in (("emulator_grav_seed7", "emulator_grav_sequential.py:grav_seed7"),
+                       ("emulator_closed_loop_grav_seed7",
+                        "emulator_grav_closed_loop.py:grav_seed7"),
+                       ("emulator_ensemble_grav_seed7", "emulator_grav_ensemble.py:grav_seed7")):
+        assert checkpoints.training_command(name).endswith(f"configs/components/{spec}"), name
 
 
 @pytest.mark.slow
