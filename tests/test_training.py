@@ -347,6 +347,21 @@ def test_batch_size_must_divide_device_count():
         train_component(c, preprocessed_dir=dirs["timeless"])
 
 
+def test_evaluation_batches_shrink_to_small_splits_and_cover_every_item_once():
+    from astrochem_jax.training import data as data_lib
+
+    # 19 whole-trajectory windows on 8 devices: 24 rows, not eval_batch_size = 1024.
+    assert data_lib.eval_batch_size(19, 1024, 8) == 24
+    assert data_lib.eval_batch_size(5000, 1024, 8) == 1024
+    assert data_lib.eval_batch_size(0, 1024, 8) == 8
+    for n_items, batch, shards in ((19, 1024, 8), (5000, 1024, 8), (7, 4, 2)):
+        rows = data_lib.eval_batch_size(n_items, batch, shards)
+        assert rows % shards == 0
+        plan = data_lib.eval_batches(n_items, rows)
+        seen = np.concatenate([idx[mask] for idx, mask in plan])
+        assert seen.tolist() == list(range(n_items))
+
+
 def test_window_table_reports_short_tracers(capsys):
     chunk = np.zeros((3, 6, 4), np.float32)
     chunk[1, 4:] = np.nan  # tracer 1 has 4 valid steps

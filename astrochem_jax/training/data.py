@@ -314,6 +314,15 @@ def epoch_batches(rng: np.random.Generator, n_items: int, batch_size: int) -> np
     return perm.astype(np.int32).reshape(n_batches, batch_size)
 
 
+def eval_batch_size(n_items: int, batch_size: int, n_shards: int) -> int:
+    """The evaluation batch for a chunk of `n_items`: `batch_size`, or fewer when the chunk is
+    smaller (its item count rounded up to a multiple of the `n_shards` devices). A split of 19
+    whole-trajectory validation windows then runs as 20 rows, not padded to 1024 (which cost
+    more than the training epoch of a closed-loop fine-tune)."""
+    n_shards = max(1, int(n_shards))
+    return max(n_shards, min(int(batch_size), -(-int(n_items) // n_shards) * n_shards))
+
+
 def eval_batches(n_items: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every item once, in order, in batches of exactly `batch_size`: [(idx int32 [B], mask
     bool [B])]; the last batch is padded with item 0 and masked (big_vision's

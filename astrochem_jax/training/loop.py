@@ -470,7 +470,9 @@ def _evaluate(steps: Steps, state, loader: data_lib.ChunkLoader, frozen, batch_s
     """Means over the whole split (every item once): scalars and per-species vectors (numpy)."""
     sums = []
     for _, _, prepared in loader.iterate():
-        for idx, mask in data_lib.eval_batches(prepared.n_items, batch_size):
+        rows = data_lib.eval_batch_size(prepared.n_items, batch_size,
+                                        mesh_lib.n_data_shards(loader.mesh))
+        for idx, mask in data_lib.eval_batches(prepared.n_items, rows):
             sums.append(steps.evaluate(state.params, state.batch_stats, prepared.arrays, idx,
                                        mask, frozen))
         loader.fence = sums[-1] if sums else None
