@@ -8,11 +8,14 @@ report closed-loop accuracy on each dataset's TEST tracers, per seed and as min 
 
 For every (dataset, seed) the exact user commands run, each in its own process:
 `astrochem_jax.generate` (only when the raw file is missing and the dataset is generated),
-`astrochem_jax.train` for the autoencoder and the latent emulator (`--config.seed=<k>` for both,
-components named `robustness/<dataset>/s<k>/{autoencoder,emulator}`), and
+`astrochem_jax.train` for the autoencoder, the latent emulator and its closed-loop fine-tune
+(`--config.seed=<k>` for all three, components named
+`robustness/<dataset>/s<k>/{autoencoder,emulator,emulator_closed_loop}`), and
 `astrochem_jax.benchmark --config.benchmark.measure_speed=False` (accuracy on the test split;
-the benchmark refuses tracers a component saw). A run that fails (training that does not
-converge exits non-zero) is reported as failed with the end of its log, never skipped.
+the benchmark refuses tracers a component saw) of the shipped surrogate (the fine-tuned
+emulator) and, as `base_emulator` (`robustness/<dataset>/base/s<k>`), of the same surrogate
+with the emulator before fine-tuning. A run that fails (training that does not converge exits
+non-zero) is reported as failed with the end of its log, never skipped.
 
 Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>.json:
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
@@ -40,6 +43,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AE_CONFIG = "configs/components/autoencoder_grav_large.py"
 EMULATOR_CONFIG = "configs/components/emulator_grav_sequential.py"
+CLOSED_LOOP_CONFIG = "configs/components/emulator_grav_closed_loop.py"
 SURROGATE_CONFIG = "configs/surrogates/ae_emulator_grav.py"
 # Datasets whose raw file needs ../shared (generated from its network, or read from it).
 NEEDS_SHARED = ("uclchem_grav_train", "uclchem_gas_grav")
@@ -100,22 +104,34 @@ def history_facts(component: str, outputs: Path) -> dict:
 
 def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = False) -> dict:
     prefix = f"robustness/{name}/s{seed}"
+    base_prefix = f"robustness/{name}/base/s{seed}"
     if retrain:
-        for directory in (outputs / "weights" / prefix, outputs / "benchmarks" / prefix):
+        for directory in (outputs / "weights" / prefix, outputs / "benchmarks" / prefix,
+                          outputs / "benchmarks" / base_prefix):
             shutil.rmtree(directory, ignore_errors=True)
     ae, emulator = f"{prefix}/autoencoder", f"{prefix}/emulator"
+    tuned = f"{prefix}/emulator_closed_loop"
     py = sys.executable
+
+    def benchmark(name: str, emulator_component: str) -> list[str]:
+        return [py, "-m", "astrochem_jax.benchmark", f"--config={SURROGATE_CONFIG}:{name}",
+                f"--config.name={name}", f"--config.components.encoder={ae}",
+                f"--config.components.decoder={ae}",
+                f"--config.components.emulator={emulator_component}",
+                "--config.benchmark.measure_speed=False"]
+
     steps = [
         ("autoencoder", [py, "-m", "astrochem_jax.train", f"--config={AE_CONFIG}:{name}",
                          f"--config.seed={seed}", f"--config.name={ae}"]),
         ("emulator", [py, "-m", "astrochem_jax.train", f"--config={EMULATOR_CONFIG}:{name}",
                       f"--config.seed={seed}", f"--config.name={emulator}",
                       f"--config.autoencoder_component={ae}"]),
-        ("benchmark", [py, "-m", "astrochem_jax.benchmark", f"--config={SURROGATE_CONFIG}:{name}",
-                       f"--config.name={prefix}", f"--config.components.encoder={ae}",
-                       f"--config.components.decoder={ae}",
-                       f"--config.components.emulator={emulator}",
-                       "--config.benchmark.measure_speed=False"]),
+        ("closed_loop", [py, "-m", "astrochem_jax.train", f"--config={CLOSED_LOOP_CONFIG}:{name}",
+                         f"--config.seed={seed}", f"--config.name={tuned}",
+                         f"--config.autoencoder_component={ae}",
+                         f"--config.init_from={emulator}"]),
+        ("benchmark_base", benchmark(base_prefix, emulator)),
+        ("benchmark", benchmark(prefix, tuned)),
     ]
     result: dict = {"dataset": name, "seed": seed, "status": "ok", "seconds": {}}
     for stage, cmd in steps:
@@ -127,6 +143,13 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     result["wall_time_s"] = sum(result["seconds"].values())
     result["autoencoder"] = history_facts(ae, outputs)
     result["emulator"] = history_facts(emulator, outputs)
+    result["emulator_closed_loop"] = history_facts(tuned, outputs)
+    base_path = outputs / "benchmarks" / base_prefix / "report.json"
+    if base_path.exists():
+        acc = json.loads(base_path.read_text())["accuracy"]
+        result["base_emulator"] = {"mean_abs_dlog10": acc["abs_dlog10"]["mean"],
+                                   "p99_abs_dlog10": acc["abs_dlog10"]["p99"],
+                                   "mean_relative_error": acc["relative_error"]["mean"]}
     report_path = outputs / "benchmarks" / prefix / "report.json"
     if result["status"] == "ok":
         report = json.loads(report_path.read_text())
@@ -179,19 +202,23 @@ def _min_median_max(values: dict, fmt: str) -> str:
 def markdown_table(report: dict) -> str:
     """README's robustness table: one row per (dataset, seed), then min / median / max."""
     head = ("| dataset | seed | test mean / median / p99 \\|dlog10\\| (dex) | MRE (worst species) "
-            "| non-finite | AE floor (dex) | wall (s) |\n|---|---|---|---|---|---|---|")
+            "| non-finite | AE floor (dex) | before fine-tune: mean / p99 (dex) | wall (s) |\n"
+            "|---|---|---|---|---|---|---|---|")
     rows = [head]
     for name, entry in report["datasets"].items():
         for r in entry.get("runs", []):
             if r["status"] != "ok":
-                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | "
+                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | | "
                             f"{r['wall_time_s']:.0f} |")
                 continue
+            base = r.get("base_emulator")
+            before = (f"{base['mean_abs_dlog10']:.3f} / {base['p99_abs_dlog10']:.2f}" if base
+                      else "")
             rows.append(
                 f"| {name} | {r['seed']} | {r['mean_abs_dlog10']:.3f} / "
                 f"{r['median_abs_dlog10']:.3f} / {r['p99_abs_dlog10']:.2f} | "
                 f"{r['mean_relative_error']:.3g} ({r['worst_species']}) | {r['non_finite']} | "
-                f"{r['autoencoder_floor_abs_dlog10']:.4f} | {r['wall_time_s']:.0f} |")
+                f"{r['autoencoder_floor_abs_dlog10']:.4f} | {before} | {r['wall_time_s']:.0f} |")
         summary = entry.get("summary") or {}
         if "mean_abs_dlog10" in summary:
             cells = [_min_median_max(summary[k], f) for k, f in (
@@ -199,7 +226,7 @@ def markdown_table(report: dict) -> str:
                 ("mean_relative_error", ".3g"), ("non_finite", ".0f"),
                 ("autoencoder_floor_abs_dlog10", ".4f"), ("wall_time_s", ".0f"))]
             rows.append(f"| {name} | min/median/max | {cells[0]} mean, {cells[1]} p99 | "
-                        f"{cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} |")
+                        f"{cells[2]} | {cells[3]} | {cells[4]} | | {cells[5]} |")
     return "\n".join(rows)
 
 
@@ -220,6 +247,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     report: dict = {"datasets": {}, "package_versions": runtime.package_versions(),
                     "recipe": {"autoencoder": AE_CONFIG, "emulator": EMULATOR_CONFIG,
+                               "emulator_closed_loop": CLOSED_LOOP_CONFIG,
                                "surrogate": SURROGATE_CONFIG}}
     for name in names:
         if name in NEEDS_SHARED and not (REPO_ROOT.parent / "shared").is_dir():

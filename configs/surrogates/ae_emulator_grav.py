@@ -1,4 +1,5 @@
-"""Latent surrogate on the default dataset: autoencoder_grav_large + emulator_grav_sequential.
+"""Latent surrogate on the default dataset: autoencoder_grav_large + emulator_grav_closed_loop
+(emulator_grav_sequential fine-tuned closed loop over whole trajectories).
 
 `python -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py`
 Fields scripts rely on: `name` (output directory under outputs/benchmarks/), `type` (a key of
@@ -50,7 +51,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.type = "ae_emulator"
     c.components = ConfigDict()
     c.components.encoder = datasets.component_name("autoencoder_grav_large", dataset)
-    c.components.emulator = datasets.component_name("emulator_grav_sequential", dataset)
+    # The closed-loop fine-tune of emulator_grav_sequential (train both, in that order).
+    c.components.emulator = datasets.component_name("emulator_grav_closed_loop", dataset,
+                                                    "closed_loop")
     c.components.decoder = c.components.encoder
     # float32 matrix products of the rollout (jax.default_matmul_precision; "default" = the
     # backend's choice: TF32 on recent NVIDIA GPUs); recorded in report.json "numerics".
