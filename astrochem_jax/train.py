@@ -3,6 +3,8 @@
     python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py
     python -m astrochem_jax.train --config=configs/components/emulator_grav_sequential.py \
         --config.lr=5e-4 --config.batch_size=512
+    python -m astrochem_jax.train --config=configs/components/emulator_grav_closed_loop.py
+        # warm-started from emulator_grav_sequential (config.init_from), whole trajectories
     python -m astrochem_jax.train --config=configs/components/autoencoder_grav_large.py \
         --sweep="lr=1e-3,5e-4,1e-4"          # one run per value: <name>/lr=1e-3, ...
 
