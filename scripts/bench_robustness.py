@@ -113,9 +113,9 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     tuned = f"{prefix}/emulator_closed_loop"
     py = sys.executable
 
-    def benchmark(name: str, emulator_component: str) -> list[str]:
+    def benchmark(surrogate: str, emulator_component: str) -> list[str]:
         return [py, "-m", "astrochem_jax.benchmark", f"--config={SURROGATE_CONFIG}:{name}",
-                f"--config.name={name}", f"--config.components.encoder={ae}",
+                f"--config.name={surrogate}", f"--config.components.encoder={ae}",
                 f"--config.components.decoder={ae}",
                 f"--config.components.emulator={emulator_component}",
                 "--config.benchmark.measure_speed=False"]

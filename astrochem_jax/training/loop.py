@@ -588,13 +588,12 @@ def warm_started(state: state_lib.TrainState, loaded: ckpt_lib.LoadedComponent |
         return state
     for what, ours, theirs in (("params", state.params, loaded.params),
                                ("batch_stats", state.batch_stats, loaded.batch_stats)):
-        a = jax.tree.map(np.shape, ours)
-        b = jax.tree.map(np.shape, theirs)
-        if jax.tree.structure(a) != jax.tree.structure(b) or jax.tree.leaves(a) != \
-                jax.tree.leaves(b):
+        shapes = [np.shape(x) for x in jax.tree.leaves(ours)]
+        found = [np.shape(x) for x in jax.tree.leaves(theirs)]
+        if jax.tree.structure(ours) != jax.tree.structure(theirs) or shapes != found:
             raise comp_lib.ComponentError(
-                f"{where}: its {what} do not match this run's model (shapes "
-                f"{jax.tree.leaves(b)} against {jax.tree.leaves(a)}); use the same config.model")
+                f"{where}: its {what} do not match this run's model (shapes {found} against "
+                f"{shapes}); use the same config.model")
     return dataclasses.replace(state, params=loaded.params, batch_stats=loaded.batch_stats)
 
 
