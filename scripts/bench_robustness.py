@@ -93,6 +93,7 @@ def history_facts(component: str, outputs: Path) -> dict:
         out.update(status=summary.get("status"), best_epoch=summary.get("best_epoch"),
                    final_epoch=summary.get("final_epoch"), rollbacks=summary.get("rollbacks"),
                    stop_reason=summary.get("stop_reason"),
+                   kept_warm_start=summary.get("kept_warm_start"),
                    training_time_s=summary.get("training_time_s"))
     metrics_path = directory / "metrics.json"
     if metrics_path.exists():

@@ -214,6 +214,30 @@ def test_warm_start_from_a_trained_emulator_on_full_trajectories(outputs_with_ae
         assert not paths.weights_dir(name).exists(), name
 
 
+def test_warm_start_is_candidate_epoch_0_and_kept_when_nothing_beats_it(outputs_with_ae):
+    """A warm-started run saves its starting weights as epoch 0: when no epoch beats them on
+    validation (here lr 1e-30: no weight moves, every epoch only ties), the run converges to
+    exactly the warm start's weights, says so in summary.json, and loads like any other."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    base = tf.tiny_config("emulator", name="keep_base")
+    base.epochs = 2
+    base_summary = train_component(base, preprocessed_dir=pre)
+    c = tf.tiny_config("emulator", name="keep_fine")
+    c.init_from, c.epochs, c.lr, c.converged_loss_ratio = "keep_base", 2, 1e-30, 0.5
+    c.plateau_patience = 100
+    summary = train_component(c, preprocessed_dir=pre)
+    assert summary["status"] == "converged" and summary["kept_warm_start"]
+    assert summary["best_epoch"] == 0 and summary["final_epoch"] == 2
+    assert summary["best_val_loss"] == pytest.approx(base_summary["best_val_loss"], rel=1e-6)
+    assert summary["fingerprint"] == base_summary["fingerprint"]
+    loaded = load_component("keep_fine")
+    for ours, theirs in zip(jax.tree.leaves(loaded.params),
+                            jax.tree.leaves(load_component("keep_base").params),
+                            strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    assert base_summary["kept_warm_start"] is False
+
+
 def test_missing_autoencoder_names_the_command(outputs_with_ae):
     c = tf.tiny_config("emulator")
     c.autoencoder_component = "autoencoder_grav_small"

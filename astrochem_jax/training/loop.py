@@ -74,13 +74,17 @@ def convergence_verdict(loop: dict, best_val_loss: float, config) -> str | None:
     - the best validation loss is not finite;
     - it is not below `config.converged_loss_ratio` x the untrained model's validation loss
       (the run learned next to nothing: e.g. it diverged early and rolled back to epoch 1);
+      not applied to a warm-started run (`config.init_from`), whose starting point is a trained
+      model that stands as candidate epoch 0: such a run never ends worse than its warm start,
+      and one that does not improve keeps it (`summary.json` "kept_warm_start");
     - every allowed rollback was used (the recipe is unstable on this data).
     """
     if not math.isfinite(best_val_loss):
         return f"the best validation loss is {best_val_loss}"
     ratio = config.get("converged_loss_ratio")
     initial = loop.get("initial_val_loss")
-    if ratio and initial is not None and not best_val_loss < float(ratio) * initial:
+    if (ratio and initial is not None and not config.get("init_from")
+            and not best_val_loss < float(ratio) * initial):
         return (f"best validation loss {best_val_loss:.4e} is not below "
                 f"config.converged_loss_ratio = {float(ratio):g} x the untrained model's "
                 f"{initial:.4e}")
@@ -290,7 +294,8 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
 
     - early stopping: `stagnant_epochs` counts epochs without a new best val loss;
     - reduce-on-plateau (PyTorch semantics, relative `plateau_threshold`): after more than
-      `plateau_patience` epochs without a relative improvement, lr *= plateau_factor (>= min_lr);
+      `plateau_patience` epochs without a relative improvement, lr *= plateau_factor (>= min_lr,
+      and never raised: an lr already below min_lr stays);
     - dropout decay (AstroChemNet style): after `dropout_decay_patience` such epochs,
       dropout *= dropout_decay_factor (0 once below dropout_min).
     """
@@ -306,7 +311,7 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
         loop["plateau_count"] += 1
         loop["dropout_count"] += 1
     if loop["plateau_count"] > int(config.plateau_patience):
-        lr = max(lr * float(config.plateau_factor), float(config.min_lr))
+        lr = max(lr * float(config.plateau_factor), min(float(config.min_lr), lr))
         loop["plateau_count"] = 0
     patience = int(config.dropout_decay_patience)
     if patience > 0 and loop["dropout"] > 0 and loop["dropout_count"] >= patience:
@@ -354,7 +359,7 @@ def can_roll_back(loop: dict, config) -> bool:
 def rollback_bookkeeping(loop: dict, lr: float, config) -> tuple[dict, float]:
     """Bookkeeping after rolling back to the best checkpoint: one more rollback, the epoch counts
     as stagnant (so early stopping still ends a run that keeps diverging), the plateau counter
-    restarts, and the learning rate is lr x `rollback_lr_factor` (>= min_lr)."""
+    restarts, and the learning rate is lr x `rollback_lr_factor` (>= min_lr, never raised)."""
     loop = dict(loop)
     loop["rollbacks"] = int(loop.get("rollbacks", 0)) + 1
     loop["stagnant_epochs"] += 1
@@ -363,7 +368,7 @@ def rollback_bookkeeping(loop: dict, lr: float, config) -> tuple[dict, float]:
         loop["stop_reason"] = (
             f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
         )
-    new_lr = max(lr * float(config.rollback_lr_factor), float(config.min_lr))
+    new_lr = max(lr * float(config.rollback_lr_factor), min(float(config.min_lr), lr))
     return loop, new_lr
 
 
@@ -688,6 +693,15 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
         initial = _evaluate(steps_for(float(loop["dropout"])), state, val_loader, frozen,
                             eval_batch_size)
         loop["initial_val_loss"] = _finite_or_none(float(np.mean(initial["loss"])))
+        if warm is not None and loop["initial_val_loss"] is not None:
+            # The warm start is candidate epoch 0: the best checkpoint (and a rollback target)
+            # until an epoch beats it, so a fine-tune never ends worse than where it started.
+            loop.update(best_val_loss=loop["initial_val_loss"], best_epoch=0,
+                        plateau_best=loop["initial_val_loss"])
+            checkpointer.save(0, state, loop, loop["initial_val_loss"])
+            comp_lib.log_line(f"{config.name}: warm start {warm.name!r} (epoch {warm.epoch}) "
+                              f"saved as epoch 0, val loss {loop['initial_val_loss']:.4e}: the "
+                              "checkpoint to beat")
 
     writer = writer_lib.MetricWriter(config.name, resume_epoch=int(loop["epoch"]),
                                      enabled=_is_main())
@@ -847,6 +861,11 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 # float).
                 saved_loss = (val_loss if math.isfinite(val_loss)
                               else float(np.finfo(np.float64).max))
+                if loop["best_epoch"] != loop["epoch"] and loop["best_val_loss"] is not None:
+                    # A tie is not a new best (strict <, as in the bookkeeping): orbax keeps and
+                    # picks the LATEST of equal metrics, so rank this epoch just behind the best.
+                    saved_loss = max(saved_loss, float(np.nextafter(loop["best_val_loss"],
+                                                                    math.inf)))
                 checkpointer.save(loop["epoch"], state, loop, saved_loss)
                 if saved is not None:  # the interrupted-run slot is superseded
                     checkpointer.wait()
@@ -1009,11 +1028,14 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         directory=out_dir, mesh=mesh, members=members,
     ))
     verdict = convergence_verdict(loop, float(val["loss"]), config)
+    kept_warm_start = bool(config.get("init_from")) and int(best) == 0
     train_src = train_loader.source
     summary = {
         "status": "failed" if verdict else "converged",
         "failure": verdict,
         "initial_val_loss": loop.get("initial_val_loss"),
+        # warm-started runs: no epoch beat the warm start, whose weights are the result
+        "kept_warm_start": kept_warm_start,
         "rollbacks": int(loop.get("rollbacks", 0)),
         "component": config.name,
         "component_type": config.type,
@@ -1062,6 +1084,13 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
             f"{config.name}: training FAILED to converge: {verdict}. The checkpoints and "
             f"{out_dir / SUMMARY_JSON} (status 'failed') are kept for inspection; surrogates "
             "refuse this component. Check the data, or lower config.lr")
+    if kept_warm_start:
+        tried = min((float(r["val_loss"]) for r in loop["history"] if r["val_loss"] is not None),
+                    default=math.inf)
+        comp_lib.log_line(
+            f"{config.name}: WARNING: no epoch beat the warm start {config.init_from!r} on "
+            f"validation (best epoch {tried:.4e} against {summary['initial_val_loss']:.4e}); "
+            "the result is the warm start's weights unchanged (summary.json: kept_warm_start)")
     mre = 100 * summary["best_val_metrics"].get("mean_relative_error", math.nan)
     comp_lib.log_line(
         f"{config.name}: best epoch {best}, val loss {summary['best_val_loss']:.4e}, mean "
