@@ -321,6 +321,12 @@ def test_divergence_rules():
     assert not loop.can_roll_back(after, c)  # max_rollbacks used up
     c.min_lr = 1e-3
     assert loop.rollback_bookkeeping(seen, 1e-3, c)[1] == 1e-3  # never below min_lr
+    assert loop.rollback_bookkeeping(seen, 1e-5, c)[1] == 1e-5  # ... and never raised to it
+    c.plateau_patience, c.plateau_factor = 0, 0.5
+    stalled = dict(seen, plateau_best=1.0)
+    assert loop.update_bookkeeping(stalled, 2.0, 4e-3, c)[1] == pytest.approx(2e-3)
+    assert loop.update_bookkeeping(stalled, 2.0, 1.5e-3, c)[1] == 1e-3  # floored at min_lr
+    assert loop.update_bookkeeping(stalled, 2.0, 1e-5, c)[1] == 1e-5  # an lr below it stays
     c.stagnant_epoch_patience = 1
     assert "early stopping" in loop.rollback_bookkeeping(seen, 1e-3, c)[0]["stop_reason"]
 
