@@ -147,6 +147,35 @@ def test_sigterm_in_the_first_epoch_resumes_without_an_epoch_checkpoint(monkeypa
     assert _metrics("resumed") == _metrics("straight")
 
 
+def test_sigterm_in_the_first_epoch_of_a_warm_started_run_resumes_exactly(monkeypatch):
+    """A warm-started run saves its warm start as epoch 0 before it trains: stopped in epoch 1,
+    it resumes from that checkpoint plus the mid-epoch slot and ends like an uninterrupted run
+    (same metrics, same chosen epoch, same weights)."""
+    dirs = tf.write_preprocessed(n_tracers=10, shard_items={"sequential": 3})
+    source = tf.tiny_config("direct_emulator", name="warm_source")
+    source.divergence_factor = None
+    train_component(source, preprocessed_dir=dirs["sequential"])
+
+    def config(name):
+        c = tf.tiny_config("direct_emulator", name=name)
+        c.epochs, c.steps_per_call, c.divergence_factor = 2, 1, None
+        c.init_from = "warm_source"
+        return c
+
+    straight = train_component(config("straight"), preprocessed_dir=dirs["sequential"])
+    count = _kill_at_call(monkeypatch, 2)
+    with pytest.raises(preemption.TrainingInterrupted, match="epoch 1, batch 3"):
+        train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    out = paths.weights_dir("resumed")
+    assert (out / preemption.INTERRUPTED_DIR).is_dir()
+    assert sorted(p.name for p in (out / "checkpoints").glob("[0-9]*")) == ["0"]
+    count["restore"]()
+    resumed = train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
+    assert _metrics("resumed") == _metrics("straight")
+    for key in ("best_epoch", "initial_val_loss", "kept_warm_start", "fingerprint"):
+        assert resumed[key] == straight[key], key
+
+
 def test_sigterm_mid_epoch_of_an_ensemble_resumes_exactly(monkeypatch):
     """An ensemble's step counter has one entry per member: the mid-epoch checkpoint of a
     stopped ensemble run is saved (it crashed on that counter) and resumes exactly."""
