@@ -289,6 +289,12 @@ def _lt(a: float, b: float | None) -> bool:
     return b is None or a < b
 
 
+def reduced_lr(lr: float, factor: float, config) -> float:
+    """lr x factor, floored at `config.min_lr` but never above lr itself (a learning rate that
+    is already below min_lr is not raised by a reduction)."""
+    return max(lr * float(factor), min(float(config.min_lr), lr))
+
+
 def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[dict, float]:
     """One epoch's val loss -> new bookkeeping and learning rate.
 
@@ -311,7 +317,7 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
         loop["plateau_count"] += 1
         loop["dropout_count"] += 1
     if loop["plateau_count"] > int(config.plateau_patience):
-        lr = max(lr * float(config.plateau_factor), min(float(config.min_lr), lr))
+        lr = reduced_lr(lr, config.plateau_factor, config)
         loop["plateau_count"] = 0
     patience = int(config.dropout_decay_patience)
     if patience > 0 and loop["dropout"] > 0 and loop["dropout_count"] >= patience:
@@ -368,7 +374,7 @@ def rollback_bookkeeping(loop: dict, lr: float, config) -> tuple[dict, float]:
         loop["stop_reason"] = (
             f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
         )
-    new_lr = max(lr * float(config.rollback_lr_factor), min(float(config.min_lr), lr))
+    new_lr = reduced_lr(lr, config.rollback_lr_factor, config)
     return loop, new_lr
 
 
