@@ -348,3 +348,44 @@ def test_train_mode_is_independent_of_batch_sharding():
     sharded = forward(replicated, jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))))
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_row_mixup_is_off_by_default_and_keeps_the_initial_weights():
+    """Without mixup no module is built and the random streams are untouched: a model built with
+    row_mixup=0 has the same weights as before the option existed; with mixup the weights are
+    still the same (the module is built last and owns no parameter)."""
+    plain = Autoencoder(S, HIDDEN, LATENT, 0.0, 0.0, tied_weights=False, rngs=nnx.Rngs(3))
+    mixed = Autoencoder(S, HIDDEN, LATENT, 0.0, 0.0, tied_weights=False, row_mixup=0.5,
+                        rngs=nnx.Rngs(3))
+    assert plain.row_mixup is None and mixed.row_mixup is not None
+    for a, b in zip(jax.tree.leaves(nnx.state(plain, nnx.Param)),
+                    jax.tree.leaves(nnx.state(mixed, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = _x(1)
+    plain.train()
+    np.testing.assert_array_equal(plain.mix_rows(x), x)
+    with pytest.raises(ValueError, match="prob must be in"):
+        Autoencoder(S, HIDDEN, LATENT, row_mixup=1.5, rngs=nnx.Rngs(0))
+
+
+def test_row_mixup_makes_convex_pairs_in_training_and_is_identity_in_eval():
+    model = Autoencoder(S, HIDDEN, LATENT, 0.0, 0.0, row_mixup=1.0, rngs=nnx.Rngs(0))
+    n = 64
+    # rows with one distinct marker column each: a mixed row reveals its partner and weight
+    x = jnp.zeros((n, n), jnp.float32).at[jnp.arange(n), jnp.arange(n)].set(1.0)
+    model.row_mixup.train()
+    out = np.asarray(model.mix_rows(x))
+    assert np.all(out >= 0) and np.all(out <= 1)
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-6)  # convex: weights sum to one
+    own = out[np.arange(n), np.arange(n)]
+    assert np.mean(own < 1 - 1e-6) > 0.8  # prob 1: (almost) every row mixed (lam ~ U(0, 1))
+    assert np.all((out > 1e-7).sum(1) <= 2)  # with one partner at most
+    again = np.asarray(model.mix_rows(x))
+    assert np.max(np.abs(again - out)) > 1e-3  # a fresh draw each call
+    model.eval()
+    np.testing.assert_array_equal(model.mix_rows(x), x)
+    half = Autoencoder(S, HIDDEN, LATENT, row_mixup=0.3, rngs=nnx.Rngs(1))
+    half.train()
+    big = jnp.eye(2000, dtype=jnp.float32)
+    changed = np.mean(np.asarray(half.mix_rows(big))[np.arange(2000), np.arange(2000)] < 1)
+    assert 0.25 < changed < 0.35

@@ -170,6 +170,40 @@ def test_emulator_validates_closed_loop_over_full_trajectories(outputs_with_ae):
         train_component(c, preprocessed_dir=pre)
 
 
+def test_autoencoder_row_mixup_trains_on_mixed_rows_for_any_device_count(outputs_with_ae):
+    """row_mixup: the training target is the mixed row (so training differs from a run without
+    it), evaluation sees the plain rows, and the pairs do not depend on the device count (the
+    permutation is over the global batch): 1 and 2 devices give the same training losses."""
+    pre = paths.preprocessed_dir("synth", "timeless")
+
+    def config(name, mixup):
+        c = tf.tiny_config("autoencoder", name=name)
+        c.model.row_mixup = mixup
+        return c
+
+    one = train_component(config("mix_one", 0.5), preprocessed_dir=pre, devices=jax.devices()[:1])
+    two = train_component(config("mix_two", 0.5), preprocessed_dir=pre, devices=jax.devices()[:2])
+    plain = train_component(config("mix_off", 0.0), preprocessed_dir=pre,
+                            devices=jax.devices()[:1])
+    # Same criterion as test_one_vs_eight_devices_same_losses: the training losses (mixed rows)
+    # agree to float rounding; eval-mode validation feels the pre-BatchNorm bias drift.
+    for a, b, c in zip(_metrics("mix_one"), _metrics("mix_two"), _metrics("mix_off"), strict=True):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=2e-2)
+        assert abs(a["train_loss"] / c["train_loss"] - 1) > 1e-3  # mixed rows: another loss
+    assert one["fingerprint"] != plain["fingerprint"]
+    assert two["best_epoch"] == one["best_epoch"]
+    loaded = load_component("mix_one")
+    model = state_lib.merge_model(loaded.mdef, loaded.params, loaded.batch_stats, train=False)
+    x = jnp.asarray(np.load(sorted(pre.glob("val-*.npy"))[0])[:8])
+    x_hat, true = components.get_component("autoencoder").predict(model, {"x": x}, None, None)
+    np.testing.assert_array_equal(true, x)  # evaluation: no mixing
+    train_model = state_lib.merge_model(loaded.mdef, loaded.params, loaded.batch_stats,
+                                        train=True)
+    _, mixed = components.get_component("autoencoder").predict(train_model, {"x": x}, None, None)
+    assert float(jnp.max(jnp.abs(mixed - x))) > 1e-4  # training: the target is the mixed row
+
+
 def test_warm_start_from_a_trained_emulator_on_full_trajectories(outputs_with_ae):
     """init_from: the run starts from the named component's best weights (its untrained-model
     validation loss is the source's best), horizon 0 trains on one window per tracer over the

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from astrochem_jax.models.layers import DTYPE, GaussianNoise, bound_state, gelu_exact
+from astrochem_jax.models.layers import DTYPE, GaussianNoise, RowMixup, bound_state, gelu_exact
 
 # Running-average decay of BatchNorm statistics: flax's 0.9 is PyTorch's default momentum 0.1, which
 # AstroChemNet trains with.
@@ -69,6 +69,7 @@ class Autoencoder(nnx.Module):
         tied_weights: bool = True,
         latent_activation: str = "sigmoid",
         output_activation: str = "sigmoid",
+        row_mixup: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -117,6 +118,9 @@ class Autoencoder(nnx.Module):
             self.decoder_kernels = nnx.List([
                 nnx.Param(init(rngs.params(), (d_in, d_out), DTYPE))
                 for d_in, d_out in zip(widths[::-1][:-1], widths[::-1][1:], strict=True)])
+        # Training-time mixup of input rows (`mix_rows`), built last and only when on, so that
+        # models without it keep their random streams and initial weights.
+        self.row_mixup = RowMixup(row_mixup, rngs=rngs) if row_mixup > 0 else None
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x [B, S] scaled abundances in [0, 1] -> z [B, L] in (0, 1)."""
@@ -145,6 +149,11 @@ class Autoencoder(nnx.Module):
                     h = self.decoder_norms[k](h)
                 h = self.dropout(gelu_exact(h))
         return ACTIVATIONS[self.output_activation](h)
+
+    def mix_rows(self, x: jax.Array) -> jax.Array:
+        """x [B, S] -> [B, S]: rows mixed pairwise in training mode (`RowMixup`, the training
+        input AND target), x itself in evaluation mode or without mixup."""
+        return x if self.row_mixup is None else self.row_mixup(x)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [B, S] -> (x_hat [B, S], z [B, L]); z is the clean latent (before the noise)."""

@@ -1,5 +1,5 @@
 """Building blocks shared by the models (Flax NNX / jax, no training logic): float32 dtype,
-exact GELU, Gaussian noise, and the damped clip that bounds a state."""
+exact GELU, Gaussian noise, row mixup, and the damped clip that bounds a state."""
 
 from __future__ import annotations
 
@@ -49,6 +49,37 @@ class GaussianNoise(nnx.Module):
             return x
         noise = jax.random.normal(self.rngs(), x.shape, dtype=x.dtype)
         return x + jnp.asarray(self.std, x.dtype) * noise
+
+
+class RowMixup(nnx.Module):
+    """Mixup of the rows of a batch in training mode, identity otherwise (`deterministic`, toggled
+    by `model.train()` / `model.eval()`): x [B, D] -> [B, D].
+
+    Each row is, with probability `prob`, replaced by x_i + lam_i (x_j - x_i): a convex
+    combination with another row j of the same batch (a random permutation), lam_i ~ U(0, 1).
+    For an autoencoder the mixed row is both input and target (scaled log abundances: the mix
+    is a geometric mean of abundances), which teaches it the space BETWEEN its training
+    tracers instead of only their rows. The permutation is over the global batch, so a batch
+    sharded over devices mixes the same pairs for any device count.
+    """
+
+    def __init__(self, prob: float, *, deterministic: bool = False,
+                 rng_collection: str = "noise", rngs: nnx.Rngs):
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"RowMixup: prob must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+        self.deterministic = deterministic
+        self.rngs = rngs[rng_collection].fork()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.prob == 0.0:
+            return x
+        k_perm, k_lam, k_use = jax.random.split(self.rngs(), 3)
+        n = x.shape[0]
+        partner = x[jax.random.permutation(k_perm, n)]
+        lam = jax.random.uniform(k_lam, (n, 1), dtype=x.dtype)
+        use = jax.random.uniform(k_use, (n, 1)) < self.prob
+        return x + jnp.where(use, lam, 0.0).astype(x.dtype) * (partner - x)
 
 
 def bound_state(state: jax.Array, low: float, high: float,

@@ -192,6 +192,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         tied_weights=bool(config.model.get("tied_weights", True)),
         latent_activation=str(config.model.get("latent_activation") or "sigmoid"),
         output_activation=str(config.model.get("output_activation") or "sigmoid"),
+        row_mixup=float(config.model.get("row_mixup") or 0.0),
         rngs=rngs,
     )
 
@@ -211,8 +212,9 @@ def _ae_batch(setup: Setup, arrays: dict, idx: jax.Array, mesh) -> dict:
 
 
 def _ae_predict(model, batch: dict, frozen, setup: Setup):
-    x_hat, _ = model(batch["x"])
-    return x_hat, batch["x"]
+    x = model.mix_rows(batch["x"])  # training mode with row mixup: mixed rows are the target
+    x_hat, _ = model(x)
+    return x_hat, x
 
 
 def encode_rows(mdef: state_lib.ModelDef, params, batch_stats, rows: jax.Array,
