@@ -366,6 +366,8 @@ def test_row_mixup_is_off_by_default_and_keeps_the_initial_weights():
     np.testing.assert_array_equal(plain.mix_rows(x), x)
     with pytest.raises(ValueError, match="prob must be in"):
         Autoencoder(S, HIDDEN, LATENT, row_mixup=1.5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="prob must be in"):
+        Autoencoder(S, HIDDEN, LATENT, row_mixup=-0.5, rngs=nnx.Rngs(0))
 
 
 def test_row_mixup_makes_convex_pairs_in_training_and_is_identity_in_eval():

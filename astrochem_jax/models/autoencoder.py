@@ -120,7 +120,8 @@ class Autoencoder(nnx.Module):
                 for d_in, d_out in zip(widths[::-1][:-1], widths[::-1][1:], strict=True)])
         # Training-time mixup of input rows (`mix_rows`), built last and only when on, so that
         # models without it keep their random streams and initial weights.
-        self.row_mixup = RowMixup(row_mixup, rngs=rngs) if row_mixup > 0 else None
+        # (RowMixup rejects a value outside [0, 1], a negative one included.)
+        self.row_mixup = RowMixup(row_mixup, rngs=rngs) if row_mixup != 0 else None
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x [B, S] scaled abundances in [0, 1] -> z [B, L] in (0, 1)."""
