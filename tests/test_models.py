@@ -307,6 +307,27 @@ def test_emulator_state_noise_only_in_training_mode():
         Emulator(P, LATENT, state_noise_std=-1.0, rngs=nnx.Rngs(0))
 
 
+def test_emulator_physical_noise_shifts_each_window_by_one_offset_in_training_only():
+    """perturb_conditions: one offset per (window, parameter), the same at every step; identity in
+    eval mode and when off; a model with it keeps the weights of one without; bad std raises."""
+    noisy = Emulator(P, LATENT, hidden_dims=(16,), physical_noise_std=0.1, rngs=nnx.Rngs(0))
+    plain = Emulator(P, LATENT, hidden_dims=(16,), rngs=nnx.Rngs(0))
+    for a, b in zip(jax.tree.leaves(nnx.state(noisy, nnx.Param)),
+                    jax.tree.leaves(nnx.state(plain, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    seq = _x(4, (64, 7, P))
+    noisy.train()
+    shift = noisy.perturb_conditions(seq) - seq  # [64, 7, P]
+    np.testing.assert_allclose(shift, jnp.broadcast_to(shift[:, :1], shift.shape), atol=1e-6)
+    assert 0.07 < float(jnp.std(shift[:, 0])) < 0.13  # ~ N(0, 0.1^2) over 64 x P offsets
+    assert float(jnp.max(jnp.abs(noisy.perturb_conditions(seq) - seq - shift))) > 1e-3  # fresh
+    np.testing.assert_array_equal(plain.perturb_conditions(seq), seq)
+    noisy.eval()
+    np.testing.assert_array_equal(noisy.perturb_conditions(seq), seq)
+    with pytest.raises(ValueError, match="physical_noise_std"):
+        Emulator(P, LATENT, physical_noise_std=-0.1, rngs=nnx.Rngs(0))
+
+
 def test_count_parameters_ignores_batch_stats():
     model = _ae()
     n_all = sum(

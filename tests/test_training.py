@@ -630,3 +630,91 @@ def test_frozen_autoencoder_stays_frozen(outputs_with_ae):
     for a, b in zip(jax.tree.leaves(params_before),
                     jax.tree.leaves(load_component("tiny_autoencoder").params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_parameter_average_step_and_decay():
+    """updated_ema: e + (1 - d_t) (p - e) with d_t = min(decay, (1 + t) / (10 + t)); the decay
+    spans ema_epochs epochs of steps; off is 0; a negative horizon is refused."""
+    e, p = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+    first = state_lib.updated_ema(e, p, jnp.int32(0), 0.999)
+    np.testing.assert_allclose(first["w"], 0.9)  # step 0: d_0 = 0.1, the init is mostly forgotten
+    late = state_lib.updated_ema(e, p, jnp.int32(10**6), 0.99)
+    np.testing.assert_allclose(late["w"], 0.01, rtol=1e-4)
+    c = tf.tiny_config("direct_emulator")
+    assert state_lib.ema_decay(c, 50) == 0.0 and not state_lib.uses_ema(c)
+    c.ema_epochs = 2.0
+    assert state_lib.ema_decay(c, 50) == pytest.approx(1 - 1 / 100) and state_lib.uses_ema(c)
+    c.ema_epochs = -1.0
+    with pytest.raises(ValueError, match="ema_epochs"):
+        state_lib.uses_ema(c)
+
+
+def test_parameter_average_is_what_is_validated_exported_and_resumed():
+    """ema_epochs > 0: the moving average is evaluated (so validation differs from a run without
+    it while training is identical), exported by load_component (not the raw weights of the
+    best epoch), restored exactly on resume, and the same for 1 and 2 devices."""
+    pre = tf.write_preprocessed()["sequential"]
+
+    def config(name, epochs, ema):
+        c = tf.tiny_config("direct_emulator", name=name)
+        c.epochs, c.ema_epochs = epochs, ema
+        return c
+
+    train_component(config("ema_straight", 4, 1.0), preprocessed_dir=pre,
+                    devices=jax.devices()[:2])
+    train_component(config("ema_resumed", 2, 1.0), preprocessed_dir=pre,
+                    devices=jax.devices()[:1])
+    train_component(config("ema_resumed", 4, 1.0), preprocessed_dir=pre,
+                    devices=jax.devices()[:1])
+    train_component(config("ema_off", 4, 0.0), preprocessed_dir=pre, devices=jax.devices()[:1])
+    straight, resumed, off = (_metrics(n) for n in ("ema_straight", "ema_resumed", "ema_off"))
+    for a, b, c in zip(straight, resumed, off, strict=True):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["train_loss"], c["train_loss"], rtol=1e-5)  # same steps
+        assert abs(a["val_loss"] / c["val_loss"] - 1) > 1e-4  # another model is evaluated
+    loaded = load_component("ema_resumed")
+    ckpt = checkpoints.Checkpointer(paths.weights_dir("ema_resumed"), read_only=True)
+    template = state_lib.init_state(loaded.params, loaded.batch_stats,
+                                    state_lib.make_optimizer(loaded.config), 0, ema=True)
+    best, _ = ckpt.restore(loaded.epoch, jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template))
+    ckpt.close()
+    for exported, ema in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(best.ema_params),
+                             strict=True):
+        np.testing.assert_array_equal(np.asarray(exported), np.asarray(ema))
+    assert any(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > 1e-6 for a, b in zip(
+        jax.tree.leaves(best.ema_params), jax.tree.leaves(best.params), strict=True))
+    assert "ema_params" not in state_lib.as_saved(template.__class__(
+        **{**template.__dict__, "ema_params": None}))
+
+
+def test_physical_noise_trains_the_emulator_on_shifted_conditions(outputs_with_ae):
+    """model.physical_noise_std: training sees shifted conditions (another training loss than
+    without), the offsets do not depend on the device count, and evaluation is unshifted."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+
+    def config(name, std):
+        c = tf.tiny_config("emulator", name=name)
+        c.model.physical_noise_std = std
+        return c
+
+    one = train_component(config("pn_one", 0.1), preprocessed_dir=pre,
+                          devices=jax.devices()[:1])
+    two = train_component(config("pn_two", 0.1), preprocessed_dir=pre,
+                          devices=jax.devices()[:2])
+    off = train_component(config("pn_off", 0.0), preprocessed_dir=pre,
+                          devices=jax.devices()[:1])
+    for a, b in zip(_metrics("pn_one"), _metrics("pn_two"), strict=True):
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+    # The untrained step barely depends on the conditions (its output layer starts near zero),
+    # so 2 epochs change the losses little; the weights they reach differ.
+    assert one["fingerprint"] != off["fingerprint"]
+    for a, b in zip(jax.tree.leaves(load_component("pn_one").params),
+                    jax.tree.leaves(load_component("pn_two").params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert two["best_epoch"] == one["best_epoch"]
+    model = load_component("pn_one").model(train=False)
+    seq = jnp.ones((2, 3, 2), jnp.float32)
+    np.testing.assert_array_equal(model.perturb_conditions(seq), seq)

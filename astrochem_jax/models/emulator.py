@@ -12,7 +12,11 @@ abundances); without a bound, an emulator trained on short windows drifts out of
 closed-loop rollouts where nothing pulls it back, and diverges (measured on the default dataset:
 latents ~1e10 after 300 steps). Optional `state_noise_std`: Gaussian noise (stream `noise`) on
 the state fed into each step in training mode only, so training sees perturbed states like those
-the model's own errors produce in closed loop.
+the model's own errors produce in closed loop. Optional `physical_noise_std`: in training mode,
+`perturb_conditions` shifts each window's scaled physical conditions by one Gaussian offset per
+window and parameter, the same at every step (a neighbouring track of the same family): per-tracer
+constants (radiation field, zeta, temperature in UCLCHEM free-fall grids) then stop being exact
+labels of the training tracers, and the step must depend smoothly on them.
 
 Everything is float32 regardless of `jax_enable_x64`. Dropout draws from the `dropout` stream of
 the `nnx.Rngs` (falling back to `default`); a new model starts in training mode (`model.eval()` for
@@ -47,6 +51,7 @@ class Emulator(nnx.Module):
         state_bounds: tuple[float, float] | None = None,
         bound_gradient_slope: float = 1.0,
         state_noise_std: float = 0.0,
+        physical_noise_std: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if n_physical < 0 or state_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -61,8 +66,10 @@ class Emulator(nnx.Module):
                 f"Emulator: state_bounds must be (low, high) with low < high or None, got "
                 f"{state_bounds!r}"
             )
-        if not float(state_noise_std) >= 0.0:
-            raise ValueError(f"Emulator: state_noise_std must be >= 0, got {state_noise_std!r}")
+        for name, std in (("state_noise_std", state_noise_std),
+                          ("physical_noise_std", physical_noise_std)):
+            if not float(std) >= 0.0:
+                raise ValueError(f"Emulator: {name} must be >= 0, got {std!r}")
         self.state_bounds = (
             None if state_bounds is None else (float(state_bounds[0]), float(state_bounds[1]))
         )
@@ -96,6 +103,21 @@ class Emulator(nnx.Module):
         self.state_noise = (
             GaussianNoise(float(state_noise_std), rngs=rngs) if state_noise_std > 0 else None
         )
+        self.physical_noise = (
+            GaussianNoise(float(physical_noise_std), rngs=rngs) if physical_noise_std > 0
+            else None
+        )
+
+    def perturb_conditions(self, physical_seq: jax.Array) -> jax.Array:
+        """physical_seq [B, T, P] -> [B, T, P]: in training mode with `physical_noise_std` > 0,
+        plus one N(0, std^2) offset per (window, parameter), constant over the T steps; else
+        unchanged. Called on a whole window before its rollout."""
+        if self.physical_noise is None:
+            return physical_seq
+        physical_seq = jnp.asarray(physical_seq, DTYPE)
+        offset = self.physical_noise(jnp.zeros((physical_seq.shape[0], 1,
+                                                physical_seq.shape[-1]), DTYPE))
+        return physical_seq + offset
 
     def __call__(self, physical: jax.Array, state: jax.Array) -> jax.Array:
         """physical [B, P] scaled conditions driving this step, state [B, D] -> [B, D]."""

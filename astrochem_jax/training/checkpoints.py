@@ -154,7 +154,7 @@ class Checkpointer:
     def save(self, epoch: int, state: state_lib.TrainState, loop: dict, val_loss: float) -> None:
         self.manager.save(
             int(epoch),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state_lib.as_saved(state)),
                                     loop=ocp.args.JsonSave(loop)),
             metrics={_METRIC: float(val_loss)},
         )
@@ -163,10 +163,10 @@ class Checkpointer:
         """abstract_state: `jax.ShapeDtypeStruct` pytree (with shardings) of a `TrainState`."""
         restored = self.manager.restore(
             int(epoch),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(state_lib.as_saved(abstract_state)),
                                     loop=ocp.args.JsonRestore()),
         )
-        return restored.state, dict(restored.loop)
+        return state_lib.from_saved(restored.state), dict(restored.loop)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -352,7 +352,8 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False,
     mdef, params, batch_stats = state_lib.build_split(
         lambda: component.build_model(config, info, nnx.Rngs(int(config.seed))))
     tx = state_lib.make_optimizer(config)
-    template = state_lib.init_state(params, batch_stats, tx, int(config.seed))
+    template = state_lib.init_state(params, batch_stats, tx, int(config.seed),
+                                    ema=state_lib.uses_ema(config))
     members = int(config.get("ensemble_size") or 1)
     if members > 1:  # only the shapes matter: the restore fills every member
         template = state_lib.stack_members([template] * members)
@@ -388,7 +389,8 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False,
         checkpointer.close()
     minmax_path = directory / "latents_minmax.npy"
     minmax = np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None
-    found = fingerprint(restored.params, restored.batch_stats, minmax)
+    params = state_lib.eval_params(restored)  # the moving average, when the run kept one
+    found = fingerprint(params, restored.batch_stats, minmax)
     recorded = None if summary is None else summary.get("fingerprint")
     if recorded is not None and recorded != found:
         raise CheckpointError(
@@ -398,6 +400,6 @@ def load_component(name: str, *, sharding=None, allow_failed: bool = False,
             f"Restore the original files, or {retrain}")
     return LoadedComponent(
         name=name, directory=directory, type=str(config.type), config=config, info=info,
-        mdef=mdef, params=restored.params, batch_stats=restored.batch_stats, epoch=int(epoch),
+        mdef=mdef, params=params, batch_stats=restored.batch_stats, epoch=int(epoch),
         latents_minmax=minmax, summary=summary, fingerprint=found, ensemble_size=members,
     )

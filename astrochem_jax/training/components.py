@@ -457,6 +457,7 @@ def _emu_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         # absent in configs saved before the field existed: the straight-through gradient
         bound_gradient_slope=float(config.model.get("bound_gradient_slope", 1.0)),
         state_noise_std=float(config.model.get("state_noise_std") or 0.0),
+        physical_noise_std=float(config.model.get("physical_noise_std") or 0.0),
         rngs=rngs,
     )
 
@@ -568,7 +569,7 @@ def _latent_predict(model, batch: dict, frozen, setup: Setup):
     state0 = batch.get("state0")
     if state0 is None:
         state0 = (ae.encode(batch["x0"]) - frozen["latent_min"]) / frozen["latent_span"]
-    states = rollout_module(model, state0, batch["physical"],
+    states = rollout_module(model, state0, model.perturb_conditions(batch["physical"]),
                             int(setup.info.get("gradient_window", 0)))  # [B, H, L] scaled
     b, h, d = states.shape
     z = states.reshape(b * h, d) * frozen["latent_span"] + frozen["latent_min"]
@@ -577,7 +578,7 @@ def _latent_predict(model, batch: dict, frozen, setup: Setup):
 
 
 def _direct_predict(model, batch: dict, frozen, setup: Setup):
-    return rollout_module(model, batch["state0"], batch["physical"],
+    return rollout_module(model, batch["state0"], model.perturb_conditions(batch["physical"]),
                           int(setup.info.get("gradient_window", 0))), batch["target"]
 
 

@@ -55,7 +55,8 @@ SUMMARY_JSON = "summary.json"
 RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident_max_mb",
                          "profile_steps")
 # Fields added after runs were saved, with the value those runs used (resume compares them).
-NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None}
+NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
+                      "model.row_mixup": 0.0, "model.physical_noise_std": 0.0}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -158,11 +159,13 @@ class Steps:
 
 def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state_lib.ModelDef,
                tx: optax.GradientTransformation, config, mesh, abstract_state: Any,
-               members: int = 1) -> Steps:
+               members: int = 1, ema_decay: float = 0.0) -> Steps:
     """The jitted steps; with `members` > 1 the state carries a leading member axis and every
     function is `jax.vmap`ped over it (one dispatch trains every member): `idx` is then
     [n, M, B] (each member its own batches), diagnostics [n, M], evaluation sums [M]. The frozen
-    arrays are shared, or per member when `setup.frozen_per_member` (autoencoder ensembles)."""
+    arrays are shared, or per member when `setup.frozen_per_member` (autoencoder ensembles).
+    A state with `ema_params` updates them after every step with `ema_decay`
+    (`state.updated_ema`)."""
     weights = _loss_weights(config)
     stoich = setup.stoich if weights["conservation_weight"] != 0 else None
 
@@ -192,11 +195,13 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
         # they were. It is counted (`non_finite_steps`), and an epoch made of such steps still
         # reads as diverged through its NaN loss.
         ok = jnp.isfinite(loss) & jnp.isfinite(diagnostics["grad_norm"])
-        params, opt_state, batch_stats = jax.tree.map(
-            lambda new, old: jnp.where(ok, new, old), (params, opt_state, batch_stats),
-            (state.params, state.opt_state, state.batch_stats))
+        ema = (None if state.ema_params is None
+               else state_lib.updated_ema(state.ema_params, params, state.step, ema_decay))
+        params, opt_state, batch_stats, ema = jax.tree.map(
+            lambda new, old: jnp.where(ok, new, old), (params, opt_state, batch_stats, ema),
+            (state.params, state.opt_state, state.batch_stats, state.ema_params))
         new = state_lib.TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                   opt_state=opt_state, rng=state.rng)
+                                   opt_state=opt_state, rng=state.rng, ema_params=ema)
         return new, diagnostics
 
     frozen_axis = 0 if setup.frozen_per_member else None
@@ -435,7 +440,8 @@ def check_resume_compatible(directory: Path, config, info: dict) -> None:
     new = _flatten({k: v for k, v in config_utils.to_dict(config).items()
                     if k not in RESUME_IGNORED_FIELDS})
     for key, value in NEW_FIELD_DEFAULTS.items():
-        old.setdefault(key, value)
+        if key in new:  # a field this kind of config has (emulators have no row_mixup)
+            old.setdefault(key, value)
     old.update(_flatten(old_info, "data_info"))
     new.update(_flatten(json.loads(json.dumps(info)), "data_info"))
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -484,7 +490,8 @@ def _evaluate(steps: Steps, state, loader: data_lib.ChunkLoader, frozen, batch_s
         rows = data_lib.eval_batch_size(prepared.n_items, batch_size,
                                         mesh_lib.n_data_shards(loader.mesh))
         for idx, mask in data_lib.eval_batches(prepared.n_items, rows):
-            sums.append(steps.evaluate(state.params, state.batch_stats, prepared.arrays, idx,
+            sums.append(steps.evaluate(state_lib.eval_params(state), state.batch_stats,
+                                       prepared.arrays, idx,
                                        mask, frozen))
         loader.fence = sums[-1] if sums else None
     if not sums:
@@ -593,8 +600,8 @@ def load_warm_start(config, info: dict) -> ckpt_lib.LoadedComponent | None:
 
 def warm_started(state: state_lib.TrainState, loaded: ckpt_lib.LoadedComponent | None,
                  where: str) -> state_lib.TrainState:
-    """`state` with the parameters and batch statistics of `loaded` (a fresh optimizer state);
-    the trees must match leaf for leaf in shape."""
+    """`state` with the parameters and batch statistics of `loaded` (a fresh optimizer state;
+    a kept moving average starts at them too); the trees must match leaf for leaf in shape."""
     if loaded is None:
         return state
     for what, ours, theirs in (("params", state.params, loaded.params),
@@ -605,7 +612,9 @@ def warm_started(state: state_lib.TrainState, loaded: ckpt_lib.LoadedComponent |
             raise comp_lib.ComponentError(
                 f"{where}: its {what} do not match this run's model (shapes {found} against "
                 f"{shapes}); use the same config.model")
-    return dataclasses.replace(state, params=loaded.params, batch_stats=loaded.batch_stats)
+    ema = None if state.ema_params is None else jax.tree.map(jnp.array, loaded.params)
+    return dataclasses.replace(state, params=loaded.params, batch_stats=loaded.batch_stats,
+                               ema_params=ema)
 
 
 def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> dict:
@@ -635,7 +644,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     tx = state_lib.make_optimizer(config)
     mdef, state = state_lib.build_members(
         lambda m: component.build_model(config, setup.info, state_lib.model_rngs(seed, m)),
-        tx, seed, members)
+        tx, seed, members, ema=state_lib.uses_ema(config))
     state = warm_started(state, warm, f"config.init_from = {config.get('init_from')!r}")
     n_params = state_lib.count_parameters(state.params) // members
     repl = mesh_lib.replicated(mesh)
@@ -681,8 +690,9 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             one = state if members == 1 else state_lib.member_of(state, 0)
             m = mdef if rate == float(config.dropout) else set_dropout(mdef, one.params,
                                                                       one.batch_stats, rate)
-            steps_by_dropout[rate] = make_steps(component, setup, m, tx, config, mesh, abstract,
-                                                members)
+            steps_by_dropout[rate] = make_steps(
+                component, setup, m, tx, config, mesh, abstract, members,
+                state_lib.ema_decay(config, epoch_batches))
         return steps_by_dropout[rate]
 
     train_items = _train_item_counts(component, setup, train_loader)
@@ -1028,7 +1038,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         member_summaries = [{"member": m} for m in range(members)]
         val = ensemble_val_metrics(val, dict(loop), int(best) - 1, member_summaries)
     component.after_training(comp_lib.Finished(
-        config=config, setup=setup, mdef=mdef, params=best_state.params,
+        config=config, setup=setup, mdef=mdef, params=state_lib.eval_params(best_state),
         batch_stats=best_state.batch_stats,
         train_chunks=lambda: (prepared for _, _, prepared in train_loader.iterate()),
         directory=out_dir, mesh=mesh, members=members,
@@ -1081,7 +1091,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         # an emulator records the same fingerprint of the autoencoder it was trained on).
         minmax_path = out_dir / "latents_minmax.npy"
         summary["fingerprint"] = ckpt_lib.fingerprint(
-            best_state.params, best_state.batch_stats,
+            state_lib.eval_params(best_state), best_state.batch_stats,
             np.load(minmax_path, allow_pickle=False) if minmax_path.exists() else None)
         atomic.write_json(out_dir / SUMMARY_JSON, summary)
     mesh_lib.barrier("summary_written")

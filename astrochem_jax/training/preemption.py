@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from astrochem_jax.training import mesh as mesh_lib
+from astrochem_jax.training import state as state_lib
 
 INTERRUPTED_DIR = "interrupted"
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -137,7 +138,8 @@ class InterruptCheckpoint:
         manager = self._manager()
         try:
             manager.save(int(step), args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)), force=True)
+                state=ocp.args.StandardSave(state_lib.as_saved(state)),
+                loop=ocp.args.JsonSave(loop)), force=True)
             manager.wait_until_finished()
         finally:
             manager.close()
@@ -151,10 +153,11 @@ class InterruptCheckpoint:
             if step is None:
                 return None
             restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(state_lib.as_saved(abstract_state)),
+                loop=ocp.args.JsonRestore()))
         finally:
             manager.close()
-        return restored.state, dict(restored.loop)
+        return state_lib.from_saved(restored.state), dict(restored.loop)
 
     def remove(self) -> None:
         """Drop the slot (process 0; every process waits)."""

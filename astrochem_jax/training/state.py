@@ -4,9 +4,10 @@ Models are Flax NNX modules; training works on pure functions of their split sta
 
     graphdef, params (nnx.Param), batch_stats (nnx.BatchStat), rng_keys (nnx.RngKey), rest
 
-`TrainState` holds only what changes during training (step, params, batch_stats, opt_state, rng);
-the model's own random streams are re-keyed every step, so a run is a pure function of (config,
-seed) and resumes exactly from a checkpoint.
+`TrainState` holds only what changes during training (step, params, batch_stats, opt_state, rng,
+and with `config.ema_epochs` > 0 an exponential moving average of the parameters); the model's
+own random streams are re-keyed every step, so a run is a pure function of (config, seed) and
+resumes exactly from a checkpoint.
 
 Random keys: ONE root key per seed, `jax.random.key(seed)`, folded with a generation number
 (0, then +1 per rollback) and split into independent streams (`STREAMS`): `init` (parameter
@@ -34,13 +35,17 @@ from flax import nnx
 @dataclasses.dataclass(frozen=True)
 class TrainState:
     """step: int32 []; params / batch_stats: nnx.State of float32 arrays; opt_state: optax state
-    (its `hyperparams["learning_rate"]` is the current LR); rng: uint32 [2] raw PRNG key data."""
+    (its `hyperparams["learning_rate"]` is the current LR); rng: uint32 [2] raw PRNG key data;
+    ema_params: None, or the exponential moving average of `params` (same tree) that is
+    evaluated, chosen as best checkpoint and exported instead of them (`eval_params`). None adds
+    no leaf: a state without it saves and restores exactly as before the field existed."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    ema_params: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,14 +222,74 @@ def lr_schedule_factor(config, progress_epochs) -> np.ndarray:
 
 
 def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
-               seed: int, member: int = 0) -> TrainState:
+               seed: int, member: int = 0, *, ema: bool = False) -> TrainState:
+    """The state before the first step; with `ema` its moving average starts at `params`."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=jax.random.key_data(generation_key(int(seed), 0, member)),
+        ema_params=jax.tree.map(jnp.array, params) if ema else None,
     )
+
+
+def _ema_epochs(config) -> float:
+    epochs = float(config.get("ema_epochs") or 0.0)
+    if not epochs >= 0:
+        raise ValueError(f"config.ema_epochs = {epochs}; expected >= 0 (0 = no averaging)")
+    return epochs
+
+
+def uses_ema(config) -> bool:
+    """Whether `config` averages its parameters (`config.ema_epochs` > 0; negative raises)."""
+    return _ema_epochs(config) > 0.0
+
+
+def ema_decay(config, steps_per_epoch: int) -> float:
+    """Per-step decay of the parameter average: 1 - 1 / (ema_epochs x steps_per_epoch), so the
+    average spans `config.ema_epochs` epochs whatever the dataset size (0.0 when off)."""
+    epochs = _ema_epochs(config)
+    if epochs == 0:
+        return 0.0
+    return 1.0 - 1.0 / max(1.0, epochs * int(steps_per_epoch))
+
+
+def updated_ema(ema_params: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """One step of the moving average after the update to `params` at step `step` (0-based).
+
+    The decay is min(decay, (1 + step) / (10 + step)): early averages forget the random
+    initialisation within a few steps instead of carrying it for the whole horizon."""
+    step = step.astype(jnp.float32)
+    rate = 1.0 - jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: e + rate.astype(e.dtype) * (p - e), ema_params, params)
+
+
+def as_saved(state: Any) -> Any:
+    """The checkpointed form of a `TrainState` (or of its abstract twin): a dict of its fields
+    without `ema_params` when that is None, so runs without an average keep their on-disk
+    layout. Any other pytree is saved as it is."""
+    if not isinstance(state, TrainState):
+        return state
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if fields["ema_params"] is None:
+        del fields["ema_params"]
+    return fields
+
+
+_SAVED_FIELDS = frozenset(("step", "params", "batch_stats", "opt_state", "rng"))
+
+
+def from_saved(saved: Any) -> Any:
+    """Inverse of `as_saved`."""
+    if isinstance(saved, dict) and _SAVED_FIELDS <= set(saved):
+        return TrainState(**saved)
+    return saved
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters that are evaluated and exported: the moving average when kept."""
+    return state.params if state.ema_params is None else state.ema_params
 
 
 def stack_members(trees: list) -> Any:
@@ -238,7 +303,7 @@ def member_of(tree: Any, member: int) -> Any:
 
 
 def build_members(build: Callable[[int], nnx.Module], tx: optax.GradientTransformation,
-                  seed: int, members: int) -> tuple[ModelDef, TrainState]:
+                  seed: int, members: int, *, ema: bool = False) -> tuple[ModelDef, TrainState]:
     """(ModelDef, TrainState) of `members` models built by `build(member)`: for 1 member the
     plain state, else every leaf stacked on a leading member axis (the step counter too: every
     member steps together). Member 0 is the plain component of `seed`."""
@@ -246,7 +311,7 @@ def build_members(build: Callable[[int], nnx.Module], tx: optax.GradientTransfor
     for m in range(int(members)):
         mdef_m, params, batch_stats = build_split(lambda m=m: build(m))
         mdef = mdef or mdef_m
-        states.append(init_state(params, batch_stats, tx, seed, m))
+        states.append(init_state(params, batch_stats, tx, seed, m, ema=ema))
     return mdef, (states[0] if members == 1 else stack_members(states))
 
 

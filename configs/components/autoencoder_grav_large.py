@@ -101,6 +101,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.adam_eps = 1e-8
     c.weight_decay = 1e-4
     c.grad_clip_norm = 1.0
+    # Exponential moving average of the parameters over about this many epochs (0 = off): the
+    # average is what is validated, chosen as best checkpoint and exported (state.eval_params).
+    c.ema_epochs = 0.0
     # Learning-rate schedule multiplying lr (state.lr_schedule_factor): "constant" or
     # "warmup_cosine" (linear warmup over warmup_epochs, cosine to lr x lr_final_factor).
     c.lr_schedule = "warmup_cosine"

@@ -49,6 +49,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # 0 the clip's own, in between a damped restoring signal.
     c.model.bound_gradient_slope = 0.01
     c.model.state_noise_std = 0.0  # Gaussian noise on the carried state while training
+    # One Gaussian offset per training window and physical parameter (scaled units, constant
+    # over the window): models.emulator.Emulator.perturb_conditions.
+    c.model.physical_noise_std = 0.0
     c.horizon = 64  # training windows: long enough to learn to stay on the data manifold
     c.window_stride = 4  # ... starting every 4 steps (epoch cost ~ that of stride-1 16-step ones)
     c.t0_window_repeats = 32  # the hardest step (t0 -> t1) is seen 32x as often
