@@ -718,3 +718,23 @@ def test_physical_noise_trains_the_emulator_on_shifted_conditions(outputs_with_a
     model = load_component("pn_one").model(train=False)
     seq = jnp.ones((2, 3, 2), jnp.float32)
     np.testing.assert_array_equal(model.perturb_conditions(seq), seq)
+
+
+def test_runs_saved_before_new_fields_existed_still_resume(outputs_with_ae):
+    """A run whose config.json predates ema_epochs / model.physical_noise_std resumes (those
+    fields' defaults are what it used); an emulator config has no model.row_mixup, and the
+    autoencoder's default for it must not be demanded of it."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    c = tf.tiny_config("emulator", name="older_run")
+    c.epochs = 1
+    train_component(c, preprocessed_dir=pre)
+    path = paths.weights_dir("older_run") / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["ema_epochs"], saved["model"]["physical_noise_std"]
+    path.write_text(json.dumps(saved))
+    c.epochs = 2
+    train_component(c, preprocessed_dir=pre)
+    assert len(_metrics("older_run")) == 2
+    c.model.physical_noise_std = 0.1  # a real change is still refused
+    with pytest.raises(ResumeMismatchError, match="physical_noise_std"):
+        train_component(c, preprocessed_dir=pre)
