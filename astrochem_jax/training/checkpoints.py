@@ -161,9 +161,10 @@ class Checkpointer:
 
     def restore(self, epoch: int, abstract_state: Any) -> tuple[state_lib.TrainState, dict]:
         """abstract_state: `jax.ShapeDtypeStruct` pytree (with shardings) of a `TrainState`."""
+        target = state_lib.as_saved(abstract_state)
         restored = self.manager.restore(
             int(epoch),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(state_lib.as_saved(abstract_state)),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                     loop=ocp.args.JsonRestore()),
         )
         return state_lib.from_saved(restored.state), dict(restored.loop)

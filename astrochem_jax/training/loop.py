@@ -491,8 +491,7 @@ def _evaluate(steps: Steps, state, loader: data_lib.ChunkLoader, frozen, batch_s
                                         mesh_lib.n_data_shards(loader.mesh))
         for idx, mask in data_lib.eval_batches(prepared.n_items, rows):
             sums.append(steps.evaluate(state_lib.eval_params(state), state.batch_stats,
-                                       prepared.arrays, idx,
-                                       mask, frozen))
+                                       prepared.arrays, idx, mask, frozen))
         loader.fence = sums[-1] if sums else None
     if not sums:
         source = loader.source
