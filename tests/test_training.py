@@ -3,6 +3,7 @@ sweeps. Tiny synthetic shards (tests/training_fixtures.py), tiny MLPs, 2-4 epoch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -685,8 +686,7 @@ def test_parameter_average_is_what_is_validated_exported_and_resumed():
         np.testing.assert_array_equal(np.asarray(exported), np.asarray(ema))
     assert any(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) > 1e-6 for a, b in zip(
         jax.tree.leaves(best.ema_params), jax.tree.leaves(best.params), strict=True))
-    assert "ema_params" not in state_lib.as_saved(template.__class__(
-        **{**template.__dict__, "ema_params": None}))
+    assert "ema_params" not in state_lib.as_saved(dataclasses.replace(template, ema_params=None))
 
 
 def test_physical_noise_trains_the_emulator_on_shifted_conditions(outputs_with_ae):

@@ -277,12 +277,10 @@ def as_saved(state: Any) -> Any:
     return fields
 
 
-_SAVED_FIELDS = frozenset(("step", "params", "batch_stats", "opt_state", "rng"))
-
-
 def from_saved(saved: Any) -> Any:
     """Inverse of `as_saved`."""
-    if isinstance(saved, dict) and _SAVED_FIELDS <= set(saved):
+    required = {f.name for f in dataclasses.fields(TrainState) if f.name != "ema_params"}
+    if isinstance(saved, dict) and required <= set(saved):
         return TrainState(**saved)
     return saved
 
