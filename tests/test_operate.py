@@ -172,7 +172,7 @@ def test_sigterm_in_the_first_epoch_of_a_warm_started_run_resumes_exactly(monkey
     count["restore"]()
     resumed = train_component(config("resumed"), preprocessed_dir=dirs["sequential"])
     assert _metrics("resumed") == _metrics("straight")
-    for key in ("best_epoch", "initial_val_loss", "kept_warm_start", "fingerprint"):
+    for key in ("best_epoch", "initial_val_score", "kept_warm_start", "fingerprint"):
         assert resumed[key] == straight[key], key
 
 

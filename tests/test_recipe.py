@@ -74,7 +74,7 @@ def test_closed_loop_fine_tune_improves_on_its_warm_start():
     summary = train_component(fine, preprocessed_dir=dirs["sequential"])
     assert summary["status"] == "converged" and not summary["kept_warm_start"]
     assert summary["best_epoch"] > 0
-    assert summary["best_val_loss"] < summary["initial_val_loss"]
+    assert summary["best_val_score"] < summary["initial_val_score"]
     tuned, persistence = closed_loop_dex("cl_fine", dirs["sequential"])
     warm, _ = closed_loop_dex("cl_base", dirs["sequential"])
     assert tuned < warm < persistence, (tuned, warm, persistence)

@@ -218,7 +218,8 @@ def test_warm_start_from_a_trained_emulator_on_full_trajectories(outputs_with_ae
     c.init_from, c.horizon, c.window_stride, c.t0_window_repeats = "ws_base", 0, 1 << 20, 1
     c.batch_size = c.eval_batch_size = 2  # 6 train tracers: one window each
     summary = train_component(c, preprocessed_dir=pre, devices=jax.devices()[:2])
-    assert summary["initial_val_loss"] == pytest.approx(base_summary["best_val_loss"], rel=1e-5)
+    assert summary["initial_val_score"] == pytest.approx(base_summary["best_val_score"],
+                                                         rel=1e-5)
     info = json.loads((paths.weights_dir("ws_fine") / "config.json").read_text())["data_info"]
     n_steps = np.load(sorted(pre.glob("train-*.npy"))[0]).shape[1]
     assert info["horizon"] == n_steps - 1
@@ -336,6 +337,52 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(monkeypatch):
     assert kept.best_epoch() == 1
 
 
+def test_validation_score_reads_the_checkpoint_metric():
+    c = tf.tiny_config("emulator")
+    assert c.checkpoint_metric == "mean_abs_dlog10"  # emulators: the number the benchmark reports
+    val = {"loss": 0.4, "mean_abs_dlog10": 0.8, "abs_dlog10_per_species": np.ones(3)}
+    assert loop.validation_score(val, c) == 0.8
+    assert math.isnan(loop.validation_score(dict(val, loss=math.nan), c))  # no score from NaN
+    c.checkpoint_metric = "loss"
+    assert loop.validation_score(val, c) == 0.4
+    c.checkpoint_metric = "mean_abs_dex"
+    with pytest.raises(ValueError, match="'mean_abs_dex' is not a validation metric.*"
+                                         "mean_abs_dlog10"):
+        loop.validation_score(val, c)
+    c.checkpoint_metric = "abs_dlog10_per_species"
+    with pytest.raises(ValueError, match="per-species array"):
+        loop.validation_score(val, c)
+
+
+def test_bookkeeping_of_older_checkpoints_is_upgraded():
+    """Loops saved before checkpoint_metric held the loss under best_val_loss /
+    initial_val_loss: they become the scores (such a run resumes with metric "loss")."""
+    old = {"epoch": 4, "best_val_loss": 0.3, "initial_val_loss": 2.0, "best_epoch": 2}
+    new = loop.upgraded_loop(old)
+    assert new == {"epoch": 4, "best_val_score": 0.3, "initial_val_score": 2.0, "best_epoch": 2}
+    assert "best_val_loss" in old  # not modified in place
+    assert loop.upgraded_loop(new) == new
+
+
+def test_checkpoints_are_chosen_by_the_checkpoint_metric(outputs_with_ae):
+    """The best epoch is the first minimum of the configured validation metric over the
+    epochs (an emulator's closed-loop mean |dlog10|, or the loss when asked), and the summary's
+    metrics are those of that epoch."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    for name, metric in (("cm_dex", "mean_abs_dlog10"), ("cm_loss", "loss")):
+        c = tf.tiny_config("emulator", name=name)
+        c.epochs, c.lr, c.checkpoint_metric = 6, 3e-2, metric
+        summary = train_component(c, preprocessed_dir=pre)
+        history = _metrics(name)
+        scores = [r["val_loss"] if metric == "loss" else r["val"][metric] for r in history]
+        assert [r["val_score"] for r in history] == scores
+        assert summary["checkpoint_metric"] == metric
+        assert summary["best_epoch"] == 1 + int(np.argmin(scores))
+        assert summary["best_val_score"] == pytest.approx(min(scores), rel=1e-6)
+        assert summary["best_val_loss"] == pytest.approx(
+            history[summary["best_epoch"] - 1]["val_loss"], rel=1e-6)
+
+
 def test_divergence_rules():
     c = tf.tiny_config("autoencoder")
     c.divergence_factor, c.max_rollbacks, c.rollback_lr_factor = 3.0, 1, 0.25
@@ -344,7 +391,7 @@ def test_divergence_rules():
     assert "training loss is nan" in loop.divergence(fresh, math.nan, 1.0, c)
     assert "validation loss is inf" in loop.divergence(fresh, 1.0, math.inf, c)
     assert not loop.can_roll_back(fresh, c)  # no best checkpoint to go back to
-    seen = dict(fresh, best_val_loss=2.0, best_epoch=3)
+    seen = dict(fresh, best_val_score=2.0, best_epoch=3)
     assert loop.divergence(seen, 1.0, 6.0, c) is None
     assert "> 3 x best" in loop.divergence(seen, 1.0, 6.01, c)
     c.divergence_factor = None
@@ -591,7 +638,9 @@ def test_training_lowers_the_loss_and_records_diagnostics():
     summary = train_component(c, preprocessed_dir=dirs["timeless"])
     history = _metrics("learns")
     assert summary["status"] == "converged" and summary["failure"] is None
-    assert summary["best_val_loss"] < 0.5 * summary["initial_val_loss"]
+    assert summary["checkpoint_metric"] == "loss"  # the autoencoder's default
+    assert summary["best_val_score"] == summary["best_val_loss"]
+    assert summary["best_val_loss"] < 0.5 * summary["initial_val_score"]
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     for record in history:
         assert record["train"]["grad_norm_max"] >= record["train"]["grad_norm_mean"] > 0
@@ -726,15 +775,19 @@ def test_runs_saved_before_new_fields_existed_still_resume(outputs_with_ae):
     autoencoder's default for it must not be demanded of it."""
     pre = paths.preprocessed_dir("synth", "sequential")
     c = tf.tiny_config("emulator", name="older_run")
-    c.epochs = 1
+    c.epochs, c.checkpoint_metric = 1, "loss"  # what runs before checkpoint_metric used
     train_component(c, preprocessed_dir=pre)
     path = paths.weights_dir("older_run") / "config.json"
     saved = json.loads(path.read_text())
-    del saved["ema_epochs"], saved["model"]["physical_noise_std"]
+    del saved["ema_epochs"], saved["model"]["physical_noise_std"], saved["checkpoint_metric"]
     path.write_text(json.dumps(saved))
     c.epochs = 2
     train_component(c, preprocessed_dir=pre)
     assert len(_metrics("older_run")) == 2
     c.model.physical_noise_std = 0.1  # a real change is still refused
     with pytest.raises(ResumeMismatchError, match="physical_noise_std"):
+        train_component(c, preprocessed_dir=pre)
+    c.model.physical_noise_std = 0.0  # ... and so is another checkpoint metric
+    c.checkpoint_metric = "mean_abs_dlog10"
+    with pytest.raises(ResumeMismatchError, match="checkpoint_metric"):
         train_component(c, preprocessed_dir=pre)

@@ -13,10 +13,12 @@ run the same code: every process reads its own rows, process 0 preprocesses and 
 artifact while the others wait. SIGTERM / SIGINT save a checkpoint between two dispatches and
 stop (`training.preemption.TrainingInterrupted`); `config.profile_steps` traces that many steps
 with `jax.profiler`. Everything runs under `config.matmul_precision`. A diverged epoch (a
-NaN/inf loss, or a validation loss above `divergence_factor` x the best) rolls the state back to
+NaN/inf loss, or a validation score above `divergence_factor` x the best) rolls the state back to
 the best checkpoint with the learning rate x `rollback_lr_factor`, at most `max_rollbacks` times;
 a non-finite loss with no rollback left raises `NonFiniteLossError` (last good checkpoint kept).
-Early stopping after `stagnant_epoch_patience` epochs without a new best validation loss.
+Early stopping after `stagnant_epoch_patience` epochs without a new best validation score. The
+score is the validation metric `config.checkpoint_metric` (`validation_score`; the loss unless
+set: emulators use the closed-loop mean |dlog10|), and it also chooses the best checkpoint.
 Rerunning the same config resumes from the latest checkpoint and reproduces an uninterrupted run
 exactly.
 """
@@ -56,7 +58,8 @@ RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident
                          "profile_steps")
 # Fields added after runs were saved, with the value those runs used (resume compares them).
 NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
-                      "model.row_mixup": 0.0, "model.physical_noise_std": 0.0}
+                      "model.row_mixup": 0.0, "model.physical_noise_std": 0.0,
+                      "checkpoint_metric": "loss"}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -69,30 +72,64 @@ class TrainingFailedError(RuntimeError):
     """A run ended without converging (see `convergence_verdict`); summary.json says so."""
 
 
-def convergence_verdict(loop: dict, best_val_loss: float, config) -> str | None:
+def validation_score(val: dict, config) -> float:
+    """The number that chooses checkpoints: the validation metric `config.checkpoint_metric`
+    ("loss" when unset; emulators: "mean_abs_dlog10", the closed-loop error the benchmark
+    reports), NaN when the validation loss itself is not finite. Lower is better.
+
+    val: {metric name: scalar or [S] array} from the evaluation step."""
+    metric = str(config.get("checkpoint_metric") or "loss")
+    if metric not in val:
+        raise ValueError(f"config.checkpoint_metric = {metric!r} is not a validation metric of "
+                         f"{config.name}; expected one of {sorted(val)}")
+    if np.ndim(val[metric]) != 0:
+        raise ValueError(f"config.checkpoint_metric = {metric!r} is a per-species array; "
+                         "expected a scalar validation metric")
+    loss = float(val["loss"])
+    return float(val[metric]) if math.isfinite(loss) else math.nan
+
+
+def upgraded_loop(loop: dict) -> dict:
+    """Bookkeeping restored from a checkpoint written before checkpoints were chosen by a
+    configurable metric: its `best_val_loss` / `initial_val_loss` are the scores of the default
+    metric, the loss (NEW_FIELD_DEFAULTS: such a run resumes with checkpoint_metric "loss")."""
+    loop = dict(loop)
+    for old, new in (("best_val_loss", "best_val_score"),
+                     ("initial_val_loss", "initial_val_score")):
+        if old in loop and new not in loop:
+            loop[new] = loop.pop(old)
+    return loop
+
+
+def convergence_verdict(loop: dict, best_val_score: float, config) -> str | None:
     """Why a finished run does not count as converged, or None.
 
-    - the best validation loss is not finite;
-    - it is not below `config.converged_loss_ratio` x the untrained model's validation loss
+    - the best validation score (`validation_score`) is not finite;
+    - it is not below `config.converged_loss_ratio` x the untrained model's validation score
       (the run learned next to nothing: e.g. it diverged early and rolled back to epoch 1);
       not applied to a warm-started run (`config.init_from`), whose starting point is a trained
       model that stands as candidate epoch 0: such a run never ends worse than its warm start,
       and one that does not improve keeps it (`summary.json` "kept_warm_start");
     - every allowed rollback was used (the recipe is unstable on this data).
     """
-    if not math.isfinite(best_val_loss):
-        return f"the best validation loss is {best_val_loss}"
+    metric = _metric_name(config)
+    if not math.isfinite(best_val_score):
+        return f"the best validation {metric} is {best_val_score}"
     ratio = config.get("converged_loss_ratio")
-    initial = loop.get("initial_val_loss")
+    initial = loop.get("initial_val_score")
     if (ratio and initial is not None and not config.get("init_from")
-            and not best_val_loss < float(ratio) * initial):
-        return (f"best validation loss {best_val_loss:.4e} is not below "
+            and not best_val_score < float(ratio) * initial):
+        return (f"best validation {metric} {best_val_score:.4e} is not below "
                 f"config.converged_loss_ratio = {float(ratio):g} x the untrained model's "
                 f"{initial:.4e}")
     allowed = int(config.get("max_rollbacks") or 0)
     if allowed and int(loop.get("rollbacks", 0)) >= allowed:
         return f"all {allowed} rollbacks after diverged epochs were used"
     return None
+
+
+def _metric_name(config) -> str:
+    return str(config.get("checkpoint_metric") or "loss")
 
 
 class ResumeMismatchError(ValueError):
@@ -274,7 +311,7 @@ def initial_loop_state(config) -> dict:
     """JSON bookkeeping saved with every checkpoint (None stands for +inf)."""
     return {
         "epoch": 0,
-        "best_val_loss": None,
+        "best_val_score": None,  # of config.checkpoint_metric (validation_score)
         "best_epoch": None,
         "plateau_best": None,
         "plateau_count": 0,
@@ -284,7 +321,7 @@ def initial_loop_state(config) -> dict:
         "stop_reason": None,
         "rollbacks": 0,
         "wall_time_s": 0.0,
-        "initial_val_loss": None,
+        "initial_val_score": None,
         "excluded_members": [],  # ensembles: [{member, epoch, reason}]
         "history": [],
     }
@@ -300,10 +337,10 @@ def reduced_lr(lr: float, factor: float, config) -> float:
     return max(lr * float(factor), min(float(config.min_lr), lr))
 
 
-def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[dict, float]:
-    """One epoch's val loss -> new bookkeeping and learning rate.
+def update_bookkeeping(loop: dict, val_score: float, lr: float, config) -> tuple[dict, float]:
+    """One epoch's validation score (`validation_score`) -> new bookkeeping and learning rate.
 
-    - early stopping: `stagnant_epochs` counts epochs without a new best val loss;
+    - early stopping: `stagnant_epochs` counts epochs without a new best score;
     - reduce-on-plateau (PyTorch semantics, relative `plateau_threshold`): after more than
       `plateau_patience` epochs without a relative improvement, lr *= plateau_factor (>= min_lr,
       and never raised: an lr already below min_lr stays);
@@ -311,13 +348,13 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
       dropout *= dropout_decay_factor (0 once below dropout_min).
     """
     loop = dict(loop)
-    if _lt(val_loss, loop["best_val_loss"]):
-        loop.update(best_val_loss=val_loss, best_epoch=loop["epoch"], stagnant_epochs=0)
+    if _lt(val_score, loop["best_val_score"]):
+        loop.update(best_val_score=val_score, best_epoch=loop["epoch"], stagnant_epochs=0)
     else:
         loop["stagnant_epochs"] += 1
     threshold = float(config.plateau_threshold)
-    if loop["plateau_best"] is None or val_loss < loop["plateau_best"] * (1.0 - threshold):
-        loop.update(plateau_best=val_loss, plateau_count=0, dropout_count=0)
+    if loop["plateau_best"] is None or val_score < loop["plateau_best"] * (1.0 - threshold):
+        loop.update(plateau_best=val_score, plateau_count=0, dropout_count=0)
     else:
         loop["plateau_count"] += 1
         loop["dropout_count"] += 1
@@ -332,7 +369,8 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
         loop["dropout_count"] = 0
     if loop["stagnant_epochs"] >= int(config.stagnant_epoch_patience):
         loop["stop_reason"] = (
-            f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
+            f"early stopping: no better validation {_metric_name(config)} for "
+            f"{loop['stagnant_epochs']} epochs"
         )
     return loop, lr
 
@@ -342,22 +380,24 @@ def update_bookkeeping(loop: dict, val_loss: float, lr: float, config) -> tuple[
 MAX_SKIPPED_STEP_FRACTION = 0.1
 
 
-def divergence(loop: dict, train_loss: float, val_loss: float, config,
+def divergence(loop: dict, train_loss: float, val_score: float, config,
                skipped_fraction: float = 0.0) -> str | None:
-    """Why this epoch counts as diverged, or None: a non-finite training or validation loss, more
-    than MAX_SKIPPED_STEP_FRACTION of its steps skipped for a non-finite gradient, or a validation
-    loss above `config.divergence_factor` (None/0 = off) times the best so far."""
+    """Why this epoch counts as diverged, or None: a non-finite training loss or validation
+    score (`validation_score`: NaN when the validation loss is not finite), more than
+    MAX_SKIPPED_STEP_FRACTION of its steps skipped for a non-finite gradient, or a validation
+    score above `config.divergence_factor` (None/0 = off) times the best so far."""
     if not math.isfinite(train_loss):
         return f"training loss is {train_loss}"
     if skipped_fraction > MAX_SKIPPED_STEP_FRACTION:
         return (f"{100 * skipped_fraction:.0f}% of the epoch's steps had a non-finite gradient "
                 "(skipped)")
-    if not math.isfinite(val_loss):
-        return f"validation loss is {val_loss}"
+    metric = _metric_name(config)
+    if not math.isfinite(val_score):
+        return f"validation {metric} is {val_score}"
     factor = config.get("divergence_factor")
-    best = loop["best_val_loss"]
-    if factor and best is not None and val_loss > float(factor) * best:
-        return f"validation loss {val_loss:.4e} > {float(factor):g} x best {best:.4e}"
+    best = loop["best_val_score"]
+    if factor and best is not None and val_score > float(factor) * best:
+        return f"validation {metric} {val_score:.4e} > {float(factor):g} x best {best:.4e}"
     return None
 
 
@@ -377,7 +417,8 @@ def rollback_bookkeeping(loop: dict, lr: float, config) -> tuple[dict, float]:
     loop["plateau_count"] = 0
     if loop["stagnant_epochs"] >= int(config.stagnant_epoch_patience):
         loop["stop_reason"] = (
-            f"early stopping: no better validation loss for {loop['stagnant_epochs']} epochs"
+            f"early stopping: no better validation {_metric_name(config)} for "
+            f"{loop['stagnant_epochs']} epochs"
         )
     new_lr = reduced_lr(lr, config.rollback_lr_factor, config)
     return loop, new_lr
@@ -657,11 +698,12 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
     resumed = checkpointer.restore_latest_intact(abstract, comp_lib.log_line)
     if resumed is not None:
         latest, state, loop = resumed
+        loop = upgraded_loop(loop)
         comp_lib.log_line(f"{config.name}: resuming after epoch {latest} from "
                           f"{checkpointer.directory}")
     saved = interrupted.restore(abstract) if interrupted.exists() else None
     if saved is not None and int(saved[1]["epoch"]) >= int(latest or 0):
-        state, loop = saved
+        state, loop = saved[0], upgraded_loop(saved[1])
         where = loop.get("in_epoch")
         comp_lib.log_line(
             f"{config.name}: resuming the interrupted run from {interrupted.directory} (epoch "
@@ -702,21 +744,23 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             f"config.batch_size = {batch_size}; lower the batch size"
         )
 
-    if loop["epoch"] == 0 and loop.get("initial_val_loss") is None:
-        # The untrained model's validation loss: the reference a run must beat to count as
+    if loop["epoch"] == 0 and loop.get("initial_val_score") is None:
+        # The untrained model's validation score: the reference a run must beat to count as
         # converged (for emulators, whose output layer starts near zero, this is ~ persistence).
         initial = _evaluate(steps_for(float(loop["dropout"])), state, val_loader, frozen,
                             eval_batch_size)
-        loop["initial_val_loss"] = _finite_or_none(float(np.mean(initial["loss"])))
-        if warm is not None and loop["initial_val_loss"] is not None:
+        if members > 1:  # the members' mean, as each epoch's (no member is excluded here)
+            initial = {k: np.mean(np.asarray(v), axis=0) for k, v in initial.items()}
+        loop["initial_val_score"] = _finite_or_none(validation_score(initial, config))
+        if warm is not None and loop["initial_val_score"] is not None:
             # The warm start is candidate epoch 0: the best checkpoint (and a rollback target)
             # until an epoch beats it, so a fine-tune never ends worse than where it started.
-            loop.update(best_val_loss=loop["initial_val_loss"], best_epoch=0,
-                        plateau_best=loop["initial_val_loss"])
-            checkpointer.save(0, state, loop, loop["initial_val_loss"])
+            loop.update(best_val_score=loop["initial_val_score"], best_epoch=0,
+                        plateau_best=loop["initial_val_score"])
+            checkpointer.save(0, state, loop, loop["initial_val_score"])
             comp_lib.log_line(f"{config.name}: warm start {warm.name!r} (epoch {warm.epoch}) "
-                              f"saved as epoch 0, val loss {loop['initial_val_loss']:.4e}: the "
-                              "checkpoint to beat")
+                              f"saved as epoch 0, val {_metric_name(config)} "
+                              f"{loop['initial_val_score']:.4e}: the checkpoint to beat")
 
     writer = writer_lib.MetricWriter(config.name, resume_epoch=int(loop["epoch"]),
                                      enabled=_is_main())
@@ -796,15 +840,16 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             train_seconds = time.perf_counter() - t0
             bad = np.flatnonzero(~np.isfinite(losses))
             train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
-            val, val_loss = {}, math.nan
+            val, val_loss, val_score = {}, math.nan, math.nan
             if not bad.size:
                 val = _evaluate(steps, state, val_loader, frozen, eval_batch_size)
                 if members > 1:
                     val = ensemble_val_metrics(val, loop, epoch, member_records)
                 val_loss = float(val["loss"])
+                val_score = validation_score(val, config)
             lr = state_lib.learning_rate(state)
             skipped = float(np.mean(~np.isfinite(diagnostics["grad_norm"])))
-            diverged = divergence(loop, train_loss, val_loss, config, skipped)
+            diverged = divergence(loop, train_loss, val_score, config, skipped)
             rolled_back_to = None
             if diverged is not None and can_roll_back(loop, config):
                 rolled_back_to = int(loop["best_epoch"])
@@ -843,7 +888,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 )
             else:
                 loop["epoch"] = epoch + 1
-                loop, new_lr = update_bookkeeping(loop, val_loss, lr, config)
+                loop, new_lr = update_bookkeeping(loop, val_score, lr, config)
                 if new_lr != lr:
                     state = state_lib.with_learning_rate(state, new_lr)
             seconds = time.perf_counter() - t0
@@ -852,6 +897,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 "train_loss": _finite_or_none(float(np.mean(losses))),
                 "train": train_summary(diagnostics),
                 "val_loss": _finite_or_none(val_loss),
+                "val_score": _finite_or_none(val_score),  # of config.checkpoint_metric
                 "val": _scalars(val),
                 "lr": lr,  # config.lr x plateau / rollback reductions, at the epoch's start
                 # ... x the schedule factor at the epoch's last step: what the optimizer applied
@@ -871,17 +917,17 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             saved_now = (loop["best_epoch"] == loop["epoch"] or loop["epoch"] % every == 0
                          or loop["epoch"] >= int(config.epochs) or bool(loop["stop_reason"]))
             if saved_now:
-                # The metric is the loss this epoch measured, so after a rollback the best
-                # checkpoint stays the original one (a non-finite loss is saved as the largest
+                # The metric is the score this epoch measured, so after a rollback the best
+                # checkpoint stays the original one (a non-finite score is saved as the largest
                 # float).
-                saved_loss = (val_loss if math.isfinite(val_loss)
-                              else float(np.finfo(np.float64).max))
-                if loop["best_epoch"] != loop["epoch"] and loop["best_val_loss"] is not None:
+                saved_score = (val_score if math.isfinite(val_score)
+                               else float(np.finfo(np.float64).max))
+                if loop["best_epoch"] != loop["epoch"] and loop["best_val_score"] is not None:
                     # A tie is not a new best (strict <, as in the bookkeeping): orbax keeps and
                     # picks the LATEST of equal metrics, so rank this epoch just behind the best.
-                    saved_loss = max(saved_loss, float(np.nextafter(loop["best_val_loss"],
-                                                                    math.inf)))
-                checkpointer.save(loop["epoch"], state, loop, saved_loss)
+                    saved_score = max(saved_score, float(np.nextafter(loop["best_val_score"],
+                                                                      math.inf)))
+                checkpointer.save(loop["epoch"], state, loop, saved_score)
                 if saved is not None:  # the interrupted-run slot is superseded
                     checkpointer.wait()
                     interrupted.remove()
@@ -1042,13 +1088,16 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         train_chunks=lambda: (prepared for _, _, prepared in train_loader.iterate()),
         directory=out_dir, mesh=mesh, members=members,
     ))
-    verdict = convergence_verdict(loop, float(val["loss"]), config)
+    best_score = validation_score(val, config)
+    verdict = convergence_verdict(loop, best_score, config)
     kept_warm_start = bool(config.get("init_from")) and int(best) == 0
     train_src = train_loader.source
     summary = {
         "status": "failed" if verdict else "converged",
         "failure": verdict,
-        "initial_val_loss": loop.get("initial_val_loss"),
+        # checkpoints are chosen by this validation metric (validation_score)
+        "checkpoint_metric": _metric_name(config),
+        "initial_val_score": loop.get("initial_val_score"),
         # warm-started runs: no epoch beat the warm start, whose weights are the result
         "kept_warm_start": kept_warm_start,
         "rollbacks": int(loop.get("rollbacks", 0)),
@@ -1057,6 +1106,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "dataset": setup.info["dataset"],
         "preprocessing_method": config.preprocessing_method,
         "best_val_loss": float(val["loss"]),
+        "best_val_score": best_score,
         "best_epoch": int(best),
         "final_epoch": int(loop["epoch"]),
         "stop_reason": loop["stop_reason"],
@@ -1100,15 +1150,17 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
             f"{out_dir / SUMMARY_JSON} (status 'failed') are kept for inspection; surrogates "
             "refuse this component. Check the data, or lower config.lr")
     if kept_warm_start:
-        tried = min((float(r["val_loss"]) for r in loop["history"] if r["val_loss"] is not None),
-                    default=math.inf)
+        tried = min((float(r["val_score"]) for r in loop["history"]
+                     if r.get("val_score") is not None), default=math.inf)
         comp_lib.log_line(
             f"{config.name}: WARNING: no epoch beat the warm start {config.init_from!r} on "
-            f"validation (best epoch {tried:.4e} against {summary['initial_val_loss']:.4e}); "
+            f"validation {summary['checkpoint_metric']} (best epoch {tried:.4e} against "
+            f"{summary['initial_val_score']:.4e}); "
             "the result is the warm start's weights unchanged (summary.json: kept_warm_start)")
     mre = 100 * summary["best_val_metrics"].get("mean_relative_error", math.nan)
     comp_lib.log_line(
-        f"{config.name}: best epoch {best}, val loss {summary['best_val_loss']:.4e}, mean "
+        f"{config.name}: best epoch {best} (by val {summary['checkpoint_metric']}), val loss "
+        f"{summary['best_val_loss']:.4e}, mean "
         f"relative error {mre:.3g}%, {loop['stop_reason']}; artifacts in {out_dir}"
     )
     return summary

@@ -109,7 +109,11 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.lr_schedule = "warmup_cosine"
     c.warmup_epochs = 5.0
     c.lr_final_factor = 0.01
-    # Reduce-on-plateau of the LR on the validation loss, once per epoch (PyTorch semantics),
+    # The validation metric that chooses the best checkpoint and drives early stopping,
+    # reduce-on-plateau, divergence and the convergence check (training.loop.validation_score):
+    # "loss", or any scalar validation metric ("mean_abs_dlog10", "mean_relative_error").
+    c.checkpoint_metric = "loss"
+    # Reduce-on-plateau of the LR on the validation score, once per epoch (PyTorch semantics),
     # on top of the schedule; off here (patience beyond the epoch budget).
     c.plateau_factor = 0.7
     c.plateau_patience = 100_000

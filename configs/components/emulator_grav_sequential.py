@@ -68,6 +68,13 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.t0_window_repeats = 32  # the hardest step (t0 -> t1) is seen 32x as often
     c.gradient_window = 32  # truncated backpropagation through the window
     c.val_horizon = 0  # validate (and pick the best checkpoint) closed loop over full trajectories
+    # ... by the closed-loop mean |dlog10| over the validation tracers: the number the benchmark
+    # reports. The loss (10^(3|d|) - 1 in scaled units, plus conservation) weighs the tail
+    # exponentially and, where errors are large, picks other epochs: real UCLCHEM seed 2 picked
+    # epoch 7 (loss .470, 0.818 dex) over epoch 55 (0.596 dex). On the default data and
+    # grav_seed7, 17 of 20 picks (10 window-trained + 10 fine-tunes) are the same epoch and the
+    # other 3 differ by <= 0.0003 dex.
+    c.checkpoint_metric = "mean_abs_dlog10"
     c.epochs = 60
     c.batch_size = 256
     c.eval_batch_size = 1024
