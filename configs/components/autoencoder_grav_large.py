@@ -119,7 +119,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.plateau_patience = 100_000
     c.plateau_threshold = 1e-3  # relative improvement that counts
     c.min_lr = 1e-6
-    # Early stopping after this many epochs without a better validation loss (off: the cosine
+    # Early stopping after this many epochs without a better validation score (off: the cosine
     # schedule's best epochs come last).
     c.stagnant_epoch_patience = 100_000
     # Divergence: an epoch with a NaN/inf loss (or, when divergence_factor is set, a validation
@@ -129,7 +129,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.divergence_factor = config_dict.placeholder(float)
     c.rollback_lr_factor = 0.5
     c.max_rollbacks = 4
-    # A finished run counts as converged only if its best validation loss is below this fraction
+    # A finished run counts as converged only if its best validation score is below this fraction
     # of the untrained model's (and it is finite, and not every rollback was used); otherwise
     # train exits with an error and summary.json says status "failed" (surrogates refuse it).
     c.converged_loss_ratio = 0.5

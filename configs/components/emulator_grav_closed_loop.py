@@ -13,7 +13,8 @@ docs/architecture.md, "Closed-loop fine-tune".
 
 The checkpoint is chosen by closed-loop validation over the validation tracers' full
 trajectories, as in the base run, and the warm start itself is candidate epoch 0: a fine-tune
-that does not beat the base emulator's validation loss keeps the base weights unchanged and says
+that does not beat the base emulator's validation score (closed-loop mean |dlog10|, the
+inherited `checkpoint_metric`) keeps the base weights unchanged and says
 so (a WARNING line, `summary.json` "kept_warm_start"), so it never ships a model worse than its
 warm start on validation. Divergence still fails loudly (rolled back to the warm start first).
 """

@@ -23,8 +23,8 @@ the old recipe's divergence: docs/architecture.md, "Closed-loop training"):
   at epoch 34);
 - dropout 0.1 against closed-loop overfitting;
 - a fixed budget, linear warmup + cosine decay of the learning rate; the checkpoint is chosen
-  by closed-loop validation over full trajectories of the VALIDATION tracers (never the test
-  tracers the benchmark scores).
+  by the closed-loop mean |dlog10| over full trajectories of the VALIDATION tracers (never the
+  test tracers the benchmark scores).
 """
 
 from ml_collections import ConfigDict, config_dict
