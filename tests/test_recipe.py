@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import training_fixtures as tf
 
-from astrochem_jax import paths, shards
+from astrochem_jax import config_utils, paths, shards
 from astrochem_jax.models import rollout
 from astrochem_jax.training import load_component, train_component
 
@@ -52,6 +52,23 @@ def test_shipped_emulator_recipe_converges_for_every_seed(seed):
     assert summary["status"] == "converged" and summary["rollbacks"] == 0
     emulator, persistence = closed_loop_dex(f"recipe_s{seed}", dirs["sequential"])
     assert emulator < 0.5 * persistence, (emulator, persistence)
+
+
+@pytest.mark.parametrize("dataset, emulator_widths, autoencoder_shape", [
+    ("grav", (256, 256, 128), ((160, 80), 14, 0.0)),  # the 58-species demonstration network
+    ("uclchem_gas_grav", (512, 512, 256), ((160, 80), 14, 0.0)),  # 164 species
+    ("uclchem_grav_train", (512, 512, 256), ((512, 256), 32, 0.5)),  # 333 species
+])
+def test_component_sizes_follow_the_network_size(dataset, emulator_widths, autoencoder_shape):
+    """The shipped configs size the components by the dataset config's n_species, and the
+    closed-loop fine-tune inherits the window-trained emulator's widths (it warm-starts it)."""
+    ae = config_utils.load_config(f"autoencoder_grav_large:{dataset}", "components")
+    assert (ae.model.hidden_dims, ae.model.latent_dim, ae.model.row_mixup) == autoencoder_shape
+    for name in ("emulator_grav_sequential", "emulator_grav_closed_loop"):
+        emulator = config_utils.load_config(f"{name}:{dataset}", "components")
+        assert tuple(emulator.model.hidden_dims) == emulator_widths, name
+        assert emulator.checkpoint_metric == "mean_abs_dlog10"
+    assert ae.checkpoint_metric == "loss"
 
 
 def test_closed_loop_fine_tune_improves_on_its_warm_start():

@@ -22,6 +22,9 @@ def get_config() -> ConfigDict:
     c.name = "uclchem_gas_grav"
     c.raw_path = "data/raw/uclchem_gas_grav.h5"
     c.n_tracers = 128
+    # The gas-phase network's species: checked against the raw file by preprocess, and what the
+    # component configs size themselves by (configs/components/emulator_grav_sequential.py).
+    c.n_species = 164
     c.generator.network = f"{SHARED_NETWORKS}/uclchem_reactions.csv"
     c.generator.network_species_csv = f"{SHARED_NETWORKS}/uclchem_species.csv"
     c.generator.network_gas_phase = True
