@@ -72,13 +72,18 @@ class TrainingFailedError(RuntimeError):
     """A run ended without converging (see `convergence_verdict`); summary.json says so."""
 
 
+def _metric_name(config) -> str:
+    """config.checkpoint_metric, "loss" when unset."""
+    return str(config.get("checkpoint_metric") or "loss")
+
+
 def validation_score(val: dict, config) -> float:
     """The number that chooses checkpoints: the validation metric `config.checkpoint_metric`
     ("loss" when unset; emulators: "mean_abs_dlog10", the closed-loop error the benchmark
     reports), NaN when the validation loss itself is not finite. Lower is better.
 
     val: {metric name: scalar or [S] array} from the evaluation step."""
-    metric = str(config.get("checkpoint_metric") or "loss")
+    metric = _metric_name(config)
     if metric not in val:
         raise ValueError(f"config.checkpoint_metric = {metric!r} is not a validation metric of "
                          f"{config.name}; expected one of {sorted(val)}")
@@ -126,10 +131,6 @@ def convergence_verdict(loop: dict, best_val_score: float, config) -> str | None
     if allowed and int(loop.get("rollbacks", 0)) >= allowed:
         return f"all {allowed} rollbacks after diverged epochs were used"
     return None
-
-
-def _metric_name(config) -> str:
-    return str(config.get("checkpoint_metric") or "loss")
 
 
 class ResumeMismatchError(ValueError):
