@@ -357,9 +357,12 @@ def test_validation_score_reads_the_checkpoint_metric():
 def test_bookkeeping_of_older_checkpoints_is_upgraded():
     """Loops saved before checkpoint_metric held the loss under best_val_loss /
     initial_val_loss: they become the scores (such a run resumes with metric "loss")."""
-    old = {"epoch": 4, "best_val_loss": 0.3, "initial_val_loss": 2.0, "best_epoch": 2}
+    old = {"epoch": 4, "best_val_loss": 0.3, "initial_val_loss": 2.0, "best_epoch": 2,
+           "history": [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": None}]}
     new = loop.upgraded_loop(old)
-    assert new == {"epoch": 4, "best_val_score": 0.3, "initial_val_score": 2.0, "best_epoch": 2}
+    assert new == {"epoch": 4, "best_val_score": 0.3, "initial_val_score": 2.0, "best_epoch": 2,
+                   "history": [{"epoch": 1, "val_loss": 0.5, "val_score": 0.5},
+                               {"epoch": 2, "val_loss": None, "val_score": None}]}
     assert "best_val_loss" in old  # not modified in place
     assert loop.upgraded_loop(new) == new
 

@@ -96,13 +96,17 @@ def validation_score(val: dict, config) -> float:
 
 def upgraded_loop(loop: dict) -> dict:
     """Bookkeeping restored from a checkpoint written before checkpoints were chosen by a
-    configurable metric: its `best_val_loss` / `initial_val_loss` are the scores of the default
-    metric, the loss (NEW_FIELD_DEFAULTS: such a run resumes with checkpoint_metric "loss")."""
+    configurable metric: its `best_val_loss` / `initial_val_loss`, and each history record's
+    `val_loss`, are the scores of the default metric, the loss (NEW_FIELD_DEFAULTS: such a run
+    resumes with checkpoint_metric "loss")."""
     loop = dict(loop)
     for old, new in (("best_val_loss", "best_val_score"),
                      ("initial_val_loss", "initial_val_score")):
         if old in loop and new not in loop:
             loop[new] = loop.pop(old)
+    if "history" in loop:
+        loop["history"] = [r if "val_score" in r else dict(r, val_score=r.get("val_loss"))
+                           for r in loop["history"]]
     return loop
 
 
@@ -1152,7 +1156,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
             "refuse this component. Check the data, or lower config.lr")
     if kept_warm_start:
         tried = min((float(r["val_score"]) for r in loop["history"]
-                     if r.get("val_score") is not None), default=math.inf)
+                     if r["val_score"] is not None), default=math.inf)
         comp_lib.log_line(
             f"{config.name}: WARNING: no epoch beat the warm start {config.init_from!r} on "
             f"validation {summary['checkpoint_metric']} (best epoch {tried:.4e} against "

@@ -123,7 +123,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # schedule's best epochs come last).
     c.stagnant_epoch_patience = 100_000
     # Divergence: an epoch with a NaN/inf loss (or, when divergence_factor is set, a validation
-    # loss > divergence_factor x the best) rolls back to the best checkpoint with lr x
+    # score > divergence_factor x the best) rolls back to the best checkpoint with lr x
     # rollback_lr_factor, at most max_rollbacks times (0 = never: a NaN stops the run).
     # divergence_factor is off by default (transient validation spikes recover on their own).
     c.divergence_factor = config_dict.placeholder(float)
