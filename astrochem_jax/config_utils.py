@@ -55,6 +55,11 @@ def load_config(name_or_path: str, kind: str) -> ConfigDict:
     `name:arg` passes `arg` to `get_config(arg)`, as ml_collections' `--config=path:arg` does
     (component and surrogate configs take a dataset name there)."""
     ensure_configs_importable()
+    if kind == "datasets" and not Path(name_or_path).suffix:
+        from configs import datasets  # a bare name, `<dataset>-train<n>` included
+
+        if datasets.split_subset_name(name_or_path)[1] is not None:
+            return datasets.by_name(name_or_path)
     path = resolve_config_path(name_or_path, kind)
     _, sep, arg = name_or_path.partition(":")
     spec = importlib.util.spec_from_file_location(f"_astrochem_config_{path.stem}", path)

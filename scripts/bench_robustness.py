@@ -5,6 +5,8 @@ report closed-loop accuracy on each dataset's TEST tracers, per seed and as min 
     .venv/bin/python scripts/bench_robustness.py --datasets grav,grav_seed7,uclchem_gas_grav \
         --seeds 0,1,2,3,4
     .venv/bin/python scripts/bench_robustness.py --datasets uclchem_grav_train --seeds 0,1,2
+    .venv/bin/python scripts/bench_robustness.py --datasets uclchem_grav_train-train32 --seeds 0
+        # the same recipe on 32 of the train tracers (data scaling; same val / test tracers)
 
 For every (dataset, seed) the exact user commands run, each in its own process:
 `astrochem_jax.generate` (only when the raw file is missing and the dataset is generated),
@@ -68,9 +70,18 @@ def dataset_config(name: str):
     return datasets.by_name(name)
 
 
+def subset_base(name: str) -> tuple[str, int | None]:
+    """`uclchem_grav_train-train16` -> ("uclchem_grav_train", 16) (a train-tracer subset)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from configs import datasets
+
+    return datasets.split_subset_name(name)
+
+
 def ensure_raw(name: str, logs: Path) -> dict:
     """Generate the dataset's raw file if it is missing and can be generated."""
     config = dataset_config(name)
+    base, _ = subset_base(name)
     raw = REPO_ROOT / config.raw_path
     if raw.exists():
         return {"raw_path": str(config.raw_path), "generated": False}
@@ -78,7 +89,7 @@ def ensure_raw(name: str, logs: Path) -> dict:
         raise SystemExit(f"dataset {name}: raw file {raw} is missing and format "
                          f"{config.format!r} is not generated here")
     code, seconds, tail = run([sys.executable, "-m", "astrochem_jax.generate",
-                               f"--config=configs/datasets/{name}.py"], logs / "generate.log")
+                               f"--config=configs/datasets/{base}.py"], logs / "generate.log")
     if code != 0:
         raise SystemExit(f"dataset {name}: generate failed (exit {code}):\n{tail}")
     return {"raw_path": str(config.raw_path), "generated": True, "generate_s": seconds}
@@ -251,7 +262,7 @@ def main() -> None:
                                "emulator_closed_loop": CLOSED_LOOP_CONFIG,
                                "surrogate": SURROGATE_CONFIG}}
     for name in names:
-        if name in NEEDS_SHARED and not (REPO_ROOT.parent / "shared").is_dir():
+        if subset_base(name)[0] in NEEDS_SHARED and not (REPO_ROOT.parent / "shared").is_dir():
             report["datasets"][name] = {"skipped": "needs ../shared (not present)"}
             continue
         logs = outputs / "benchmarks" / "robustness" / name / "logs"

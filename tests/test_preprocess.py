@@ -331,3 +331,71 @@ def test_three_way_split_is_disjoint_deterministic_and_shared_by_methods(tmp_pat
     ds.seed = 43  # another dataset seed, another split
     other = shards.read_manifest(preprocess(ds, "sequential", verbose=False))["split_tracers"]
     assert other["test"] != splits["test"]
+
+
+def test_train_tracer_subsets_keep_validation_and_test_and_nest(tmp_path):
+    """`dataset.train_tracers = n` (data-scaling studies): n of the full train split's tracers,
+    nested in any larger subset; validation and test tracers and values are the full dataset's;
+    the timeless rows are exactly the kept tracers' rows."""
+    import copy
+
+    from astrochem_jax.preprocess import PreprocessError
+
+    traj = syn.make_trajectories(20, 6, seed=7)
+    full = _write(tmp_path, "astrochem_jax", traj)
+    full_dir = preprocess(full, "sequential", verbose=False)
+    full_manifest = shards.read_manifest(full_dir)
+    full_train = full_manifest["split_tracers"]["train"]
+    kept = {}
+    for n in (3, 7):
+        ds = copy.deepcopy(full)
+        ds.name, ds.train_tracers = f"synth-train{n}", n
+        seq_dir = preprocess(ds, "sequential", verbose=False)
+        manifest = shards.read_manifest(seq_dir)
+        ids = manifest["split_tracers"]
+        assert len(ids["train"]) == n and set(ids["train"]) <= set(full_train)
+        assert ids["val"] == full_manifest["split_tracers"]["val"]
+        assert ids["test"] == full_manifest["split_tracers"]["test"]
+        assert manifest["train_subset"]["n"] == n and manifest["train_subset"]["of"] == 14
+        assert sorted(manifest["train_subset"]["left_out"] + ids["train"]) == sorted(full_train)
+        n_p = manifest["n_physical"]
+        for split in ("val", "test"):
+            np.testing.assert_array_equal(shards.load_split(seq_dir, split)[..., n_p:],
+                                          shards.load_split(full_dir, split)[..., n_p:])
+        physical, abundances = _expected_sequential(traj, ids["train"])
+        seq_train = shards.load_split(seq_dir, "train")
+        np.testing.assert_allclose(seq_train[..., n_p:],
+                                   Scaler(CLIP, (), (), ()).scale_abundances(abundances),
+                                   atol=1e-6)
+        rows = shards.load_split(preprocess(ds, "timeless", verbose=False), "train")
+        assert rows.shape == (n * 6, seq_train.shape[-1] - n_p)
+        np.testing.assert_array_equal(np.unique(rows, axis=0),
+                                      np.unique(seq_train[..., n_p:].reshape(-1, rows.shape[1]),
+                                                axis=0))
+        kept[n] = set(ids["train"])
+    assert kept[3] < kept[7]
+    for bad in (0, 15, 2.5, True):
+        ds = copy.deepcopy(full)
+        ds.name, ds.train_tracers = "synth-bad", bad
+        with pytest.raises(PreprocessError, match=r"dataset.train_tracers is .*expected an "
+                                                  r"integer from 1 to 14"):
+            preprocess(ds, "sequential", verbose=False)
+    ds = copy.deepcopy(full)
+    ds.name, ds.train_tracers = "synth-rows", 3
+    with pytest.raises(PreprocessError, match="splits rows, not tracers"):
+        preprocess(ds, "random", verbose=False)
+
+
+def test_train_subset_dataset_names():
+    """`<dataset>-train<n>` is the named dataset with train_tracers = n, by name everywhere."""
+    from configs import datasets
+
+    plain = datasets.by_name("grav")
+    assert "train_tracers" not in plain
+    subset = datasets.by_name("grav-train5")
+    assert subset.name == "grav-train5" and subset.train_tracers == 5
+    assert subset.raw_path == plain.raw_path
+    assert config_utils.load_config("grav-train5", "datasets").train_tracers == 5
+    assert datasets.split_subset_name("uclchem_grav_train-train16") == ("uclchem_grav_train", 16)
+    with pytest.raises(ValueError, match="not found"):
+        datasets.by_name("nonexistent-train5")

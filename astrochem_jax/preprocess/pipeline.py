@@ -304,6 +304,36 @@ def split_tracers(all_tracer_ids: np.ndarray, kept_ids: np.ndarray, train_split:
     return out
 
 
+def limit_train_tracers(table: RawTable, kept: np.ndarray, method: Method, dataset,
+                        where: str) -> tuple[np.ndarray, dict | None]:
+    """Data-scaling studies: keep only `dataset.train_tracers` of the train split's tracers.
+
+    kept [K] tracer indices -> (kept without the left-out train tracers, manifest record or
+    None when `train_tracers` is unset). The split of every tracer is the full dataset's, so
+    validation and test are unchanged; the kept train tracers are the first n of a permutation
+    seeded by `dataset.seed`, so smaller subsets are nested in larger ones."""
+    n_keep = dataset.get("train_tracers")
+    if n_keep is None:
+        return kept, None
+    if method.split_by != "tracer":
+        raise PreprocessError(
+            f"{where}: dataset.train_tracers is {n_keep!r} but the method splits rows, not "
+            "tracers (the leakage ablation); expected train_tracers unset for it")
+    seed = int(dataset.seed)
+    split_of = split_tracers(table.tracer_ids, table.tracer_ids[kept], float(dataset.train_split),
+                             float(dataset.get("test_split") or 0.0), seed, where)
+    train = kept[split_of == 0]
+    if isinstance(n_keep, bool) or not isinstance(n_keep, int) or not 1 <= n_keep <= train.size:
+        raise PreprocessError(
+            f"{where}: dataset.train_tracers is {n_keep!r}; expected an integer from 1 to "
+            f"{train.size} (the train split's tracers)")
+    order = np.random.default_rng([seed, 1]).permutation(train.size)
+    left_out = np.sort(train[order[n_keep:]])
+    record = {"n": int(n_keep), "of": int(train.size),
+              "left_out": table.tracer_ids[left_out].tolist()}
+    return np.setdiff1d(kept, left_out), record
+
+
 def make_scaler(dataset, plan: ColumnPlan, scan_result: Scan, kept: np.ndarray,
                 range_mask: np.ndarray) -> tuple[Scaler, dict[str, list[float]], str]:
     """Scaler from dataset.physical_ranges, or from min/max over the tracers in range_mask."""
@@ -696,6 +726,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
         if prescan:
             check_shared_time_grid(table, scanned, kept, steps)
         where = f"raw file {raw_path}"
+        kept, train_subset = limit_train_tracers(table, kept, method, dataset, where)
         n_rows_kept = (np.full(kept.size, steps) if steps is not None
                        else scanned.lengths[kept]) + int(bool(dataset.prepend_initial_abundances))
         seed = int(dataset.seed)
@@ -750,6 +781,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
                 "split_unit": method.split_by,
                 "split_tracers": split.tracer_ids,
                 "dropped_tracers": dropped,
+                **({"train_subset": train_subset} if train_subset else {}),
                 "time_years": time_grid.tolist(),
                 "time_grid_shared": first_grid_mismatch(scanned, kept, steps) is None,
                 "tracer_length_counts": {int(v): int(c) for v, c in zip(
