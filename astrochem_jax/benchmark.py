@@ -204,6 +204,54 @@ def reconstruction_floor(surrogate: Surrogate, data: ScoredData) -> dict:
                     "emulators)"}
 
 
+def training_reference(surrogate: Surrogate, max_tracers: int, n_steps: int
+                       ) -> tuple[np.ndarray, int]:
+    """log10 abundances [K, n_steps, S] of the emulator's train tracers (all of them, or a
+    seeded sample of `max_tracers`), and how many train tracers there are."""
+    with paths.using_outputs(surrogate.outputs_dir):
+        directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
+    manifest = shards.read_manifest(directory)
+    total = int(manifest["splits"]["train"]["shape"][0])
+    keep = np.arange(total)
+    if total > max_tracers:
+        keep = np.sort(np.random.default_rng(0).permutation(total)[:max_tracers])
+    picked, offset = [], 0
+    for shard in shards.iter_split(directory, "train"):  # memory-mapped: read only the picks
+        local = keep[(keep >= offset) & (keep < offset + shard.shape[0])] - offset
+        picked.append(np.asarray(shard[local, :n_steps, surrogate.n_physical:], np.float64))
+        offset += shard.shape[0]
+    scaled = np.concatenate(picked)
+    lo, hi = np.log10(surrogate.scaler.abundance_clip)
+    return scaled * (hi - lo) + lo, total
+
+
+def distance_to_training(surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
+                         max_reference_tracers: int) -> dict:
+    """How new the scored tracers are: for every scored row, the mean |dlog10| over species to
+    the nearest train tracer at the same step, and per tracer its mean next to the closed-loop
+    error. Errors that grow with this distance say more training tracers would help."""
+    n_steps = data.abundances.shape[1]
+    reference, total = training_reference(surrogate, max_reference_tracers, n_steps)
+    lo, hi = np.log10(surrogate.scaler.abundance_clip)
+    scored = np.log10(np.clip(data.abundances, 10.0 ** lo, 10.0 ** hi))
+    distance = ev.nearest_tracer_distance(scored, reference)  # [N, T]
+    closed_loop = metrics.abs_dlog10(data.abundances[:, 1:], pred[:, 1:]).mean(axis=(1, 2))
+    per_tracer = distance.mean(axis=1)
+    return {
+        "what": "per scored row, mean |dlog10| over species to the nearest train tracer at the "
+                "same step (dex); per tracer, its mean over steps next to the tracer's "
+                "closed-loop mean |dlog10|",
+        "n_reference_tracers": int(reference.shape[0]),
+        "n_train_tracers": total,
+        "abs_dlog10": {"mean": float(distance.mean()), "median": float(np.median(distance)),
+                       "p90": float(np.percentile(distance, 90)), "max": float(distance.max())},
+        "spearman_tracers": uq.spearman(per_tracer, closed_loop),
+        "per_tracer": [{"tracer": int(t), "distance_abs_dlog10": float(d),
+                        "closed_loop_abs_dlog10": float(e)}
+                       for t, d, e in zip(data.tracer_ids, per_tracer, closed_loop, strict=True)],
+    }
+
+
 def window_validation_metrics(surrogate: Surrogate, data: ScoredData, horizon: int,
                               chunk: int = 1024) -> dict:
     """The emulator trainer's validation protocol, run through the surrogate: every stride-1
@@ -589,6 +637,12 @@ def format_summary(report: dict) -> str:
         ("reconstruction floor", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
                                  f"{floor['abs_dlog10']['mean']:.3g} dex"),
     ]
+    novelty = report.get("distance_to_training")
+    if novelty:
+        rho = novelty["spearman_tracers"]
+        rows.append(("distance to training", f"{novelty['abs_dlog10']['mean']:.3g} dex mean to the "
+                     f"nearest of {novelty['n_reference_tracers']} train tracers at the same "
+                     f"step; tracers' closed-loop error vs distance: Spearman {_fmt(rho)}"))
     if "element_conservation" in acc:
         worst_el = max(acc["element_conservation"].items(), key=lambda kv: kv[1]["mean"])
         rows.append(("element conservation", f"worst element {worst_el[0]}: mean "
@@ -766,6 +820,8 @@ def _run_benchmark(config: ConfigDict, surrogate: Surrogate, log) -> dict:
         "accuracy": _quiet(accuracy_section, surrogate, data, pred, elements, matrix,
                            int(bench.n_worst_species)),
         "reconstruction_floor": reconstruction_floor(surrogate, data),
+        "distance_to_training": _quiet(distance_to_training, surrogate, data, pred,
+                                       int(bench.get("max_reference_tracers", 1024))),
         "trainer_check": (trainer_check(surrogate) if surrogate.ensemble_size == 1 else
                           {"available": False, "reason": "an ensemble: the trainer's validation "
                            "metrics are means over members, not the ensemble mean's"}),

@@ -6,7 +6,8 @@ report closed-loop accuracy on each dataset's TEST tracers, per seed and as min 
         --seeds 0,1,2,3,4
     .venv/bin/python scripts/bench_robustness.py --datasets uclchem_grav_train --seeds 0,1,2
     .venv/bin/python scripts/bench_robustness.py --datasets uclchem_grav_train-train32 --seeds 0
-        # the same recipe on 32 of the train tracers (data scaling; same val / test tracers)
+        # the same recipe on 32 of the train tracers (data scaling; same val / test tracers;
+        # --same-steps: as many optimizer steps per component as on the full train split)
 
 For every (dataset, seed) the exact user commands run, each in its own process:
 `astrochem_jax.generate` (only when the raw file is missing and the dataset is generated),
@@ -22,7 +23,9 @@ non-zero) is reported as failed with the end of its log, never skipped.
 Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>.json:
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
 error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
-on the test rows), epochs and wall time; per dataset the min / median / max of each over seeds.
+on the test rows), distance to training (each test row's mean |dlog10| to the nearest train
+tracer at the same step, and its rank correlation with the tracers' closed-loop error), epochs
+and wall time; per dataset the min / median / max of each over seeds.
 
 Components of an earlier run are reused when their config is unchanged (training resumes and
 stops at once; the numbers are the same, training is deterministic). After a recipe change the
@@ -114,7 +117,31 @@ def history_facts(component: str, outputs: Path) -> dict:
     return out
 
 
-def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = False) -> dict:
+def steps_factor(name: str) -> float:
+    """For a train-tracer subset `<dataset>-train<n>`: (the full train split's tracers) / n, the
+    epoch multiplier that keeps every component's optimizer-step count that of the full dataset
+    (preprocesses the subset to read it); 1 for a plain dataset."""
+    if subset_base(name)[1] is None:
+        return 1.0
+    from astrochem_jax.preprocess import preprocess
+    from astrochem_jax.shards import read_manifest
+
+    subset = read_manifest(preprocess(dataset_config(name), "sequential", verbose=False))
+    return subset["train_subset"]["of"] / subset["train_subset"]["n"]
+
+
+def epochs_override(config_path: str, name: str, factor: float) -> list[str]:
+    """["--config.epochs=<the config's epochs x factor>"], or [] for factor 1."""
+    if factor == 1.0:
+        return []
+    from astrochem_jax import config_utils
+
+    epochs = config_utils.load_config(f"{config_path}:{name}", "components").epochs
+    return [f"--config.epochs={max(1, round(epochs * factor))}"]
+
+
+def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = False,
+             same_steps: bool = False) -> dict:
     prefix = f"robustness/{name}/s{seed}"
     base_prefix = f"robustness/{name}/base/s{seed}"
     if retrain:
@@ -132,20 +159,25 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
                 f"--config.components.emulator={emulator_component}",
                 "--config.benchmark.measure_speed=False"]
 
+    factor = steps_factor(name) if same_steps else 1.0
     steps = [
         ("autoencoder", [py, "-m", "astrochem_jax.train", f"--config={AE_CONFIG}:{name}",
-                         f"--config.seed={seed}", f"--config.name={ae}"]),
+                         f"--config.seed={seed}", f"--config.name={ae}",
+                         *epochs_override(AE_CONFIG, name, factor)]),
         ("emulator", [py, "-m", "astrochem_jax.train", f"--config={EMULATOR_CONFIG}:{name}",
                       f"--config.seed={seed}", f"--config.name={emulator}",
-                      f"--config.autoencoder_component={ae}"]),
+                      f"--config.autoencoder_component={ae}",
+                      *epochs_override(EMULATOR_CONFIG, name, factor)]),
         ("closed_loop", [py, "-m", "astrochem_jax.train", f"--config={CLOSED_LOOP_CONFIG}:{name}",
                          f"--config.seed={seed}", f"--config.name={tuned}",
                          f"--config.autoencoder_component={ae}",
-                         f"--config.init_from={emulator}"]),
+                         f"--config.init_from={emulator}",
+                         *epochs_override(CLOSED_LOOP_CONFIG, name, factor)]),
         ("benchmark_base", benchmark(base_prefix, emulator)),
         ("benchmark", benchmark(prefix, tuned)),
     ]
-    result: dict = {"dataset": name, "seed": seed, "status": "ok", "seconds": {}}
+    result: dict = {"dataset": name, "seed": seed, "status": "ok", "seconds": {},
+                    "epochs_factor": factor}
     for stage, cmd in steps:
         code, seconds, tail = run(cmd, logs / f"s{seed}_{stage}.log")
         result["seconds"][stage] = seconds
@@ -184,12 +216,16 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
             autoencoder_floor_abs_dlog10=floor["abs_dlog10"]["mean"],
             autoencoder_floor_relative_error=floor["relative_error"]["mean"],
         )
+        novelty = report.get("distance_to_training")
+        if novelty:
+            result.update(train_distance_abs_dlog10=novelty["abs_dlog10"]["mean"],
+                          train_distance_spearman=novelty["spearman_tracers"])
     return result
 
 
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
-              "autoencoder_floor_relative_error", "wall_time_s")
+              "autoencoder_floor_relative_error", "train_distance_abs_dlog10", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -250,6 +286,10 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true",
                         help="delete this script's earlier components of these datasets and "
                              "seeds first (needed after a recipe change)")
+    parser.add_argument("--same-steps", action="store_true",
+                        help="for train-tracer subsets (<dataset>-train<n>), scale every "
+                             "component's epochs by (full train tracers) / n so that each takes "
+                             "the optimizer steps it takes on the full dataset")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
     from astrochem_jax import paths, runtime
@@ -269,7 +309,7 @@ def main() -> None:
         raw = ensure_raw(name, logs)
         runs = []
         for seed in seeds:
-            runs.append(run_seed(name, seed, outputs, logs, args.retrain))
+            runs.append(run_seed(name, seed, outputs, logs, args.retrain, args.same_steps))
             print(json.dumps({k: runs[-1].get(k) for k in (
                 "dataset", "seed", "status", "mean_abs_dlog10", "p99_abs_dlog10",
                 "mean_relative_error", "autoencoder_floor_abs_dlog10", "wall_time_s")}),

@@ -61,6 +61,25 @@ def test_error_vs_step_grows_where_the_prediction_drifts():
     assert len(curve["p99_abs_dlog10"]) == 6
 
 
+def test_nearest_tracer_distance_is_the_brute_force_minimum():
+    """[N, T] distance to the nearest reference tracer at the same step: equal to a brute-force
+    minimum for any block size, zero for a scored tracer that is also a reference."""
+    rng = np.random.default_rng(3)
+    scored = rng.uniform(-20, 0, size=(4, 6, 5))
+    reference = rng.uniform(-20, 0, size=(7, 6, 5))
+    reference[2, 3] = scored[1, 3]  # tracer 1 meets reference 2 at step 3
+    brute = np.abs(scored[:, None] - reference[None]).mean(axis=3).min(axis=1)
+    for block in (1, 30, 2**24):  # one tracer per block, a few, all at once
+        got = ev.nearest_tracer_distance(scored, reference, block_elements=block)
+        np.testing.assert_allclose(got, brute, rtol=1e-6, atol=1e-5)
+    assert got.shape == (4, 6) and got[1, 3] == 0.0
+    np.testing.assert_allclose(ev.nearest_tracer_distance(reference, reference), 0.0)
+    with pytest.raises(ValueError, match="equal T, S"):
+        ev.nearest_tracer_distance(scored, reference[:, :5])
+    with pytest.raises(ValueError, match="no reference tracer"):
+        ev.nearest_tracer_distance(scored, reference[:0])
+
+
 def test_throughput_arithmetic():
     entry = ev.throughput_entry(256, [2.0, 1.0, 3.0], flops_per_trajectory=10**9,
                                 peak_gflops=512.0)
@@ -169,6 +188,21 @@ def test_benchmark_report_has_every_metric(monkeypatch):
     assert report["scored_tracers"] == manifest["split_tracers"]["test"]
     assert report["accuracy"]["n_tracers"] == len(manifest["split_tracers"]["test"])
     assert report["package_versions"]["jax"]
+    # Distance to training: every train tracer is a reference; per scored tracer its mean
+    # distance, recomputed here from the shards.
+    novelty = report["distance_to_training"]
+    train = np.load(paths.preprocessed_dir("tiny", "sequential") / "train-00000-of-00001.npy")
+    test = np.load(paths.preprocessed_dir("tiny", "sequential") / "test-00000-of-00001.npy")
+    assert novelty["n_reference_tracers"] == novelty["n_train_tracers"] == train.shape[0]
+    n_p, span = manifest["n_physical"], 20.0  # scaled log10 abundances over 1e-20..1
+    brute = (np.abs(test[:, None, :, n_p:] - train[None, :, :, n_p:]).mean(axis=3)
+             .min(axis=1).mean(axis=1) * span)
+    assert [e["tracer"] for e in novelty["per_tracer"]] == report["scored_tracers"]
+    np.testing.assert_allclose([e["distance_abs_dlog10"] for e in novelty["per_tracer"]], brute,
+                               rtol=1e-4, atol=1e-4)
+    # Equal steps and species per tracer: the tracers' closed-loop means average to the report's.
+    assert math.isclose(np.mean([e["closed_loop_abs_dlog10"] for e in novelty["per_tracer"]]),
+                        report["accuracy"]["abs_dlog10"]["mean"], rel_tol=1e-9)
 
 
 def test_benchmark_refuses_tracers_a_component_saw(monkeypatch, tmp_path):

@@ -374,6 +374,15 @@ def test_train_tracer_subsets_keep_validation_and_test_and_nest(tmp_path):
                                                 axis=0))
         kept[n] = set(ids["train"])
     assert kept[3] < kept[7]
+    every = copy.deepcopy(full)  # all 14: the full dataset's shards, bit for bit
+    every.name, every.train_tracers = "synth-train14", 14
+    for method in ("sequential", "timeless"):
+        every_dir = preprocess(every, method, verbose=False)
+        assert shards.read_manifest(every_dir)["train_subset"]["left_out"] == []
+        for split in ("train", "val", "test"):
+            np.testing.assert_array_equal(
+                shards.load_split(every_dir, split),
+                shards.load_split(preprocess(full, method, verbose=False), split))
     for bad in (0, 15, 2.5, True):
         ds = copy.deepcopy(full)
         ds.name, ds.train_tracers = "synth-bad", bad

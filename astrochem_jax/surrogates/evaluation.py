@@ -122,6 +122,29 @@ def element_conservation_summary(x_true: np.ndarray, x_pred: np.ndarray,
     }
 
 
+def nearest_tracer_distance(scored: np.ndarray, reference: np.ndarray,
+                            block_elements: int = 2**24) -> np.ndarray:
+    """scored [N, T, S], reference [M, T, S] (log10 abundances, dex) -> [N, T] dex: for each
+    scored row, the smallest mean over species of |scored - reference| among the M reference
+    tracers at the same step (its nearest reference tracer at that step). Computed in blocks of
+    reference tracers of about `block_elements` values."""
+    scored = np.asarray(scored, np.float32)
+    reference = np.asarray(reference, np.float32)
+    if scored.ndim != 3 or reference.ndim != 3 or scored.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"nearest_tracer_distance: scored {scored.shape} and reference "
+                         f"{reference.shape} must be [N, T, S] and [M, T, S] with equal T, S")
+    if reference.shape[0] == 0:
+        raise ValueError("nearest_tracer_distance: no reference tracer")
+    per_block = max(1, block_elements // max(1, scored.shape[1] * scored.shape[2]))
+    best = np.full(scored.shape[:2], np.inf, np.float32)
+    for k in range(scored.shape[0]):
+        for start in range(0, reference.shape[0], per_block):
+            block = reference[start:start + per_block]
+            d = np.abs(block - scored[k][None]).mean(axis=2)  # [m, T]
+            best[k] = np.minimum(best[k], d.min(axis=0))
+    return best.astype(np.float64)
+
+
 def accuracy_report(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[str],
                     tracer_ids: Sequence[int], stoichiometric_matrix: np.ndarray | None = None,
                     elements: Sequence[str] | None = None) -> dict:

@@ -37,6 +37,10 @@ def benchmark_config() -> ConfigDict:
     # Worker processes (None = one per core on CPU, 1 on accelerators): the rollout is sharded
     # over one CPU device per core, so the solver gets every core too.
     b.solver.workers = config_dict.placeholder(int)
+    # Distance to training (report "distance_to_training"): each scored row's mean |dlog10| to
+    # the nearest train tracer at the same step, over at most this many train tracers (a seeded
+    # sample beyond it; cost ~ scored x reference x steps x species).
+    b.max_reference_tracers = 1024
     # Plots: example-trajectory species (matched case-insensitively) + the worst species.
     b.plot_species = ("CO", "H2O", "HCO+", "N2H+", "e-")
     b.n_worst_species = 40
