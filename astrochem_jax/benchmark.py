@@ -16,6 +16,9 @@ Protocol:
   tracer any component recorded as seen (`data_info.seen_tracers`: its train + val tracers).
   Steps 1..T-1 are scored against the truth (error vs step includes step 0, the reconstruction
   of the initial state).
+- Distance to training: how far each scored row is from the emulator's TRAIN tracers (mean
+  |dlog10| to the nearest one at the same step), per tracer next to its closed-loop error. The
+  train split is read for this measurement only; nothing is chosen with it.
 - Speed: the jitted rollout is compiled first (compile time reported separately), warmed up once,
   then timed over repeats with `block_until_ready`; batches replicate the scored tracks. The
   solver re-solves the same scored tracks from the raw file's network text, initial
