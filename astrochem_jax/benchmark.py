@@ -209,8 +209,8 @@ def reconstruction_floor(surrogate: Surrogate, data: ScoredData) -> dict:
 
 def training_reference(surrogate: Surrogate, max_tracers: int, n_steps: int
                        ) -> tuple[np.ndarray, int]:
-    """log10 abundances [K, n_steps, S] of the emulator's train tracers (all of them, or a
-    seeded sample of `max_tracers`), and how many train tracers there are."""
+    """Scaled abundances [K, n_steps, S] (as stored: log10 mapped to [0, 1]) of the emulator's
+    train tracers (all of them, or a seeded sample of `max_tracers`), and how many there are."""
     with paths.using_outputs(surrogate.outputs_dir):
         directory = paths.preprocessed_dir(surrogate.dataset, surrogate.preprocessing_method)
     manifest = shards.read_manifest(directory)
@@ -221,11 +221,9 @@ def training_reference(surrogate: Surrogate, max_tracers: int, n_steps: int
     picked, offset = [], 0
     for shard in shards.iter_split(directory, "train"):  # memory-mapped: read only the picks
         local = keep[(keep >= offset) & (keep < offset + shard.shape[0])] - offset
-        picked.append(np.asarray(shard[local, :n_steps, surrogate.n_physical:], np.float64))
+        picked.append(np.asarray(shard[local, :n_steps, surrogate.n_physical:], np.float32))
         offset += shard.shape[0]
-    scaled = np.concatenate(picked)
-    lo, hi = np.log10(surrogate.scaler.abundance_clip)
-    return scaled * (hi - lo) + lo, total
+    return np.concatenate(picked), total
 
 
 def distance_to_training(surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
@@ -235,9 +233,11 @@ def distance_to_training(surrogate: Surrogate, data: ScoredData, pred: np.ndarra
     error. Errors that grow with this distance say more training tracers would help."""
     n_steps = data.abundances.shape[1]
     reference, total = training_reference(surrogate, max_reference_tracers, n_steps)
-    lo, hi = np.log10(surrogate.scaler.abundance_clip)
-    scored = np.log10(np.clip(data.abundances, 10.0 ** lo, 10.0 ** hi))
-    distance = ev.nearest_tracer_distance(scored, reference)  # [N, T]
+    scaler = surrogate.scaler
+    span_dex = float(np.log10(scaler.abundance_clip[1]) - np.log10(scaler.abundance_clip[0]))
+    # Scaled abundances are log10 mapped linearly onto [0, 1]: distances x span are in dex.
+    distance = ev.nearest_tracer_distance(scaler.scale_abundances(data.abundances),
+                                          reference) * span_dex  # [N, T]
     closed_loop = metrics.abs_dlog10(data.abundances[:, 1:], pred[:, 1:]).mean(axis=(1, 2))
     per_tracer = distance.mean(axis=1)
     return {

@@ -124,10 +124,10 @@ def element_conservation_summary(x_true: np.ndarray, x_pred: np.ndarray,
 
 def nearest_tracer_distance(scored: np.ndarray, reference: np.ndarray,
                             block_elements: int = 2**24) -> np.ndarray:
-    """scored [N, T, S], reference [M, T, S] (log10 abundances, dex) -> [N, T] dex: for each
-    scored row, the smallest mean over species of |scored - reference| among the M reference
-    tracers at the same step (its nearest reference tracer at that step). Computed in blocks of
-    reference tracers of about `block_elements` values."""
+    """scored [N, T, S], reference [M, T, S] (per-species coordinates: log10 abundances, or
+    scaled ones) -> [N, T] in those units: for each scored row, the smallest mean over species
+    of |scored - reference| among the M reference tracers at the same step (its nearest
+    reference tracer at that step). Computed in blocks of about `block_elements` values."""
     scored = np.asarray(scored, np.float32)
     reference = np.asarray(reference, np.float32)
     if scored.ndim != 3 or reference.ndim != 3 or scored.shape[1:] != reference.shape[1:]:
