@@ -116,6 +116,33 @@ def test_species_count_differs_from_config(tmp_path):
     assert_fails(ds, "sequential", "found 10 species", "n_species = 333")
 
 
+def test_stale_generated_file_is_refused(tmp_path):
+    """A generated file records the dataset config it came from: one generated with another
+    n_tracers / n_steps / seed (e.g. left from before the default grew) is refused, naming the
+    field and both values, and preprocesses once the config describes it."""
+    import json
+
+    path, _ = ours(tmp_path, n_tracers=4, n_steps=6, seed=0)
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = json.dumps({"name": "grav", "n_tracers": 4, "n_steps": 6, "seed": 0})
+    ds = config(path)
+    assert (ds.n_tracers, ds.n_steps) != (4, 6)
+    assert_fails(ds, "sequential", str(path), "generated with n_tracers = 4",
+                 f"expects n_tracers = {ds.n_tracers}", "FORCE_GENERATE=1",
+                 "--config.dataset.n_tracers=4")
+    ds.n_tracers = 4
+    assert_fails(ds, "sequential", "generated with n_steps = 6")
+    ds.n_steps, ds.seed = 6, 1
+    assert_fails(ds, "sequential", "generated with seed = 0", "expects seed = 1")
+    ds.seed = 0
+    assert shards.read_manifest(preprocess(ds, "sequential", verbose=False))["splits"]
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = "{not json"
+    unreadable = config(path)
+    unreadable.name = "bad_json"
+    assert_fails(unreadable, "timeless", "attribute 'config' is not JSON")
+
+
 def test_column_that_is_not_a_species(tmp_path):
     traj = syn.make_trajectories(4, 5, species=(*syn.DEMO_SPECIES, "point"))
     path = syn.write_astrochem_jax(tmp_path / "raw.h5", traj)

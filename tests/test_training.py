@@ -562,6 +562,76 @@ def test_warmup_cosine_schedule():
         state_lib.lr_schedule_factor(c, np.arange(2.0))
 
 
+def test_example_budget_caps_epochs_and_trains_exactly_as_that_many_epochs():
+    """config.max_train_examples = 3 epochs' rows (+ a remainder) with config.epochs = 50 trains
+    exactly what config.epochs = 3 trains (same metrics, same learning-rate schedule), and
+    summary.json says where the epochs came from; a cap above 50 epochs changes nothing."""
+    dirs = tf.write_preprocessed()
+    rows = json.loads((dirs["timeless"] / "manifest.json").read_text())["splits"]["train"]
+    rows_per_epoch = int(rows["shape"][0])
+
+    def config(name, epochs, cap):
+        c = tf.tiny_config("autoencoder", name=name)
+        c.epochs, c.lr_schedule, c.warmup_epochs, c.lr_final_factor = epochs, "warmup_cosine", \
+            1.0, 0.1
+        c.max_train_examples = cap
+        return c
+
+    three = train_component(config("three", 3, None), preprocessed_dir=dirs["timeless"])
+    capped = train_component(config("capped", 50, 3 * rows_per_epoch + rows_per_epoch - 1),
+                             preprocessed_dir=dirs["timeless"])
+    assert _metrics("capped") == _metrics("three")
+    assert len(_metrics("capped")) == 3
+    assert capped["epoch_budget"] == {
+        "configured_epochs": 50, "max_train_examples": 4 * rows_per_epoch - 1,
+        "train_examples_per_epoch": rows_per_epoch, "epochs": 3}
+    assert three["epoch_budget"]["epochs"] == 3
+    assert capped["stop_reason"] == three["stop_reason"] == "epoch cap (3)"
+    loose = train_component(config("loose", 3, 100 * rows_per_epoch),
+                            preprocessed_dir=dirs["timeless"])
+    assert _metrics("loose") == _metrics("three") and loose["epoch_budget"]["epochs"] == 3
+
+
+def test_example_budget_rule():
+    c = tf.tiny_config("autoencoder")
+    c.epochs, c.max_train_examples = 10, None
+    assert state_lib.epochs_within_budget(c, 10**9) == 10
+    c.max_train_examples = 1000
+    assert [state_lib.epochs_within_budget(c, n) for n in (1, 100, 101, 333, 999, 5000)] == \
+        [10, 10, 9, 3, 1, 1]  # at most config.epochs, at least 1
+    with pytest.raises(ValueError, match="examples_per_epoch = 0"):
+        state_lib.epochs_within_budget(c, 0)
+
+
+@pytest.mark.parametrize("train_tracers, n_steps, epochs", [
+    (90, 300, (1000, 60, 60)),  # 128 generated tracers (grav_seed7, uclchem_gas_grav)
+    (180, 300, (500, 30, 30)),  # 256 generated tracers (the default dataset, grav)
+    (63, 301, (1000, 60, 60)),  # the real UCLCHEM file (uclchem_grav_train: 89 tracers)
+])
+def test_shipped_budgets_keep_the_optimizer_steps_of_90_train_tracers(train_tracers, n_steps,
+                                                                      epochs):
+    """The shipped component configs train the default dataset's 180 train tracers for half the
+    epochs of the 90 of a 128-tracer dataset (the same optimizer steps); 90 or fewer train
+    tracers keep config.epochs, so those datasets train exactly as before the cap existed."""
+    from astrochem_jax import config_utils
+
+    lengths = np.full(train_tracers, n_steps)
+    found = []
+    for name in ("autoencoder_grav_large", "emulator_grav_sequential",
+                 "emulator_grav_closed_loop"):
+        c = config_utils.load_config(name, "components")
+        if c.type == "autoencoder":
+            examples = train_tracers * n_steps
+        else:
+            horizon = int(c.horizon) or n_steps - 1
+            examples = components.window_table(None, horizon, where="test",
+                                               stride=int(c.window_stride),
+                                               t0_repeats=int(c.t0_window_repeats),
+                                               lengths=lengths).shape[0]
+        found.append(state_lib.epochs_within_budget(c, examples))
+    assert tuple(found) == epochs
+
+
 def test_gradient_window_truncates_backpropagation_only():
     """Forward values are those of the full rollout; the gradient of a late step with respect to
     the first state vanishes past the window, and equals full backpropagation within it."""

@@ -168,6 +168,8 @@ def test_list_fields_are_overridable_from_the_command_line(tmp_path, uclchem_fil
     ("lr", 0.0, "config.lr = 0.0"),
     ("lr", float("nan"), "config.lr = nan"),
     ("epochs", 0, "config.epochs = 0"),
+    ("max_train_examples", 0, "config.max_train_examples = 0"),
+    ("max_train_examples", -5, "config.max_train_examples = -5"),
 ])
 def test_impossible_training_configs_are_refused_before_anything(field, value, fragment):
     dirs = tf.write_preprocessed()

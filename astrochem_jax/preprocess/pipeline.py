@@ -31,6 +31,7 @@ from astrochem_jax.preprocess.stoichiometry import species_matrix, trajectory_dr
 from astrochem_jax.preprocess.validate import (
     ColumnPlan,
     check_abundances,
+    check_generated_identity,
     check_tracer_metadata,
     floor_physical,
     plan_columns,
@@ -708,6 +709,7 @@ def _build_from(dataset, method_cfg, name, method, directory, utils, raw_path, l
     with open_raw(raw_path, dataset.format, dataset.get("key", "")) as table:
         if table.n_rows == 0 or table.tracer_ids.size == 0:
             raise PreprocessError(f"raw file {raw_path}: no rows (empty file); expected tracers")
+        check_generated_identity(table, dataset)
         plan = plan_columns(table, dataset)
         floors = _floors(dataset, plan)
         prepend = bool(dataset.prepend_initial_abundances)

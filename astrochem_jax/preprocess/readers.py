@@ -26,6 +26,7 @@ Column names are stripped and renamed with `COLUMN_RENAMES` (AstroChemNet's rena
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,9 @@ class RawTable:
     # Columns stored as text or Python objects (pandas object blocks): never read; an error
     # names them if the plan needs one (`validate.plan_columns`).
     non_numeric: tuple[str, ...] = ()
+    # Files written by astrochem_jax.generate: the dataset config they were generated from
+    # (the root attribute "config"); None for other files.
+    generated_by: dict | None = None
 
     def read(self, start: int, stop: int, columns: Sequence[int]) -> np.ndarray:
         """Rows [start, stop) of the given columns as float64 [stop - start, len(columns)]."""
@@ -279,6 +283,19 @@ def _looks_like_pandas(group: h5py.Group) -> str | None:
     return None
 
 
+def _generated_by(path: Path, group: h5py.Group) -> dict | None:
+    """The dataset config a generated file records (attribute "config", JSON), or None."""
+    text = group.attrs.get("config")
+    if text is None:
+        return None
+    try:
+        recorded = json.loads(text if isinstance(text, str) else bytes(text).decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PreprocessError(f"raw file {path}: attribute 'config' is not JSON ({err}); "
+                              "expected the dataset config the file was generated from") from err
+    return recorded if isinstance(recorded, dict) else None
+
+
 def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
     f = _open_file(path)
     try:
@@ -312,7 +329,8 @@ def open_astrochem_jax(path: Path, key: str = "") -> RawTable:
         return RawTable(path, "astrochem_jax", key, columns, raw, int(data.shape[0]), ids, starts,
                         stops, initial, source, _dense_reader(data), f,
                         _group_reader([(functools.partial(_rows, data), data.shape[1])],
-                                      [(0, j) for j in range(len(columns))]))
+                                      [(0, j) for j in range(len(columns))]),
+                        generated_by=_generated_by(path, group))
     except BaseException:
         f.close()
         raise

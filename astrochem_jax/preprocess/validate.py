@@ -79,6 +79,30 @@ def plan_columns(table: RawTable, dataset) -> ColumnPlan:
     )
 
 
+# Fields that identify a generated dataset: a raw file generated with other values is not the
+# dataset its config describes (e.g. a file left from before the config changed).
+GENERATED_IDENTITY_FIELDS = ("n_tracers", "n_steps", "seed")
+
+
+def check_generated_identity(table: RawTable, dataset) -> None:
+    """Refuse a generated raw file whose recorded n_tracers / n_steps / seed differ from the
+    dataset config's (a stale file: preprocessing it would silently train on other tracers)."""
+    recorded = table.generated_by
+    if not recorded:
+        return
+    for field in GENERATED_IDENTITY_FIELDS:
+        ours, theirs = dataset.get(field), recorded.get(field)
+        if ours is None or theirs is None or ours == theirs:
+            continue
+        raise PreprocessError(
+            f"raw file {table.path}: generated with {field} = {theirs!r}, but dataset "
+            f"{dataset.get('name')!r} expects {field} = {ours!r}. The file is from another "
+            "config (or an older version of this one); regenerate it with `python -m "
+            "astrochem_jax.generate --config=configs/datasets/<dataset>.py` (quickstart: "
+            f"FORCE_GENERATE=1), or describe this file: --dataset.{field}={theirs!r} "
+            f"(preprocess) / --config.dataset.{field}={theirs!r} (train)")
+
+
 def tracer_chunks(table: RawTable, tracers: Sequence[int], chunk_rows: int
                   ) -> Iterator[list[int]]:
     """Group tracer indices (in the given order) into chunks of <= chunk_rows rows whose rows are

@@ -18,7 +18,8 @@ def _number(config, field: str):
 
 
 def check_training_config(config) -> None:
-    """Positive batch sizes and epoch count; a finite, positive learning rate."""
+    """Positive batch sizes and epoch count, a positive example budget (or none); a finite,
+    positive learning rate."""
     for field in ("batch_size", "eval_batch_size"):
         if field == "eval_batch_size" and config.get(field) is None:
             continue
@@ -30,6 +31,11 @@ def check_training_config(config) -> None:
     epochs = _number(config, "epochs")
     if int(epochs) != epochs or epochs < 1:
         raise ConfigError(f"config.epochs = {epochs!r}; expected a whole number >= 1")
+    cap = config.get("max_train_examples")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(
+            f"config.max_train_examples = {cap!r}; expected a whole number >= 1 of training "
+            "examples (rows / windows / trajectories) a run may see, or None for no cap")
     lr = _number(config, "lr")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(

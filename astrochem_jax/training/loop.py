@@ -26,6 +26,7 @@ exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -54,8 +55,8 @@ from astrochem_jax.training.preemption import TrainingInterrupted
 METRICS_JSON = "metrics.json"
 SUMMARY_JSON = "summary.json"
 # Config fields that may change between a run and its resumption (they do not change the result).
-RESUME_IGNORED_FIELDS = ("epochs", "distributed", "checkpoint", "device_resident_max_mb",
-                         "profile_steps")
+RESUME_IGNORED_FIELDS = ("epochs", "max_train_examples", "distributed", "checkpoint",
+                         "device_resident_max_mb", "profile_steps")
 # Fields added after runs were saved, with the value those runs used (resume compares them).
 NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
                       "model.row_mixup": 0.0, "model.physical_noise_std": 0.0,
@@ -608,6 +609,33 @@ def _component_arrays(component, setup, split: str):
     return lambda chunk: component.prepare(setup, chunk, split)
 
 
+def _budgeted(config: ConfigDict, examples_per_epoch: int, item: str) -> tuple[ConfigDict, dict]:
+    """(config with the epochs this run trains, summary.json's "epoch_budget"): fewer than
+    `config.epochs` where `config.max_train_examples` is reached first
+    (state.epochs_within_budget); a run never trains more examples than the cap."""
+    epochs = state_lib.epochs_within_budget(config, examples_per_epoch)
+    budget = {"configured_epochs": int(config.epochs),
+              "max_train_examples": config.get("max_train_examples"),
+              "train_examples_per_epoch": int(examples_per_epoch), "epochs": epochs}
+    if epochs == int(config.epochs):
+        return config, budget
+    comp_lib.log_line(
+        f"{config.name}: {epochs} epochs, not config.epochs = {config.epochs}: "
+        f"config.max_train_examples = {config.max_train_examples} at {examples_per_epoch} "
+        f"train {item} per epoch (the same optimizer steps as on a smaller train split)")
+    warmup = float(config.get("warmup_epochs") or 0.0)
+    if warmup > 0.25 * epochs:
+        comp_lib.log_line(
+            f"{config.name}: WARNING: config.warmup_epochs = {warmup:g} is more than a quarter "
+            f"of the {epochs} epochs this budget leaves; lower it (e.g. "
+            f"--config.warmup_epochs={max(epochs / 20, 0.05):.2g}) or raise "
+            "config.max_train_examples")
+    budgeted = copy.deepcopy(config)
+    with budgeted.unlocked():
+        budgeted.epochs = epochs
+    return budgeted, budget
+
+
 def _train_item_counts(component, setup, loader: data_lib.ChunkLoader) -> list[int]:
     """Items (rows / windows) of every train chunk: from the kept chunks, or counted on the
     host chunk by chunk (nothing is put on the devices)."""
@@ -748,6 +776,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             f"{pre_dir}: the train split has fewer {component.item} per chunk than "
             f"config.batch_size = {batch_size}; lower the batch size"
         )
+    config, epoch_budget = _budgeted(config, sum(train_items), component.item)
 
     if loop["epoch"] == 0 and loop.get("initial_val_score") is None:
         # The untrained model's validation score: the reference a run must beat to count as
@@ -971,7 +1000,8 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
         loop["stop_reason"] = f"epoch cap ({config.epochs})"
     summary = _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params,
                       train_loader, val_loader, frozen, eval_batch_size, mesh, out_dir,
-                      time.perf_counter() - wall_start, steps_for(float(config.dropout)))
+                      time.perf_counter() - wall_start, steps_for(float(config.dropout)),
+                      epoch_budget)
     checkpointer.close()
     return summary
 
@@ -1074,7 +1104,7 @@ def ensemble_val_metrics(val: dict, loop: dict, epoch: int, records: list[dict] 
 
 def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_params,
             train_loader, val_loader, frozen, eval_batch_size, mesh, out_dir, wall_s,
-            steps: Steps) -> dict:
+            steps: Steps, epoch_budget: dict) -> dict:
     """Best weights -> after-training hook (latents min/max), final validation, summary.json."""
     best = checkpointer.best_epoch()
     if best is None:
@@ -1114,6 +1144,8 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         "best_val_score": best_score,
         "best_epoch": int(best),
         "final_epoch": int(loop["epoch"]),
+        # the epochs trained: config.epochs, or fewer under config.max_train_examples
+        "epoch_budget": epoch_budget,
         "stop_reason": loop["stop_reason"],
         "best_val_metrics": _scalars(val),
         "ensemble_size": members,

@@ -221,6 +221,25 @@ def lr_schedule_factor(config, progress_epochs) -> np.ndarray:
     return ramp * cosine
 
 
+def epochs_within_budget(config, examples_per_epoch: int) -> int:
+    """The epochs a run trains: `config.epochs`, or fewer where `config.max_train_examples` (the
+    most training examples, rows or windows or trajectories, a run may see; None = no cap) is
+    reached first: floor(max_train_examples / examples_per_epoch), at least 1.
+
+    With the cap, a dataset with more train tracers than the one a config was written for trains
+    the same number of optimizer steps (each example is seen fewer times), while a smaller one
+    keeps its configured epochs. The epoch-valued settings (warmup_epochs, ema_epochs, patience)
+    stay in epochs.
+    """
+    epochs = int(config.epochs)
+    cap = config.get("max_train_examples")
+    if cap is None:
+        return epochs
+    if int(examples_per_epoch) < 1:
+        raise ValueError(f"examples_per_epoch = {examples_per_epoch}; expected >= 1")
+    return max(1, min(epochs, int(cap) // int(examples_per_epoch)))
+
+
 def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
                seed: int, member: int = 0, *, ema: bool = False) -> TrainState:
     """The state before the first step; with `ema` its moving average starts at `params`."""

@@ -85,6 +85,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # other 3 differ by <= 0.0003 dex.
     c.checkpoint_metric = "mean_abs_dlog10"
     c.epochs = 60
+    c.max_train_examples = 500_000  # windows: 60 epochs of 90 train tracers (8,167 each epoch)
     c.batch_size = 256
     c.eval_batch_size = 1024
     c.lr = 1e-3
