@@ -24,7 +24,8 @@ Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
 error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
 on the test rows), distance to training (each test row's mean |dlog10| to the nearest train
-tracer at the same step, and its rank correlation with the tracers' closed-loop error), epochs
+tracer at the same step, and its rank correlation with the tracers' closed-loop error), the
+autoencoder's largest validation loss relative to its running best (`val_spike_ratio`), epochs
 and wall time; per dataset the min / median / max of each over seeds.
 
 Components of an earlier run are reused when their config is unchanged (training resumes and
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -114,7 +116,22 @@ def history_facts(component: str, outputs: Path) -> dict:
         history = json.loads(metrics_path.read_text())
         out["non_finite_steps"] = sum(int((r.get("train") or {}).get("non_finite_steps") or 0)
                                       for r in history)
+        out["val_spike_ratio"] = val_spike_ratio([r.get("val_loss") for r in history])
     return out
+
+
+def val_spike_ratio(val_losses: list) -> float | None:
+    """The largest validation loss relative to the best one of the epochs before it (<= 1: no
+    epoch was worse than an earlier best; 3.7: one epoch's loss was 3.7x the running best).
+    Non-finite or missing losses are skipped; None with fewer than two finite epochs."""
+    best, worst = math.inf, None
+    for value in val_losses:
+        if value is None or not math.isfinite(value):
+            continue
+        if math.isfinite(best) and best > 0:
+            worst = max(worst or 0.0, value / best)
+        best = min(best, value)
+    return worst
 
 
 def steps_factor(name: str) -> float:
@@ -186,6 +203,8 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
             break
     result["wall_time_s"] = sum(result["seconds"].values())
     result["autoencoder"] = history_facts(ae, outputs)
+    # acceptance: no autoencoder validation spike above 3x the running best
+    result["autoencoder_val_spike_ratio"] = result["autoencoder"].get("val_spike_ratio")
     result["emulator"] = history_facts(emulator, outputs)
     result["emulator_closed_loop"] = history_facts(tuned, outputs)
     base_path = outputs / "benchmarks" / base_prefix / "report.json"
@@ -225,7 +244,8 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
 
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
-              "autoencoder_floor_relative_error", "train_distance_abs_dlog10", "wall_time_s")
+              "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
+              "autoencoder_val_spike_ratio", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -282,3 +282,20 @@ def test_compare_runs_sorts_by_best_val_loss_and_plots():
     with pytest.raises(compare_runs.RunNotFoundError, match="python -m astrochem_jax.train"):
         compare_runs.compare(["missing_run"])
     assert compare_runs.main(["missing_run"]) == 1
+
+
+def test_robustness_script_measures_validation_spikes_against_the_running_best():
+    """scripts/bench_robustness.py reports each autoencoder's largest validation loss relative
+    to the best before it (the acceptance's 'no spike above 3x the running best')."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_robustness.py"
+    spec = importlib.util.spec_from_file_location("bench_robustness", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ratio = script.val_spike_ratio
+    assert ratio([1.0, 0.5, 0.4, 0.3]) == pytest.approx(0.8)  # never worse than a best: < 1
+    assert ratio([1.0, 0.2, 0.7, 0.1, 0.15]) == pytest.approx(3.5)  # 0.7 after a best of 0.2
+    assert ratio([1.0, None, float("nan"), 0.5, 2.0]) == pytest.approx(4.0)  # skips missing
+    assert ratio([0.3]) is None and ratio([]) is None
