@@ -621,8 +621,8 @@ def _budgeted(config: ConfigDict, examples_per_epoch: int, item: str) -> tuple[C
         return config, budget
     comp_lib.log_line(
         f"{config.name}: {epochs} epochs, not config.epochs = {config.epochs}: "
-        f"config.max_train_examples = {config.max_train_examples} at {examples_per_epoch} "
-        f"train {item} per epoch (the same optimizer steps as on a smaller train split)")
+        f"config.max_train_examples = {config.max_train_examples} allows {epochs} epochs of "
+        f"{examples_per_epoch} train {item}")
     warmup = float(config.get("warmup_epochs") or 0.0)
     if warmup > 0.25 * epochs:
         comp_lib.log_line(
