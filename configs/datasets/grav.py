@@ -19,7 +19,7 @@ def get_config() -> ConfigDict:
     # 256 tracers: 180 train / 38 val / 38 test. Test tracers are closer to a training tracer
     # the more there are (mean |dlog10| to the nearest one: 0.24 / 0.17 / 0.15 / 0.11 dex with
     # 22 / 45 / 90 / 180 train tracers), and the surrogate's tail follows: closed-loop p99
-    # 0.41-0.58 dex over 5 seeds with 180, 0.49-0.72 with 90. With 64 tracers (44 train) C was
+    # 0.49-0.54 dex over 5 seeds with 180, 0.51-0.72 with 90. With 64 tracers (44 train) C was
     # off by 5 dex on late full collapses. The component configs' `max_train_examples` keep the
     # optimizer steps of 90 train tracers, so training costs the same.
     c.n_tracers = 256
