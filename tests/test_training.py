@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import training_fixtures as tf
+from flax import nnx
 
 from astrochem_jax import paths
+from astrochem_jax.shards import load_split
 from astrochem_jax.training import (
     ComponentError,
     ComponentNotFoundError,
@@ -864,3 +866,42 @@ def test_runs_saved_before_new_fields_existed_still_resume(outputs_with_ae):
     c.checkpoint_metric = "mean_abs_dlog10"
     with pytest.raises(ResumeMismatchError, match="checkpoint_metric"):
         train_component(c, preprocessed_dir=pre)
+
+
+def test_recalibration_indices_spread_over_the_chunk():
+    idx = loop.recalibration_indices(n_items=100, n_rows=10, multiple=4)
+    assert idx.shape == (8,) and idx[0] == 0 and idx[-1] == 99 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(loop.recalibration_indices(6, 1000, 2), np.arange(6))
+    with pytest.raises(ValueError, match="batchnorm_recalibration_items"):
+        loop.recalibration_indices(n_items=100, n_rows=8, multiple=16)
+
+
+def test_batchnorm_recalibration_is_exact_and_changes_no_weight():
+    """batchnorm_recalibration_items > 0: training is step for step the run without it (same
+    training losses), validation sees other statistics, and the exported statistics are exactly
+    the mean and (biased) variance of the first hidden layer's pre-activations over the chosen
+    train rows (64 of 72: whole batches of 16), the same for 1 and 2 devices."""
+    dirs = tf.write_preprocessed()
+    runs = {}
+    for name, rows, devices in (("bn_off", 0, 1), ("bn_exact", 10_000, 1),
+                                ("bn_exact_2dev", 10_000, 2)):
+        c = tf.tiny_config("autoencoder", name=name)
+        c.batchnorm_recalibration_items = rows
+        train_component(c, preprocessed_dir=dirs["timeless"], devices=jax.devices()[:devices])
+        runs[name] = _metrics(name)
+    for off, exact, two in zip(runs["bn_off"], runs["bn_exact"], runs["bn_exact_2dev"],
+                               strict=True):
+        np.testing.assert_allclose(off["train_loss"], exact["train_loss"], rtol=1e-6)
+        assert abs(off["val_loss"] / exact["val_loss"] - 1) > 1e-4
+        np.testing.assert_allclose(exact["val_loss"], two["val_loss"], rtol=1e-5)
+    x = load_split(dirs["timeless"], "train")  # [rows, S]
+    x = x[loop.recalibration_indices(x.shape[0], 10_000, 16)]
+    assert x.shape[0] == 64
+    for name in ("bn_exact", "bn_exact_2dev"):
+        loaded = load_component(name)
+        params, stats = nnx.to_pure_dict(loaded.params), nnx.to_pure_dict(loaded.batch_stats)
+        layer = params["encoder_layers"][0]
+        h = x.astype(np.float64) @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"])
+        norm = stats["encoder_norms"][0]
+        np.testing.assert_allclose(norm["mean"], h.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(norm["var"], h.var(axis=0), rtol=1e-3, atol=1e-6)

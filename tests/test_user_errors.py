@@ -170,6 +170,7 @@ def test_list_fields_are_overridable_from_the_command_line(tmp_path, uclchem_fil
     ("epochs", 0, "config.epochs = 0"),
     ("max_train_examples", 0, "config.max_train_examples = 0"),
     ("max_train_examples", -5, "config.max_train_examples = -5"),
+    ("batchnorm_recalibration_items", -1, "config.batchnorm_recalibration_items = -1"),
 ])
 def test_impossible_training_configs_are_refused_before_anything(field, value, fragment):
     dirs = tf.write_preprocessed()

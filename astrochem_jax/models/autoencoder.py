@@ -48,10 +48,8 @@ def _clip_unit(h: jax.Array) -> jax.Array:
 ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "clip": _clip_unit, "linear": lambda h: h}
 
 
-def _batch_norm(n_features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
-        n_features, momentum=BATCHNORM_MOMENTUM, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs
-    )
+def _batch_norm(n_features: int, momentum: float, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(n_features, momentum=momentum, dtype=DTYPE, param_dtype=DTYPE, rngs=rngs)
 
 
 class Autoencoder(nnx.Module):
@@ -70,6 +68,7 @@ class Autoencoder(nnx.Module):
         latent_activation: str = "sigmoid",
         output_activation: str = "sigmoid",
         row_mixup: float = 0.0,
+        batchnorm_momentum: float = BATCHNORM_MOMENTUM,
         rngs: nnx.Rngs,
     ):
         if n_species < 1 or latent_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -99,9 +98,13 @@ class Autoencoder(nnx.Module):
             raise ValueError(f"Autoencoder: normalization must be one of {NORMALIZATIONS}, got "
                              f"{normalization!r}")
         self.normalization = normalization
+        if not 0.0 <= batchnorm_momentum < 1.0:
+            raise ValueError("Autoencoder: batchnorm_momentum (decay of the running statistics) "
+                             f"must be in [0, 1), got {batchnorm_momentum}")
         use_norm = normalization == "batch"
+        momentum = float(batchnorm_momentum)
         self.encoder_norms = nnx.List(
-            [_batch_norm(h, rngs) for h in self.hidden_dims] if use_norm else [])
+            [_batch_norm(h, momentum, rngs) for h in self.hidden_dims] if use_norm else [])
         # Decoder layer k maps widths[-1-k] -> widths[-2-k] with encoder kernel (n-1-k) transposed
         # (tied) or with its own kernel (untied: `decoder_kernels`, built after everything else
         # so that tied models keep their random streams and initial weights).
@@ -110,7 +113,8 @@ class Autoencoder(nnx.Module):
             [nnx.Param(jnp.zeros((d,), DTYPE)) for d in reversed(widths[:-1])]
         )
         self.decoder_norms = nnx.List(
-            [_batch_norm(h, rngs) for h in reversed(self.hidden_dims)] if use_norm else [])
+            [_batch_norm(h, momentum, rngs) for h in reversed(self.hidden_dims)]
+            if use_norm else [])
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.latent_noise = GaussianNoise(latent_noise_std, rngs=rngs)
         if not self.tied_weights:

@@ -36,6 +36,11 @@ def check_training_config(config) -> None:
         raise ConfigError(
             f"config.max_train_examples = {cap!r}; expected a whole number >= 1 of training "
             "examples (rows / windows / trajectories) a run may see, or None for no cap")
+    recal = config.get("batchnorm_recalibration_items")
+    if recal is not None and (isinstance(recal, bool) or not isinstance(recal, int) or recal < 0):
+        raise ConfigError(
+            f"config.batchnorm_recalibration_items = {recal!r}; expected a whole number >= 0 of "
+            "train rows that recompute the BatchNorm statistics after each epoch (0 = off)")
     lr = _number(config, "lr")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from astrochem_jax import atomic, paths
-from astrochem_jax.models.autoencoder import Autoencoder
+from astrochem_jax.models.autoencoder import BATCHNORM_MOMENTUM, Autoencoder
 from astrochem_jax.models.emulator import Emulator, rollout_module
 from astrochem_jax.training import data as data_lib
 from astrochem_jax.training import mesh as mesh_lib
@@ -193,6 +193,7 @@ def _ae_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         latent_activation=str(config.model.get("latent_activation") or "sigmoid"),
         output_activation=str(config.model.get("output_activation") or "sigmoid"),
         row_mixup=float(config.model.get("row_mixup") or 0.0),
+        batchnorm_momentum=float(config.model.get("batchnorm_momentum", BATCHNORM_MOMENTUM)),
         rngs=rngs,
     )
 

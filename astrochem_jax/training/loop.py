@@ -193,11 +193,25 @@ class Steps:
     updates on batches already cut (benchmarks use it to time the input pipeline separately).
     evaluate(params, batch_stats, arrays, idx [B], mask [B], frozen) -> {metric: sum over the
     unmasked items, "count": their number} (per-item metrics: padded batches count exactly).
+    recalibrate(params, batch_stats, arrays, idx [B], frozen) -> batch_stats: the BatchNorm
+    statistics of `params` on the items idx, exactly (population statistics; see
+    `population_batch_stats`).
     """
 
     train: Any
     train_on_batches: Any
     evaluate: Any
+    recalibrate: Any = None
+
+
+def _population_statistics_mode(model: nnx.Module) -> nnx.Module:
+    """Every BatchNorm of `model` normalises with the statistics of its input batch and stores
+    exactly them (momentum 0); the rest stays in evaluation mode."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.BatchNorm):
+            module.use_running_average = False
+            module.momentum = 0.0
+    return model
 
 
 def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state_lib.ModelDef,
@@ -294,6 +308,19 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
         out["count"] = jnp.sum(mask.astype(jnp.float32))
         return out
 
+    def recalibrate_member(params, batch_stats, batch, frozen):
+        model = _population_statistics_mode(
+            state_lib.merge_model(mdef, params, batch_stats, train=False))
+        component.predict(model, batch, frozen, setup)
+        return nnx.state(model, nnx.BatchStat)
+
+    def recalibrate_step(params, batch_stats, arrays, idx, frozen):
+        batch = _constrain_batch(component.make_batch(setup, arrays, idx, mesh), mesh)
+        if members == 1:
+            return recalibrate_member(params, batch_stats, batch, frozen)
+        return jax.vmap(recalibrate_member, in_axes=(0, 0, None, frozen_axis))(
+            params, batch_stats, batch, frozen)
+
     state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
     repl = mesh_lib.replicated(mesh)
     train = jax.jit(
@@ -307,7 +334,10 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
                          out_shardings=(state_sharding, repl))
     evaluate = jax.jit(eval_step, in_shardings=(repl, repl, None, repl, repl, None),
                        out_shardings=repl)
-    return Steps(train=train, train_on_batches=on_batches, evaluate=evaluate)
+    recalibrate = jax.jit(recalibrate_step, in_shardings=(repl, repl, None, repl, None),
+                          out_shardings=repl)
+    return Steps(train=train, train_on_batches=on_batches, evaluate=evaluate,
+                 recalibrate=recalibrate)
 
 
 # --- bookkeeping --------------------------------------------------------------------------------
@@ -547,6 +577,37 @@ def _evaluate(steps: Steps, state, loader: data_lib.ChunkLoader, frozen, batch_s
     count = float(np.sum([s["count"] for s in sums], dtype=np.float64))
     return {k: np.sum([np.asarray(s[k], np.float64) for s in sums], axis=0) / count
             for k in sums[0] if k != "count"}
+
+
+def recalibration_indices(n_items: int, n_rows: int, multiple: int) -> np.ndarray:
+    """min(n_rows, n_items) item indices evenly spread over [0, n_items) (every tracer and time
+    of a chunk, deterministic), rounded down to a multiple of `multiple` (the global batch size,
+    which every device count divides: the same rows on 1 or 8 devices): int32 [k]."""
+    k = min(int(n_rows), int(n_items)) // multiple * multiple
+    if k < 1:
+        raise ValueError(f"BatchNorm recalibration: {min(n_rows, n_items)} rows are fewer than "
+                         f"one batch of {multiple} (config.batchnorm_recalibration_items = "
+                         f"{n_rows}; use at least config.batch_size)")
+    return np.round(np.linspace(0, n_items - 1, k)).astype(np.int32)
+
+
+def recalibrated_batch_stats(steps: Steps, state, chunk, frozen, config):
+    """`state` with its BatchNorm running statistics replaced by those of its evaluated
+    parameters on `config.batchnorm_recalibration_items` rows of `chunk` (0 / a model without
+    BatchNorm / no chunk: unchanged).
+
+    Why: evaluation normalises with running averages that lag the weights (momentum 0.9
+    averages the last ~10 steps, taken with other weights). At a high learning rate that
+    mismatch alone made single validation epochs 2-4x worse than their neighbours while the
+    training loss stayed smooth (docs/architecture.md, "BatchNorm statistics"). Training uses
+    batch statistics, so this changes what is validated, chosen and exported, never a weight."""
+    n_rows = int(config.get("batchnorm_recalibration_items") or 0)
+    if n_rows <= 0 or chunk is None or not jax.tree.leaves(state.batch_stats):
+        return state
+    idx = recalibration_indices(chunk.n_items, n_rows, int(config.batch_size))
+    stats = steps.recalibrate(state_lib.eval_params(state), state.batch_stats, chunk.arrays,
+                              idx, frozen)
+    return dataclasses.replace(state, batch_stats=stats)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -834,9 +895,11 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                                           members)] if where["diagnostics"] else [])
             losses = []
             batches_done, n_samples = int(where["batches_done"]), int(where["n_samples"])
+            last_chunk = None  # the epoch's last trained chunk: BatchNorm recalibration rows
             for pos, ci, prepared in train_loader.iterate(order, int(where["pos"])):
                 if prepared.n_items < batch_size:
                     continue
+                last_chunk = prepared
                 perm = member_batches(seed, epoch, int(ci), prepared.n_items, batch_size,
                                       members)
                 first = int(where["batch"]) if pos == int(where["pos"]) else 0
@@ -875,6 +938,9 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             bad = np.flatnonzero(~np.isfinite(losses))
             train_loss = float(losses[bad[0]]) if bad.size else float(np.mean(losses))
             val, val_loss, val_score = {}, math.nan, math.nan
+            if not bad.size:
+                state = recalibrated_batch_stats(steps, state, last_chunk, frozen, config)
+            last_chunk = None
             if not bad.size:
                 val = _evaluate(steps, state, val_loader, frozen, eval_batch_size)
                 if members > 1:
