@@ -19,6 +19,7 @@ from astrochem_jax.models import (
 )
 from astrochem_jax.models.autoencoder import gelu_exact
 from astrochem_jax.models.emulator import bound_state
+from astrochem_jax.models.layers import bound_state_restoring
 
 S, HIDDEN, LATENT, B = 12, (10, 6), 4, 16
 P = 3
@@ -291,6 +292,37 @@ def test_emulator_state_bounds_clip_every_step_in_train_and_eval():
     np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(bound_state(v, 0.0, 1.0)))(x), 1.0)
     with pytest.raises(ValueError, match="state_bounds"):
         Emulator(P, LATENT, state_bounds=(1.0, 0.0), rngs=nnx.Rngs(0))
+
+
+def test_restoring_bound_gradient_passes_inward_and_damps_outward():
+    """bound_state_restoring: the clip forward; outside the bounds the gradient passes in full
+    where it pulls the state back in and x slope where it pushes it further out; inside, 1."""
+    x = jnp.asarray([-0.5, -0.5, 0.3, 1.7, 1.7], jnp.float32)
+    cotangent = jnp.asarray([1.0, -1.0, 1.0, 1.0, -1.0], jnp.float32)
+    np.testing.assert_array_equal(bound_state_restoring(x, 0.0, 1.0), jnp.clip(x, 0.0, 1.0))
+    grad = jax.grad(lambda v: jnp.sum(cotangent * bound_state_restoring(v, 0.0, 1.0, 0.01)))(x)
+    # below: a positive cotangent moves x down (out), a negative one up (in); above, mirrored
+    np.testing.assert_allclose(grad, [0.01, -1.0, 1.0, 1.0, -0.01], rtol=1e-6)
+    # In the emulator: a state pushed out by its step is pulled back in at full strength.
+    kwargs = dict(hidden_dims=(8,), state_bounds=(0.0, 1.0), bound_gradient_slope=0.01)
+    damped = Emulator(P, LATENT, **kwargs, rngs=nnx.Rngs(0))
+    restoring = Emulator(P, LATENT, **kwargs, restoring_bound_gradient=True, rngs=nnx.Rngs(0))
+    phys, state = _x(2, (B, P)), jnp.ones((B, LATENT), jnp.float32)
+    target = jnp.full((B, LATENT), 0.5, jnp.float32)
+
+    def bias_grad(model):
+        model.output_layer.bias[...] = jnp.full((LATENT,), 0.1, jnp.float32)  # pushes out
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest, copy=True)(phys, state)
+            return jnp.mean((out - target) ** 2)
+
+        return jax.grad(loss)(params)["output_layer"]["bias"][...]
+
+    g_damped, g_restoring = bias_grad(damped), bias_grad(restoring)
+    assert np.all(np.asarray(g_restoring) > 0)  # descent lowers the bias: back inside
+    np.testing.assert_allclose(g_damped, 0.01 * g_restoring, rtol=1e-5)
 
 
 def test_emulator_state_noise_only_in_training_mode():

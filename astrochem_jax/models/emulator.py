@@ -31,7 +31,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from astrochem_jax.models.layers import DTYPE, GaussianNoise, bound_state, gelu_exact
+from astrochem_jax.models.layers import (
+    DTYPE,
+    GaussianNoise,
+    bound_state,
+    bound_state_restoring,
+    gelu_exact,
+)
 
 # Relative scale of the output layer's initial weights: small, not zero, so that every layer gets a
 # gradient from the first step while the initial update stays ~1e-2 of a default-initialised layer.
@@ -52,6 +58,7 @@ class Emulator(nnx.Module):
         bound_gradient_slope: float = 1.0,
         state_noise_std: float = 0.0,
         physical_noise_std: float = 0.0,
+        restoring_bound_gradient: bool = False,
         rngs: nnx.Rngs,
     ):
         if n_physical < 0 or state_dim < 1 or any(int(h) < 1 for h in hidden_dims):
@@ -77,6 +84,9 @@ class Emulator(nnx.Module):
             raise ValueError(f"Emulator: bound_gradient_slope must be in [0, 1], got "
                              f"{bound_gradient_slope!r}")
         self.bound_gradient_slope = float(bound_gradient_slope)
+        # True: `bound_state_restoring` (inward gradients in full, outward ones x slope);
+        # False: `bound_state` (every gradient outside the bounds x slope).
+        self.restoring_bound_gradient = bool(restoring_bound_gradient)
         self.n_physical = int(n_physical)
         self.state_dim = int(state_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -135,7 +145,8 @@ class Emulator(nnx.Module):
             h = self.dropout(gelu_exact(layer(h)))
         next_state = state + self.output_layer(h)
         if self.state_bounds is not None:
-            next_state = bound_state(next_state, *self.state_bounds, self.bound_gradient_slope)
+            clip = bound_state_restoring if self.restoring_bound_gradient else bound_state
+            next_state = clip(next_state, *self.state_bounds, self.bound_gradient_slope)
         return next_state
 
 

@@ -109,3 +109,43 @@ def _clip_damped_jvp(slope, primals, tangents):
     x, low, high = primals
     inside = (x >= low) & (x <= high)
     return jnp.clip(x, low, high), jnp.where(inside, tangents[0], slope * tangents[0])
+
+
+def bound_state_restoring(state: jax.Array, low: float, high: float,
+                          outward_slope: float = 0.01) -> jax.Array:
+    """clip(state, low, high) [..., D] whose gradient, where the clip is active, passes in full
+    when it points back into the bounds and times `outward_slope` when it points further out.
+
+    The damped clip (`bound_state` with a small slope) is safe against runaway gradients but
+    makes a pinned state nearly permanent: with slope 0.01 the loss pulls it back at 1% of its
+    strength. Measured on the default dataset (autoencoder and emulator seed 3): 18% of the
+    train tracers' latent entries were pushed outside the bounds by the step from t0, with the
+    truth inside, and stayed pinned through the whole rollout (closed loop 0.22 dex against
+    0.07). Here the restoring part of the gradient (the one that moves the state inward: for a
+    state above `high` a positive cotangent, below `low` a negative one) passes as if the state
+    were free, so a pinned state is pulled back at full strength, while the outward part, the
+    one that let straight-through gradients grow a step's Jacobian without limit, is damped as
+    in `bound_state`. Reverse mode only (a custom VJP).
+    """
+    return _clip_restoring(state, jnp.asarray(low, state.dtype),
+                           jnp.asarray(high, state.dtype), float(outward_slope))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _clip_restoring(x: jax.Array, low: jax.Array, high: jax.Array, slope: float) -> jax.Array:
+    return jnp.clip(x, low, high)
+
+
+def _clip_restoring_fwd(x, low, high, slope):
+    return jnp.clip(x, low, high), (x, low, high)
+
+
+def _clip_restoring_bwd(slope, residuals, g):
+    x, low, high = residuals
+    inward = ((x > high) & (g > 0)) | ((x < low) & (g < 0))
+    inside = (x >= low) & (x <= high)
+    grad = jnp.where(inside | inward, g, slope * g)
+    return grad, jnp.zeros_like(low), jnp.zeros_like(high)
+
+
+_clip_restoring.defvjp(_clip_restoring_fwd, _clip_restoring_bwd)

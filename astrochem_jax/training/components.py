@@ -459,6 +459,8 @@ def _emu_build(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
         bound_gradient_slope=float(config.model.get("bound_gradient_slope", 1.0)),
         state_noise_std=float(config.model.get("state_noise_std") or 0.0),
         physical_noise_std=float(config.model.get("physical_noise_std") or 0.0),
+        # absent in configs saved before the field existed: the damped clip
+        restoring_bound_gradient=bool(config.model.get("restoring_bound_gradient", False)),
         rngs=rngs,
     )
 
