@@ -193,15 +193,14 @@ class Steps:
     updates on batches already cut (benchmarks use it to time the input pipeline separately).
     evaluate(params, batch_stats, arrays, idx [B], mask [B], frozen) -> {metric: sum over the
     unmasked items, "count": their number} (per-item metrics: padded batches count exactly).
-    recalibrate(params, batch_stats, arrays, idx [B], frozen) -> batch_stats: the BatchNorm
-    statistics of `params` on the items idx, exactly (population statistics; see
-    `population_batch_stats`).
+    recalibrate(params, batch_stats, arrays, idx [B], frozen) -> batch_stats: the exact BatchNorm
+    statistics of `params` on the items idx (see `recalibrated_batch_stats`).
     """
 
     train: Any
     train_on_batches: Any
     evaluate: Any
-    recalibrate: Any = None
+    recalibrate: Any
 
 
 def _population_statistics_mode(model: nnx.Module) -> nnx.Module:
@@ -940,7 +939,7 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
             val, val_loss, val_score = {}, math.nan, math.nan
             if not bad.size:
                 state = recalibrated_batch_stats(steps, state, last_chunk, frozen, config)
-            last_chunk = None
+            last_chunk = None  # released before the validation chunks load (as `prepared`)
             if not bad.size:
                 val = _evaluate(steps, state, val_loader, frozen, eval_batch_size)
                 if members > 1:
