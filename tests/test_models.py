@@ -18,7 +18,7 @@ from astrochem_jax.models import (
     rollout_module,
 )
 from astrochem_jax.models.autoencoder import gelu_exact
-from astrochem_jax.models.emulator import bound_state
+from astrochem_jax.models.emulator import bound_state, pinned_state_fraction
 from astrochem_jax.models.layers import bound_state_restoring
 
 S, HIDDEN, LATENT, B = 12, (10, 6), 4, 16
@@ -292,6 +292,24 @@ def test_emulator_state_bounds_clip_every_step_in_train_and_eval():
     np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(bound_state(v, 0.0, 1.0)))(x), 1.0)
     with pytest.raises(ValueError, match="state_bounds"):
         Emulator(P, LATENT, state_bounds=(1.0, 0.0), rngs=nnx.Rngs(0))
+
+
+def test_pinned_state_fraction_counts_entries_held_on_a_bound():
+    """Per trajectory: entries exactly on low / high over all entries; with the true states,
+    only those whose truth is strictly inside count (a state at the floor where the truth is
+    at the floor too is not pinned). A rollout of a step that pushes out pins what it pushes."""
+    states = jnp.asarray([[[0.0, 0.5], [1.0, 0.2]],
+                          [[0.3, 0.4], [0.6, 0.7]]], jnp.float32)  # [B=2, T=2, D=2]
+    np.testing.assert_array_equal(pinned_state_fraction(states, (0.0, 1.0)), [0.5, 0.0])
+    truth = jnp.asarray([[[0.0, 0.5], [0.9, 0.2]],
+                         [[0.3, 0.4], [0.6, 0.7]]], jnp.float32)
+    np.testing.assert_array_equal(pinned_state_fraction(states, (0.0, 1.0), truth), [0.25, 0.0])
+    model = Emulator(P, LATENT, state_bounds=(0.0, 1.0), hidden_dims=(16,), rngs=nnx.Rngs(0))
+    model.eval()
+    model.output_layer.bias[...] = jnp.asarray([5.0] + [0.0] * (LATENT - 1), jnp.float32)
+    states = rollout(model, jnp.full((B, LATENT), 0.5, jnp.float32), _x(2, (B, 5, P)))
+    np.testing.assert_allclose(pinned_state_fraction(states, model.state_bounds),
+                               np.full(B, 1.0 / LATENT), atol=1e-6)
 
 
 def test_restoring_bound_gradient_passes_inward_and_damps_outward():

@@ -199,11 +199,14 @@ def test_autoencoder_row_mixup_trains_on_mixed_rows_for_any_device_count(outputs
     loaded = load_component("mix_one")
     model = state_lib.merge_model(loaded.mdef, loaded.params, loaded.batch_stats, train=False)
     x = jnp.asarray(np.load(sorted(pre.glob("val-*.npy"))[0])[:8])
-    x_hat, true = components.get_component("autoencoder").predict(model, {"x": x}, None, None)
+    x_hat, true, aux = components.get_component("autoencoder").predict(model, {"x": x}, None,
+                                                                        None)
     np.testing.assert_array_equal(true, x)  # evaluation: no mixing
+    assert aux == {}
     train_model = state_lib.merge_model(loaded.mdef, loaded.params, loaded.batch_stats,
                                         train=True)
-    _, mixed = components.get_component("autoencoder").predict(train_model, {"x": x}, None, None)
+    _, mixed, _ = components.get_component("autoencoder").predict(train_model, {"x": x}, None,
+                                                                   None)
     assert float(jnp.max(jnp.abs(mixed - x))) > 1e-4  # training: the target is the mixed row
 
 
@@ -739,6 +742,33 @@ def test_a_run_that_does_not_converge_fails_loudly():
     with pytest.raises(checkpoints.ComponentFailedError, match="failed to converge"):
         load_component("stuck")
     assert load_component("stuck", allow_failed=True).epoch == 1
+
+
+def test_an_emulator_trapped_at_its_bounds_fails_loudly(outputs_with_ae):
+    """Every epoch records the closed-loop validation pinned_state_fraction; an emulator whose
+    bounds hold many of its states (here bounds (0, 0.2) on latents scaled to [0, 1]) fails
+    with config.max_pinned_state_fraction and is refused downstream, while the same run
+    without the check converges; the check needs bounds, and a fraction in [0, 1]."""
+    pre = paths.preprocessed_dir("synth", "sequential")
+    c = tf.tiny_config("emulator", name="trapped")
+    c.epochs, c.val_horizon = 1, 0
+    c.model.state_bounds = (0.0, 0.2)
+    c.max_pinned_state_fraction = 0.05
+    with pytest.raises(loop.TrainingFailedError, match="sit on a state bound"):
+        train_component(c, preprocessed_dir=pre)
+    summary = json.loads((paths.weights_dir("trapped") / "summary.json").read_text())
+    pinned = summary["best_val_metrics"]["pinned_state_fraction"]
+    assert summary["status"] == "failed" and 0.05 < pinned <= 1.0
+    assert "max_pinned_state_fraction = 5%" in summary["failure"]
+    assert _metrics("trapped")[0]["val"]["pinned_state_fraction"] == pytest.approx(pinned)
+    with pytest.raises(checkpoints.ComponentFailedError):
+        load_component("trapped")
+    c.name, c.max_pinned_state_fraction = "trapped_unchecked", None
+    assert train_component(c, preprocessed_dir=pre)["status"] == "converged"
+    c.name, c.model.state_bounds, c.max_pinned_state_fraction = "unbounded", None, 0.05
+    with pytest.raises(ComponentError, match="max_pinned_state_fraction.*state_bounds"):
+        train_component(c, preprocessed_dir=pre)
+    assert loop.convergence_verdict({}, 0.1, c, {"pinned_state_fraction": 0.04}) is None
 
 
 def test_frozen_autoencoder_stays_frozen(outputs_with_ae):

@@ -171,6 +171,8 @@ def test_list_fields_are_overridable_from_the_command_line(tmp_path, uclchem_fil
     ("max_train_examples", 0, "config.max_train_examples = 0"),
     ("max_train_examples", -5, "config.max_train_examples = -5"),
     ("batchnorm_recalibration_items", -1, "config.batchnorm_recalibration_items = -1"),
+    ("max_pinned_state_fraction", 1.5, "config.max_pinned_state_fraction = 1.5"),
+    ("max_pinned_state_fraction", -0.1, "config.max_pinned_state_fraction = -0.1"),
 ])
 def test_impossible_training_configs_are_refused_before_anything(field, value, fragment):
     dirs = tf.write_preprocessed()

@@ -150,6 +150,26 @@ class Emulator(nnx.Module):
         return next_state
 
 
+def pinned_state_fraction(states: jax.Array, bounds: tuple[float, float],
+                          true_states: jax.Array | None = None) -> jax.Array:
+    """Fraction of a rollout's state entries that the clip holds on a bound: states [B, T, D]
+    (after the clip, as `rollout` returns them) -> [B] in [0, 1].
+
+    A bounded emulator whose step pushes states outside the training range sees them clipped
+    exactly to `low` / `high`, and a state pinned there stays put while the truth moves on: the
+    signature of an emulator trapped at its bounds (docs/architecture.md, "Restoring gradient at
+    the bound"). With `true_states` [B, T, D], only entries whose true state is strictly inside
+    the bounds count (scaled abundances sit on the lower bound legitimately at the abundance
+    floor); the denominator is every entry either way.
+    """
+    low, high = (jnp.asarray(b, states.dtype) for b in bounds)
+    on_bound = (states <= low) | (states >= high)
+    if true_states is not None:
+        true_states = jnp.asarray(true_states, states.dtype)
+        on_bound = on_bound & (true_states > low) & (true_states < high)
+    return jnp.mean(on_bound.astype(jnp.float32), axis=tuple(range(1, states.ndim)))
+
+
 def rollout(
     step: Callable[[jax.Array, jax.Array], jax.Array],
     state0: jax.Array,

@@ -41,6 +41,12 @@ def check_training_config(config) -> None:
         raise ConfigError(
             f"config.batchnorm_recalibration_items = {recal!r}; expected a whole number >= 0 of "
             "train rows that recompute the BatchNorm statistics after each epoch (0 = off)")
+    pinned = config.get("max_pinned_state_fraction")
+    if pinned is not None and (isinstance(pinned, bool) or not isinstance(pinned, int | float)
+                               or not 0.0 <= pinned <= 1.0):
+        raise ConfigError(
+            f"config.max_pinned_state_fraction = {pinned!r}; expected a fraction in [0, 1] of "
+            "closed-loop validation states allowed on a state bound, or None for no check")
     lr = _number(config, "lr")
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(

@@ -11,7 +11,9 @@ A component provides
   step; padding rows give no item);
 - `make_batch(setup, arrays, idx [B], mesh) -> batch`: cut a batch on device (inside jit) from
   global item indices `idx` (the same on every device: `data.gather_rows`);
-- `predict(model, batch, frozen, setup) -> (pred_scaled [..., S], true_scaled [..., S])`;
+- `predict(model, batch, frozen, setup) -> (pred_scaled [..., S], true_scaled [..., S], aux)`:
+  aux {name: [B]} per-item diagnostics that validation averages next to its metrics (bounded
+  emulators: `pinned_state_fraction`), {} when there are none;
 - `after_training(finished)`: artifacts computed with the best weights (autoencoder latents
   min/max, reduced over every process; written by process 0).
 """
@@ -32,7 +34,7 @@ from flax import nnx
 
 from astrochem_jax import atomic, paths
 from astrochem_jax.models.autoencoder import BATCHNORM_MOMENTUM, Autoencoder
-from astrochem_jax.models.emulator import Emulator, rollout_module
+from astrochem_jax.models.emulator import Emulator, pinned_state_fraction, rollout_module
 from astrochem_jax.training import data as data_lib
 from astrochem_jax.training import mesh as mesh_lib
 from astrochem_jax.training import state as state_lib
@@ -215,7 +217,7 @@ def _ae_batch(setup: Setup, arrays: dict, idx: jax.Array, mesh) -> dict:
 def _ae_predict(model, batch: dict, frozen, setup: Setup):
     x = model.mix_rows(batch["x"])  # training mode with row mixup: mixed rows are the target
     x_hat, _ = model(x)
-    return x_hat, x
+    return x_hat, x, {}
 
 
 def encode_rows(mdef: state_lib.ModelDef, params, batch_stats, rows: jax.Array,
@@ -373,6 +375,11 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
     if info["gradient_window"] < 0:
         raise ComponentError(f"config.gradient_window must be >= 0 (0 = full backpropagation "
                              f"through the window), found {info['gradient_window']}")
+    if config.get("max_pinned_state_fraction") is not None and _state_bounds(config) is None:
+        raise ComponentError(
+            f"config.max_pinned_state_fraction = {config.max_pinned_state_fraction!r} needs a "
+            "bounded state (config.model.state_bounds), found state_bounds None; set "
+            "--config.max_pinned_state_fraction=None or give the bounds")
     for field in ("window_stride", "t0_window_repeats"):
         value = int(config.get(field) or 1)
         if value < 1:
@@ -577,12 +584,17 @@ def _latent_predict(model, batch: dict, frozen, setup: Setup):
     b, h, d = states.shape
     z = states.reshape(b * h, d) * frozen["latent_span"] + frozen["latent_min"]
     x_hat = ae.decode(z).reshape(b, h, -1)
-    return x_hat, batch["target"]
+    aux = ({} if model.state_bounds is None
+           else {"pinned_state_fraction": pinned_state_fraction(states, model.state_bounds)})
+    return x_hat, batch["target"], aux
 
 
 def _direct_predict(model, batch: dict, frozen, setup: Setup):
-    return rollout_module(model, batch["state0"], model.perturb_conditions(batch["physical"]),
-                          int(setup.info.get("gradient_window", 0))), batch["target"]
+    states = rollout_module(model, batch["state0"], model.perturb_conditions(batch["physical"]),
+                            int(setup.info.get("gradient_window", 0)))  # scaled abundances
+    aux = ({} if model.state_bounds is None else {"pinned_state_fraction": pinned_state_fraction(
+        states, model.state_bounds, batch["target"])})
+    return states, batch["target"], aux
 
 
 def _no_after(finished: Finished) -> None:

@@ -56,7 +56,9 @@ METRICS_JSON = "metrics.json"
 SUMMARY_JSON = "summary.json"
 # Config fields that may change between a run and its resumption (they do not change the result).
 RESUME_IGNORED_FIELDS = ("epochs", "max_train_examples", "distributed", "checkpoint",
-                         "device_resident_max_mb", "profile_steps")
+                         "device_resident_max_mb", "profile_steps",
+                         # a verdict on the finished run, not a training setting
+                         "max_pinned_state_fraction")
 # Fields added after runs were saved, with the value those runs used (resume compares them).
 NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
                       "model.row_mixup": 0.0, "model.physical_noise_std": 0.0,
@@ -111,7 +113,8 @@ def upgraded_loop(loop: dict) -> dict:
     return loop
 
 
-def convergence_verdict(loop: dict, best_val_score: float, config) -> str | None:
+def convergence_verdict(loop: dict, best_val_score: float, config,
+                        best_val: dict | None = None) -> str | None:
     """Why a finished run does not count as converged, or None.
 
     - the best validation score (`validation_score`) is not finite;
@@ -120,7 +123,12 @@ def convergence_verdict(loop: dict, best_val_score: float, config) -> str | None
       not applied to a warm-started run (`config.init_from`), whose starting point is a trained
       model that stands as candidate epoch 0: such a run never ends worse than its warm start,
       and one that does not improve keeps it (`summary.json` "kept_warm_start");
-    - every allowed rollback was used (the recipe is unstable on this data).
+    - every allowed rollback was used (the recipe is unstable on this data);
+    - more than `config.max_pinned_state_fraction` of the best checkpoint's closed-loop
+      validation states sit on a state bound (`best_val`["pinned_state_fraction"], bounded
+      emulators): an emulator trapped at its bounds can still beat the untrained model by far
+      (measured: 0.45 dex against ~1.3) while 19-24% of its states are pinned and the rest of
+      the seeds pin 0.1-0.4%.
     """
     metric = _metric_name(config)
     if not math.isfinite(best_val_score):
@@ -135,6 +143,14 @@ def convergence_verdict(loop: dict, best_val_score: float, config) -> str | None
     allowed = int(config.get("max_rollbacks") or 0)
     if allowed and int(loop.get("rollbacks", 0)) >= allowed:
         return f"all {allowed} rollbacks after diverged epochs were used"
+    limit = config.get("max_pinned_state_fraction")
+    pinned = (best_val or {}).get("pinned_state_fraction")
+    if limit is not None and pinned is not None and float(pinned) > float(limit):
+        return (f"{100 * float(pinned):.2g}% of the best epoch's closed-loop validation states "
+                f"sit on a state bound, above config.max_pinned_state_fraction = "
+                f"{100 * float(limit):g}%: the emulator is trapped at its bounds (healthy runs "
+                "pin < 0.5%; docs/architecture.md, \"Pinned states\"). Retrain with another "
+                "config.seed, or check the autoencoder's latent range")
     return None
 
 
@@ -235,7 +251,7 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
 
         def loss_fn(params):
             model = state_lib.merge_model(mdef, params, state.batch_stats, train=True, key=keys)
-            pred, true = component.predict(model, batch, frozen, setup)
+            pred, true, _ = component.predict(model, batch, frozen, setup)
             loss, parts = loss_of(pred, true)
             return loss, (parts, nnx.state(model, nnx.BatchStat))
 
@@ -292,8 +308,9 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
 
     def eval_member(params, batch_stats, batch, mask, frozen):
         model = state_lib.merge_model(mdef, params, batch_stats, train=False)
-        pred, true = component.predict(model, batch, frozen, setup)
+        pred, true, aux = component.predict(model, batch, frozen, setup)
         items = jax.vmap(per_item)(pred, true)
+        items.update(aux)  # per-item diagnostics [B] (pinned_state_fraction)
         w = mask.astype(jnp.float32)
         return {k: jnp.tensordot(w, v.astype(jnp.float32), axes=1) for k, v in items.items()}
 
@@ -1041,7 +1058,9 @@ def _train(config: ConfigDict, preprocessed_dir, devices, wall_start: float) -> 
                 f"{record['train']['grad_norm_max'] or math.nan:.2g}  "
                 f"mre {100 * record['val'].get('mean_relative_error', math.nan):.3g}%  "
                 f"dex {record['val'].get('mean_abs_dlog10', math.nan):.3g}  "
-                f"lr {record['lr_applied']:.2e}  "
+                + (f"pinned {100 * record['val']['pinned_state_fraction']:.2g}%  "
+                   if record["val"].get("pinned_state_fraction") is not None else "")
+                + f"lr {record['lr_applied']:.2e}  "
                 f"{seconds:.1f} s  {record['samples_per_s']:.3g} {component.item}/s"
                 + (f"  [{loop['stop_reason']}]" if loop["stop_reason"] else "")
             )
@@ -1189,7 +1208,7 @@ def _finish(config, component, setup, checkpointer, abstract, mdef, loop, n_para
         directory=out_dir, mesh=mesh, members=members,
     ))
     best_score = validation_score(val, config)
-    verdict = convergence_verdict(loop, best_score, config)
+    verdict = convergence_verdict(loop, best_score, config, val)
     kept_warm_start = bool(config.get("init_from")) and int(best) == 0
     train_src = train_loader.source
     summary = {

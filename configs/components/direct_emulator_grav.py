@@ -20,4 +20,8 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.type = "direct_emulator"
     c.autoencoder_component = None
     c.lr = 2e-3
+    # The pinned-state alarm's threshold was measured on latent emulators (states pinned on a
+    # bound); scaled abundances sit on the lower bound wherever a species is at the abundance
+    # floor, and the metric here counts only entries whose truth is inside the bounds.
+    c.max_pinned_state_fraction = None
     return c
