@@ -745,21 +745,22 @@ def test_a_run_that_does_not_converge_fails_loudly():
 
 
 def test_an_emulator_trapped_at_its_bounds_fails_loudly(outputs_with_ae):
-    """Every epoch records the closed-loop validation pinned_state_fraction; an emulator whose
-    bounds hold many of its states (here bounds (0, 0.2) on latents scaled to [0, 1]) fails
-    with config.max_pinned_state_fraction and is refused downstream, while the same run
-    without the check converges; the check needs bounds, and a fraction in [0, 1]."""
+    """Every epoch records the closed-loop validation pinned_state_fraction (states held on a
+    bound while their true latent is inside); a chosen checkpoint above
+    config.max_pinned_state_fraction fails the run and is refused downstream, while the same
+    run without the check converges; the check needs bounds. Here the bounds (0, 0.2) cut
+    through the latents (scaled to [0, 1]) and the limit is 0: any pinned state fails."""
     pre = paths.preprocessed_dir("synth", "sequential")
     c = tf.tiny_config("emulator", name="trapped")
     c.epochs, c.val_horizon = 1, 0
     c.model.state_bounds = (0.0, 0.2)
-    c.max_pinned_state_fraction = 0.05
+    c.max_pinned_state_fraction = 0.0
     with pytest.raises(loop.TrainingFailedError, match="sit on a state bound"):
         train_component(c, preprocessed_dir=pre)
     summary = json.loads((paths.weights_dir("trapped") / "summary.json").read_text())
     pinned = summary["best_val_metrics"]["pinned_state_fraction"]
-    assert summary["status"] == "failed" and 0.05 < pinned <= 1.0
-    assert "max_pinned_state_fraction = 5%" in summary["failure"]
+    assert summary["status"] == "failed" and 0.0 < pinned < 1.0
+    assert "max_pinned_state_fraction = 0%" in summary["failure"]
     assert _metrics("trapped")[0]["val"]["pinned_state_fraction"] == pytest.approx(pinned)
     with pytest.raises(checkpoints.ComponentFailedError):
         load_component("trapped")
@@ -768,7 +769,9 @@ def test_an_emulator_trapped_at_its_bounds_fails_loudly(outputs_with_ae):
     c.name, c.model.state_bounds, c.max_pinned_state_fraction = "unbounded", None, 0.05
     with pytest.raises(ComponentError, match="max_pinned_state_fraction.*state_bounds"):
         train_component(c, preprocessed_dir=pre)
-    assert loop.convergence_verdict({}, 0.1, c, {"pinned_state_fraction": 0.04}) is None
+    assert loop.convergence_verdict({}, 0.1, c, {"pinned_state_fraction": 0.05}) is None
+    assert "18% of the best epoch" in loop.convergence_verdict(
+        {}, 0.1, c, {"pinned_state_fraction": 0.18})
 
 
 def test_frozen_autoencoder_stays_frozen(outputs_with_ae):

@@ -159,8 +159,9 @@ def pinned_state_fraction(states: jax.Array, bounds: tuple[float, float],
     exactly to `low` / `high`, and a state pinned there stays put while the truth moves on: the
     signature of an emulator trapped at its bounds (docs/architecture.md, "Restoring gradient at
     the bound"). With `true_states` [B, T, D], only entries whose true state is strictly inside
-    the bounds count (scaled abundances sit on the lower bound legitimately at the abundance
-    floor); the denominator is every entry either way.
+    the bounds count: where the truth is outside (a latent of a tracer beyond the training
+    range, a scaled abundance at the floor) the clip is right to hold the state. The
+    denominator is every entry either way.
     """
     low, high = (jnp.asarray(b, states.dtype) for b in bounds)
     on_bound = (states <= low) | (states >= high)

@@ -13,7 +13,8 @@ A component provides
   global item indices `idx` (the same on every device: `data.gather_rows`);
 - `predict(model, batch, frozen, setup) -> (pred_scaled [..., S], true_scaled [..., S], aux)`:
   aux {name: [B]} per-item diagnostics that validation averages next to its metrics (bounded
-  emulators: `pinned_state_fraction`), {} when there are none;
+  emulators: `pinned_state_fraction`, the state entries held on a bound while the true state,
+  the target's latent or scaled abundances, is inside), {} when there are none;
 - `after_training(finished)`: artifacts computed with the best weights (autoencoder latents
   min/max, reduced over every process; written by process 0).
 """
@@ -584,8 +585,12 @@ def _latent_predict(model, batch: dict, frozen, setup: Setup):
     b, h, d = states.shape
     z = states.reshape(b * h, d) * frozen["latent_span"] + frozen["latent_min"]
     x_hat = ae.decode(z).reshape(b, h, -1)
-    aux = ({} if model.state_bounds is None
-           else {"pinned_state_fraction": pinned_state_fraction(states, model.state_bounds)})
+    aux = {}
+    if model.state_bounds is not None:  # pinned where the target's own latent is inside
+        true_states = (ae.encode(batch["target"].reshape(b * h, -1)) - frozen["latent_min"]) \
+            / frozen["latent_span"]
+        aux["pinned_state_fraction"] = pinned_state_fraction(
+            states, model.state_bounds, true_states.reshape(b, h, d))
     return x_hat, batch["target"], aux
 
 

@@ -75,12 +75,14 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # with it that pair trains like the others: best validation 0.102 dex, and seed 0 0.093
     # against 0.102 (docs/architecture.md, "Restoring gradient at the bound").
     c.model.restoring_bound_gradient = True
-    # Fail loudly when more than this fraction of the best epoch's closed-loop validation
-    # states sit on a state bound (loop.convergence_verdict; metric `pinned_state_fraction`,
-    # logged every epoch): the trap above still "converges" (0.45 dex against ~1.3 untrained)
-    # with 19-24% of its states pinned, while the shipped recipe's runs pin 0.1-0.4% on
-    # validation (docs/architecture.md, "Pinned states").
-    c.max_pinned_state_fraction = 0.05
+    # Fail loudly when more than this fraction of the chosen epoch's closed-loop validation
+    # states are held on a state bound while their true latent is inside (loop.
+    # convergence_verdict; metric `pinned_state_fraction`, logged every epoch). The trap above
+    # still "converges" (0.45 dex against ~1.3 untrained) with 17.5% of its states pinned; the
+    # shipped recipe's runs pin 0.09-0.28% on the default datasets and up to ~5% on the real
+    # UCLCHEM file, whose validation tracers lie far from the training ones
+    # (docs/architecture.md, "Pinned states").
+    c.max_pinned_state_fraction = 0.10
     c.model.state_noise_std = 0.0  # Gaussian noise on the carried state while training
     # One Gaussian offset per training window and physical parameter (scaled units, constant
     # over the window): models.emulator.Emulator.perturb_conditions.
