@@ -25,7 +25,8 @@ per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's 
 error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
 on the test rows), distance to training (each test row's mean |dlog10| to the nearest train
 tracer at the same step, and its rank correlation with the tracers' closed-loop error), the
-autoencoder's largest validation loss relative to its running best (`val_spike_ratio`), epochs
+autoencoder's largest validation loss relative to its running best (`val_spike_ratio`), the
+shipped emulator's pinned states on validation (`pinned_state_fraction`), epochs
 and wall time; per dataset the min / median / max of each over seeds.
 
 Components of an earlier run are reused when their config is unchanged (training resumes and
@@ -110,7 +111,11 @@ def history_facts(component: str, outputs: Path) -> dict:
                    final_epoch=summary.get("final_epoch"), rollbacks=summary.get("rollbacks"),
                    stop_reason=summary.get("stop_reason"),
                    kept_warm_start=summary.get("kept_warm_start"),
-                   training_time_s=summary.get("training_time_s"))
+                   training_time_s=summary.get("training_time_s"),
+                   # emulators: closed-loop validation states held on a bound at the chosen
+                   # epoch while their truth is inside (config.max_pinned_state_fraction)
+                   pinned_state_fraction=(summary.get("best_val_metrics") or {}).get(
+                       "pinned_state_fraction"))
     metrics_path = directory / "metrics.json"
     if metrics_path.exists():
         history = json.loads(metrics_path.read_text())
@@ -207,6 +212,7 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     result["autoencoder_val_spike_ratio"] = result["autoencoder"].get("val_spike_ratio")
     result["emulator"] = history_facts(emulator, outputs)
     result["emulator_closed_loop"] = history_facts(tuned, outputs)
+    result["pinned_state_fraction"] = result["emulator_closed_loop"].get("pinned_state_fraction")
     base_path = outputs / "benchmarks" / base_prefix / "report.json"
     if base_path.exists():
         acc = json.loads(base_path.read_text())["accuracy"]
@@ -245,7 +251,7 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
               "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
-              "autoencoder_val_spike_ratio", "wall_time_s")
+              "autoencoder_val_spike_ratio", "pinned_state_fraction", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -299,3 +299,30 @@ def test_robustness_script_measures_validation_spikes_against_the_running_best()
     assert ratio([1.0, 0.2, 0.7, 0.1, 0.15]) == pytest.approx(3.5)  # 0.7 after a best of 0.2
     assert ratio([1.0, None, float("nan"), 0.5, 2.0]) == pytest.approx(4.0)  # skips missing
     assert ratio([0.3]) is None and ratio([]) is None
+
+
+def test_robustness_script_reads_each_components_facts(tmp_path):
+    """history_facts: status, chosen epoch and validation pinned states from summary.json,
+    skipped steps and the spike ratio from metrics.json; nothing for a missing component."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_robustness.py"
+    spec = importlib.util.spec_from_file_location("bench_robustness", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    directory = tmp_path / "weights" / "robustness" / "d" / "s0" / "emulator"
+    directory.mkdir(parents=True)
+    (directory / "summary.json").write_text(json.dumps({
+        "status": "converged", "best_epoch": 7, "rollbacks": 0,
+        "best_val_metrics": {"pinned_state_fraction": 0.0021, "loss": 0.1}}))
+    (directory / "metrics.json").write_text(json.dumps([
+        {"val_loss": 1.0, "train": {"non_finite_steps": 1}},
+        {"val_loss": 0.5, "train": {"non_finite_steps": 0}},
+        {"val_loss": 0.6, "train": {"non_finite_steps": 2}}]))
+    facts = script.history_facts("robustness/d/s0/emulator", tmp_path)
+    assert facts["status"] == "converged" and facts["best_epoch"] == 7
+    assert facts["pinned_state_fraction"] == pytest.approx(0.0021)
+    assert facts["non_finite_steps"] == 3 and facts["val_spike_ratio"] == pytest.approx(1.2)
+    assert script.history_facts("robustness/d/s0/missing", tmp_path) == {}
