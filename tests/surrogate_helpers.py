@@ -35,6 +35,8 @@ def component_config(kind: str, name: str, dataset: ConfigDict) -> ConfigDict:
     c.eval_batch_size = 8
     c.horizon = HORIZON
     c.converged_loss_ratio = None  # 2-epoch runs
+    if kind != "autoencoder":  # 2-epoch emulators pin many states
+        c.max_pinned_state_fraction = None
     if kind == "autoencoder":
         c.model.hidden_dims = (16,)
         c.model.latent_dim = 4

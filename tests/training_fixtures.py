@@ -111,6 +111,8 @@ def tiny_config(kind: str = "autoencoder", name: str | None = None, dataset: str
     c.plateau_patience = 0
     c.stagnant_epoch_patience = 100
     c.converged_loss_ratio = None  # 2-epoch runs: tests of the verdict set it themselves
+    if kind != "autoencoder":  # likewise: a 2-epoch emulator pins many states
+        c.max_pinned_state_fraction = None
     if kind == "autoencoder":
         c.model.hidden_dims = (8,)
         c.model.latent_dim = 3
