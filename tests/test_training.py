@@ -938,3 +938,30 @@ def test_batchnorm_recalibration_is_exact_and_changes_no_weight():
         norm = stats["encoder_norms"][0]
         np.testing.assert_allclose(norm["mean"], h.mean(axis=0), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(norm["var"], h.var(axis=0), rtol=1e-3, atol=1e-6)
+
+
+def test_batchnorm_recalibration_sees_the_rows_as_training_does():
+    """With row mixup the recalibrated statistics are those of the MIXED rows (what training
+    normalised with), drawn with the model's fixed keys: the exported first-layer mean and
+    variance equal the hand-computed ones of the same mixed rows, and differ from the plain
+    rows' (mixing shrinks the spread)."""
+    dirs = tf.write_preprocessed()
+    c = tf.tiny_config("autoencoder", name="bn_mixup")
+    c.batchnorm_recalibration_items, c.model.row_mixup, c.epochs = 10_000, 1.0, 1
+    train_component(c, preprocessed_dir=dirs["timeless"])
+    x = load_split(dirs["timeless"], "train")
+    x = np.asarray(x[loop.recalibration_indices(x.shape[0], 10_000, 16)], np.float32)
+    loaded = load_component("bn_mixup")
+    config, info = checkpoints.read_config_json(paths.weights_dir("bn_mixup"))
+    mdef, _, _ = state_lib.build_split(lambda: components.get_component(
+        "autoencoder").build_model(config, info, state_lib.model_rngs(int(config.seed))))
+    model = state_lib.merge_model(mdef, loaded.params, loaded.batch_stats, train=True)
+    mixed = np.asarray(model.mix_rows(jnp.asarray(x)), np.float64)
+    params, stats = nnx.to_pure_dict(loaded.params), nnx.to_pure_dict(loaded.batch_stats)
+    layer, norm = params["encoder_layers"][0], stats["encoder_norms"][0]
+    kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+    h = mixed @ kernel + bias
+    np.testing.assert_allclose(norm["mean"], h.mean(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(norm["var"], h.var(axis=0), rtol=1e-3, atol=1e-6)
+    plain = x.astype(np.float64) @ kernel + bias
+    assert np.mean(np.asarray(norm["var"]) / plain.var(axis=0)) < 0.9
