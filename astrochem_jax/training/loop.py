@@ -147,10 +147,11 @@ def convergence_verdict(loop: dict, best_val_score: float, config,
     pinned = (best_val or {}).get("pinned_state_fraction")
     if limit is not None and pinned is not None and float(pinned) > float(limit):
         return (f"{100 * float(pinned):.2g}% of the best epoch's closed-loop validation states "
-                f"sit on a state bound, above config.max_pinned_state_fraction = "
-                f"{100 * float(limit):g}%: the emulator is trapped at its bounds (healthy runs "
-                "pin < 0.5%; docs/architecture.md, \"Pinned states\"). Retrain with another "
-                "config.seed, or check the autoencoder's latent range")
+                f"sit on a state bound while their truth is inside, above "
+                f"config.max_pinned_state_fraction = {100 * float(limit):g}%: the emulator is "
+                "trapped at its bounds (the shipped recipe's runs pin 0.03-1.7%; "
+                "docs/architecture.md, \"Pinned states\"). Retrain with another config.seed, "
+                "or check the autoencoder's latent range")
     return None
 
 

@@ -79,9 +79,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # states are held on a state bound while their true latent is inside (loop.
     # convergence_verdict; metric `pinned_state_fraction`, logged every epoch). The trap above
     # still "converges" (0.45 dex against ~1.3 untrained) with 17.5% of its states pinned; the
-    # shipped recipe's runs pin 0.09-0.28% on the default datasets and up to ~5% on the real
-    # UCLCHEM file, whose validation tracers lie far from the training ones
-    # (docs/architecture.md, "Pinned states").
+    # shipped recipe's chosen epochs pin 0.03-0.28% on the default datasets and the gas-phase
+    # network, 1.7% on the real UCLCHEM file (whose validation tracers lie far from the
+    # training ones; 3-5% at mid-training epochs) (docs/architecture.md, "Pinned states").
     c.max_pinned_state_fraction = 0.10
     c.model.state_noise_std = 0.0  # Gaussian noise on the carried state while training
     # One Gaussian offset per training window and physical parameter (scaled units, constant
