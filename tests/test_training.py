@@ -609,8 +609,8 @@ def test_example_budget_rule():
 
 
 @pytest.mark.parametrize("train_tracers, n_steps, epochs", [
-    (90, 300, (1000, 60, 60)),  # 128 generated tracers (grav_seed7, uclchem_gas_grav)
-    (180, 300, (500, 30, 30)),  # 256 generated tracers (the default dataset, grav)
+    (90, 300, (1000, 60, 60)),  # 128 generated tracers (grav_seed7)
+    (180, 300, (500, 30, 30)),  # 256 generated tracers (grav, uclchem_gas_grav)
     (63, 301, (1000, 60, 60)),  # the real UCLCHEM file (uclchem_grav_train: 89 tracers)
 ])
 def test_shipped_budgets_keep_the_optimizer_steps_of_90_train_tracers(train_tracers, n_steps,
