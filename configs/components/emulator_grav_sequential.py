@@ -56,8 +56,9 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # whose mean dex is high). 120 epochs at the old widths (2x the time, seed 0): 0.480 / 0.496.
     # The widths fit the training tracers better (training loss 0.059 against 0.080):
     # underfitting, not only coverage, limits the real-data emulator. On the UCLCHEM gas-phase
-    # network (uclchem_gas_grav, 164 species, 14-latent autoencoder, seed 0, validation loss
-    # pick / last 10 epochs): (256, 256, 128) 0.178 / 0.201, (512, 512, 256) 0.125 / 0.132.
+    # network (uclchem_gas_grav when it had 128 tracers, 164 species, 14-latent autoencoder, seed 0,
+    # validation loss pick / last 10 epochs): (256, 256, 128) 0.178 / 0.201, (512, 512, 256)
+    # 0.125 / 0.132.
     # Test: README.
     if (c.dataset.get("n_species") or 0) > WIDE_EMULATOR_SPECIES:
         c.model.hidden_dims = (512, 512, 256)
@@ -79,7 +80,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # states are held on a state bound while their true latent is inside (loop.
     # convergence_verdict; metric `pinned_state_fraction`, logged every epoch). The trap above
     # still "converges" (0.45 dex against ~1.3 untrained) with 17.5% of its states pinned; the
-    # shipped recipe's chosen epochs pin 0.03-0.28% on the default datasets and the gas-phase
+    # shipped recipe's chosen epochs pin 0.006-0.28% on the default datasets and the gas-phase
     # network, 1.7% on the real UCLCHEM file (whose validation tracers lie far from the
     # training ones; 3-5% at mid-training epochs) (docs/architecture.md, "Pinned states").
     c.max_pinned_state_fraction = 0.10
