@@ -20,8 +20,11 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     c.type = "direct_emulator"
     c.autoencoder_component = None
     c.lr = 2e-3
-    # The pinned-state alarm's threshold was measured on latent emulators (states pinned on a
-    # bound); scaled abundances sit on the lower bound wherever a species is at the abundance
-    # floor, and the metric here counts only entries whose truth is inside the bounds.
-    c.max_pinned_state_fraction = None
+    # The pinned-state alarm (inherited threshold 0.10): here a state is a scaled abundance, and
+    # one held on a bound counts only where the true scaled abundance is inside (a species at the
+    # abundance floor is rightly held at 0). Measured on the default dataset, seeds 0 / 1 / 2,
+    # closed-loop validation over full trajectories: 0.0049-1.9% at every one of the 30 epochs,
+    # 0.044 / 0.037 / 0.032% at the chosen epochs (validation 0.164 / 0.156 / 0.167 dex), the
+    # range of the latent emulators' healthy runs (0.006-1.7%), far below a trapped one (17.5%).
+    c.max_pinned_state_fraction = 0.10
     return c
