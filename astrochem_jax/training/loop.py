@@ -128,7 +128,7 @@ def convergence_verdict(loop: dict, best_val_score: float, config,
       validation states sit on a state bound while their truth is inside
       (`best_val`["pinned_state_fraction"], bounded emulators): an emulator trapped at its
       bounds can still beat the untrained model by far (measured: 0.45 dex against ~1.3) with
-      17.5% of its states pinned, while the shipped recipe's runs pin 0.03-1.7%.
+      17.5% of its states pinned, while the shipped recipe's runs pin 0.006-1.7%.
     """
     metric = _metric_name(config)
     if not math.isfinite(best_val_score):
@@ -149,7 +149,7 @@ def convergence_verdict(loop: dict, best_val_score: float, config,
         return (f"{100 * float(pinned):.2g}% of the best epoch's closed-loop validation states "
                 f"sit on a state bound while their truth is inside, above "
                 f"config.max_pinned_state_fraction = {100 * float(limit):g}%: the emulator is "
-                "trapped at its bounds (the shipped recipe's runs pin 0.03-1.7%; "
+                "trapped at its bounds (the shipped recipe's runs pin 0.006-1.7%; "
                 "docs/architecture.md, \"Pinned states\"). Retrain with another config.seed, "
                 "or check the autoencoder's latent range")
     return None
