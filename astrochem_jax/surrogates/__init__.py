@@ -467,8 +467,11 @@ def build_ae_emulator(config: ConfigDict) -> Surrogate:
              for role in ("encoder", "emulator", "decoder")}
     encoder = load_checked_component(names["encoder"], ("autoencoder",), "encoder")
     decoder = (encoder if names["decoder"] == names["encoder"] else
-               load_checked_component(names["decoder"], ("autoencoder",), "decoder"))
+               load_checked_component(names["decoder"], ("autoencoder", "closed_loop_decoder"),
+                                      "decoder"))
     emulator = load_checked_component(names["emulator"], ("emulator",), "emulator")
+    if decoder.type == "closed_loop_decoder":
+        check_closed_loop_decoder(decoder, encoder, emulator)
 
     trained_on = emulator.info.get("autoencoder_component",
                                    _get(emulator.config, "autoencoder_component"))
@@ -531,6 +534,22 @@ def build_ae_emulator(config: ConfigDict) -> Surrogate:
             dec.model(train=False), enc.latents_minmax, dec.latents_minmax))
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[p for _, p in built])
     return _common(config, emulator, built[0][0], params, names, loaded, members)
+
+
+def check_closed_loop_decoder(decoder, encoder, emulator) -> None:
+    """A closed-loop decoder reads the states of ONE emulator started from ONE encoder: the
+    exact ones it was refit on (`training.closed_loop_decoder`), else SurrogateError."""
+    refit = f"Refit it on these: `{train_command(decoder.name)}`"
+    for role, component, kind in (("emulator", emulator, "emulator"),
+                                  ("encoder", encoder, "autoencoder")):
+        recorded = decoder.info.get(f"{kind}_fingerprint")
+        if recorded != component.fingerprint:
+            raise SurrogateError(
+                f"incompatible components: decoder {decoder.name!r} ({decoder.directory}) was "
+                f"refit on the closed-loop states of {kind} "
+                f"{decoder.info.get(kind + '_component')!r} "
+                f"(fingerprint {str(recorded)[:16]}), but the surrogate's {role} is "
+                f"{component.name!r} (fingerprint {component.fingerprint[:16]}). {refit}")
 
 
 def ensemble_members(names: dict[str, str], loaded: dict) -> tuple[int, ...] | None:

@@ -100,6 +100,9 @@ class Component:
     # (setup, chunk: HostChunk, split) -> items of the chunk, without putting it on the devices
     # (streamed splits: the learning-rate schedule needs the epoch's batch count up front).
     count_items: Callable[..., int]
+    # Component types `config.init_from` may name besides this one (their weights must fit
+    # this component's model; `training.loop.load_warm_start`).
+    warm_start_types: tuple[str, ...] = ()
 
 
 def log_line(message: str) -> None:
@@ -623,6 +626,12 @@ COMPONENTS: dict[str, Component] = {
         predict=_direct_predict, after_training=_no_after, count_items=_emu_count,
     ),
 }
+
+
+# One file per further component type, registered here (it imports this module's helpers).
+from astrochem_jax.training import closed_loop_decoder  # noqa: E402
+
+COMPONENTS[closed_loop_decoder.KIND] = closed_loop_decoder.COMPONENT
 
 
 def get_component(kind: str) -> Component:

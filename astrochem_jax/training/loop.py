@@ -739,14 +739,20 @@ def load_warm_start(config, info: dict) -> ckpt_lib.LoadedComponent | None:
         return None
     loaded = ckpt_lib.load_component(str(name))
     where = f"config.init_from = {name!r} ({loaded.directory})"
-    if loaded.type != str(config.type):
+    accepted = (str(config.type), *comp_lib.get_component(config.type).warm_start_types)
+    if loaded.type not in accepted:
         raise comp_lib.ComponentError(f"{where}: a component of type {loaded.type!r}, but this "
-                                      f"run trains type {config.type!r}")
+                                      f"run trains type {config.type!r} (warm starts from "
+                                      f"{' or '.join(repr(t) for t in accepted)})")
     if loaded.ensemble_size != ensemble_size(config):
         raise comp_lib.ComponentError(
             f"{where}: {loaded.ensemble_size} ensemble member(s), this run has "
             f"config.ensemble_size = {ensemble_size(config)}")
-    ours, theirs = info.get("autoencoder_fingerprint"), loaded.info.get("autoencoder_fingerprint")
+    # Latent emulators: the autoencoder both were trained on; a component warm-started from
+    # an autoencoder itself: that autoencoder.
+    theirs = (loaded.fingerprint if loaded.type == "autoencoder" != str(config.type)
+              else loaded.info.get("autoencoder_fingerprint"))
+    ours = info.get("autoencoder_fingerprint")
     if ours != theirs:
         raise comp_lib.ComponentError(
             f"{where}: trained on the autoencoder with fingerprint {str(theirs)[:16]}, but this "

@@ -178,10 +178,15 @@ def with_generation(state: TrainState, seed: int, generation: int) -> TrainState
 
 def make_optimizer(config) -> optax.GradientTransformation:
     """AdamW (betas, eps, weight decay) after global-norm clipping; the learning rate is an
-    injected hyperparameter so reduce-on-plateau can change it and it is checkpointed."""
+    injected hyperparameter so reduce-on-plateau can change it and it is checkpointed.
+
+    `config.trainable_params` (a tuple of name prefixes of the model's top-level attributes,
+    e.g. ("decoder_",); absent or empty = every parameter): only those parameters are updated
+    (clipped by their own global norm, decayed, moved); every other update is exactly zero."""
+    prefixes = tuple(str(p) for p in (config.get("trainable_params") or ()))
 
     def chain(learning_rate):
-        return optax.chain(
+        tx = optax.chain(
             optax.clip_by_global_norm(float(config.grad_clip_norm)),
             optax.adamw(
                 learning_rate,
@@ -191,8 +196,33 @@ def make_optimizer(config) -> optax.GradientTransformation:
                 weight_decay=float(config.weight_decay),
             ),
         )
+        if not prefixes:
+            return tx
+        return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                                     lambda params: trainable_labels(params, prefixes))
 
     return optax.inject_hyperparams(chain)(learning_rate=jnp.asarray(config.lr, jnp.float32))
+
+
+def _top_name(path) -> str:
+    entry = path[0]
+    for field in ("key", "name", "idx"):
+        if hasattr(entry, field):
+            return str(getattr(entry, field))
+    return str(entry)
+
+
+def trainable_labels(params: Any, prefixes: tuple[str, ...]) -> Any:
+    """params -> the same tree of "trained" / "frozen": "trained" where the leaf's top-level
+    attribute name starts with one of `prefixes`. A prefix that matches no parameter is an
+    error (a typo would otherwise freeze the whole model)."""
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "trained" if _top_name(path).startswith(prefixes) else "frozen", params)
+    if "trained" not in jax.tree.leaves(labels):
+        names = sorted({_top_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]})
+        raise ValueError(f"config.trainable_params = {list(prefixes)} matches no parameter of "
+                         f"the model; its parameters are {names}")
+    return labels
 
 
 LR_SCHEDULES = ("constant", "warmup_cosine")
