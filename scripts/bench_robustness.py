@@ -11,14 +11,17 @@ report closed-loop accuracy on each dataset's TEST tracers, per seed and as min 
 
 For every (dataset, seed) the exact user commands run, each in its own process:
 `astrochem_jax.generate` (only when the raw file is missing and the dataset is generated),
-`astrochem_jax.train` for the autoencoder, the latent emulator and its closed-loop fine-tune
-(`--config.seed=<k>` for all three, components named
-`robustness/<dataset>/s<k>/{autoencoder,emulator,emulator_closed_loop}`), and
-`astrochem_jax.benchmark --config.benchmark.measure_speed=False` (accuracy on the test split;
-the benchmark refuses tracers a component saw) of the shipped surrogate (the fine-tuned
-emulator) and, as `base_emulator` (`robustness/<dataset>/base/s<k>`), of the same surrogate
-with the emulator before fine-tuning. A run that fails (training that does not converge exits
-non-zero) is reported as failed with the end of its log, never skipped.
+`astrochem_jax.train` for the autoencoder, the latent emulator, its closed-loop fine-tune and the
+closed-loop decoder (`--config.seed=<k>` for all four, components named
+`robustness/<dataset>/s<k>/{autoencoder,emulator,emulator_closed_loop,decoder_closed_loop}`),
+and `astrochem_jax.benchmark --config.benchmark.measure_speed=False` (accuracy on the test
+split; the benchmark refuses tracers a component saw) of the shipped surrogate (the fine-tuned
+emulator read by the closed-loop decoder), and of two earlier stages of it: `ae_decoder`
+(`robustness/<dataset>/ae_decoder/s<k>`: the fine-tuned emulator read by the autoencoder's
+decoder; its reconstruction floor is the autoencoder's) and `base_emulator`
+(`robustness/<dataset>/base/s<k>`: the emulator before fine-tuning, the autoencoder's
+decoder). A run that fails (training that does not converge exits non-zero) is reported as
+failed with the end of its log, never skipped.
 
 Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>.json:
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
@@ -52,6 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 AE_CONFIG = "configs/components/autoencoder_grav_large.py"
 EMULATOR_CONFIG = "configs/components/emulator_grav_sequential.py"
 CLOSED_LOOP_CONFIG = "configs/components/emulator_grav_closed_loop.py"
+DECODER_CONFIG = "configs/components/decoder_grav_closed_loop.py"
 SURROGATE_CONFIG = "configs/surrogates/ae_emulator_grav.py"
 # Datasets whose raw file needs ../shared (generated from its network, or read from it).
 NEEDS_SHARED = ("uclchem_grav_train", "uclchem_gas_grav")
@@ -166,18 +170,22 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
              same_steps: bool = False) -> dict:
     prefix = f"robustness/{name}/s{seed}"
     base_prefix = f"robustness/{name}/base/s{seed}"
+    ae_decoder_prefix = f"robustness/{name}/ae_decoder/s{seed}"
     if retrain:
         for directory in (outputs / "weights" / prefix, outputs / "benchmarks" / prefix,
-                          outputs / "benchmarks" / base_prefix):
+                          outputs / "benchmarks" / base_prefix,
+                          outputs / "benchmarks" / ae_decoder_prefix):
             shutil.rmtree(directory, ignore_errors=True)
     ae, emulator = f"{prefix}/autoencoder", f"{prefix}/emulator"
     tuned = f"{prefix}/emulator_closed_loop"
+    decoder = f"{prefix}/decoder_closed_loop"
     py = sys.executable
 
-    def benchmark(surrogate: str, emulator_component: str) -> list[str]:
+    def benchmark(surrogate: str, emulator_component: str, decoder_component: str = ae
+                  ) -> list[str]:
         return [py, "-m", "astrochem_jax.benchmark", f"--config={SURROGATE_CONFIG}:{name}",
                 f"--config.name={surrogate}", f"--config.components.encoder={ae}",
-                f"--config.components.decoder={ae}",
+                f"--config.components.decoder={decoder_component}",
                 f"--config.components.emulator={emulator_component}",
                 "--config.benchmark.measure_speed=False"]
 
@@ -195,8 +203,13 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
                          f"--config.autoencoder_component={ae}",
                          f"--config.init_from={emulator}",
                          *epochs_override(CLOSED_LOOP_CONFIG, name, factor)]),
+        ("decoder", [py, "-m", "astrochem_jax.train", f"--config={DECODER_CONFIG}:{name}",
+                     f"--config.seed={seed}", f"--config.name={decoder}",
+                     f"--config.emulator_component={tuned}", f"--config.init_from={ae}",
+                     *epochs_override(DECODER_CONFIG, name, factor)]),
         ("benchmark_base", benchmark(base_prefix, emulator)),
-        ("benchmark", benchmark(prefix, tuned)),
+        ("benchmark_ae_decoder", benchmark(ae_decoder_prefix, tuned)),
+        ("benchmark", benchmark(prefix, tuned, decoder)),
     ]
     result: dict = {"dataset": name, "seed": seed, "status": "ok", "seconds": {},
                     "epochs_factor": factor}
@@ -213,16 +226,26 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     result["emulator"] = history_facts(emulator, outputs)
     result["emulator_closed_loop"] = history_facts(tuned, outputs)
     result["pinned_state_fraction"] = result["emulator_closed_loop"].get("pinned_state_fraction")
-    base_path = outputs / "benchmarks" / base_prefix / "report.json"
-    if base_path.exists():
-        acc = json.loads(base_path.read_text())["accuracy"]
-        result["base_emulator"] = {"mean_abs_dlog10": acc["abs_dlog10"]["mean"],
-                                   "p99_abs_dlog10": acc["abs_dlog10"]["p99"],
-                                   "mean_relative_error": acc["relative_error"]["mean"]}
+    result["closed_loop_decoder"] = history_facts(decoder, outputs)
+    # The same surrogate before the fine-tune, and after it but with the autoencoder's decoder.
+    for key, variant in (("base_emulator", base_prefix), ("ae_decoder", ae_decoder_prefix)):
+        path = outputs / "benchmarks" / variant / "report.json"
+        if path.exists():
+            acc = json.loads(path.read_text())["accuracy"]
+            result[key] = {"mean_abs_dlog10": acc["abs_dlog10"]["mean"],
+                           "median_abs_dlog10": acc["abs_dlog10"]["median"],
+                           "p99_abs_dlog10": acc["abs_dlog10"]["p99"],
+                           "mean_relative_error": acc["relative_error"]["mean"]}
     report_path = outputs / "benchmarks" / prefix / "report.json"
     if result["status"] == "ok":
         report = json.loads(report_path.read_text())
-        acc, floor = report["accuracy"], report["reconstruction_floor"]
+        acc = report["accuracy"]
+        # The autoencoder's floor is decode(encode(x)) with ITS decoder (the surrogate with the
+        # autoencoder's decoder); the shipped surrogate's decoder reads the emulator's states.
+        floor = json.loads((outputs / "benchmarks" / ae_decoder_prefix / "report.json")
+                           .read_text())["reconstruction_floor"]
+        result["surrogate_reconstruction_abs_dlog10"] = \
+            report["reconstruction_floor"]["abs_dlog10"]["mean"]
         conservation = acc.get("element_conservation") or {}
         worst_element = max(conservation.items(), key=lambda kv: kv[1]["mean"],
                             default=(None, {"mean": None}))
@@ -276,23 +299,28 @@ def _min_median_max(values: dict, fmt: str) -> str:
 def markdown_table(report: dict) -> str:
     """README's robustness table: one row per (dataset, seed), then min / median / max."""
     head = ("| dataset | seed | test mean / median / p99 \\|dlog10\\| (dex) | MRE (worst species) "
-            "| non-finite | AE floor (dex) | before fine-tune: mean / p99 (dex) | wall (s) |\n"
-            "|---|---|---|---|---|---|---|---|")
+            "| non-finite | AE floor (dex) | autoencoder's decoder: mean / median / p99 (dex) | "
+            "before fine-tune: mean / p99 (dex) | wall (s) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for name, entry in report["datasets"].items():
         for r in entry.get("runs", []):
             if r["status"] != "ok":
-                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | | "
+                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | | | "
                             f"{r['wall_time_s']:.0f} |")
                 continue
             base = r.get("base_emulator")
             before = (f"{base['mean_abs_dlog10']:.3f} / {base['p99_abs_dlog10']:.2f}" if base
                       else "")
+            own = r.get("ae_decoder")
+            ae_decoder = (f"{own['mean_abs_dlog10']:.3f} / {own['median_abs_dlog10']:.3f} / "
+                          f"{own['p99_abs_dlog10']:.2f}" if own else "")
             rows.append(
                 f"| {name} | {r['seed']} | {r['mean_abs_dlog10']:.3f} / "
                 f"{r['median_abs_dlog10']:.3f} / {r['p99_abs_dlog10']:.2f} | "
                 f"{r['mean_relative_error']:.3g} ({r['worst_species']}) | {r['non_finite']} | "
-                f"{r['autoencoder_floor_abs_dlog10']:.4f} | {before} | {r['wall_time_s']:.0f} |")
+                f"{r['autoencoder_floor_abs_dlog10']:.4f} | {ae_decoder} | {before} | "
+                f"{r['wall_time_s']:.0f} |")
         summary = entry.get("summary") or {}
         if "mean_abs_dlog10" in summary:
             cells = [_min_median_max(summary[k], f) for k, f in (
@@ -300,7 +328,7 @@ def markdown_table(report: dict) -> str:
                 ("mean_relative_error", ".3g"), ("non_finite", ".0f"),
                 ("autoencoder_floor_abs_dlog10", ".4f"), ("wall_time_s", ".0f"))]
             rows.append(f"| {name} | min/median/max | {cells[0]} mean, {cells[1]} p99 | "
-                        f"{cells[2]} | {cells[3]} | {cells[4]} | | {cells[5]} |")
+                        f"{cells[2]} | {cells[3]} | {cells[4]} | | | {cells[5]} |")
     return "\n".join(rows)
 
 
@@ -326,6 +354,7 @@ def main() -> None:
     report: dict = {"datasets": {}, "package_versions": runtime.package_versions(),
                     "recipe": {"autoencoder": AE_CONFIG, "emulator": EMULATOR_CONFIG,
                                "emulator_closed_loop": CLOSED_LOOP_CONFIG,
+                               "decoder_closed_loop": DECODER_CONFIG,
                                "surrogate": SURROGATE_CONFIG}}
     for name in names:
         if subset_base(name)[0] in NEEDS_SHARED and not (REPO_ROOT.parent / "shared").is_dir():

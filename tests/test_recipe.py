@@ -99,8 +99,9 @@ def test_closed_loop_fine_tune_improves_on_its_warm_start():
 
 @pytest.mark.slow
 def test_shipped_recipe_accuracy_floor_on_test_tracers(tmp_path, monkeypatch):
-    """The shipped autoencoder and emulator configs (fewer epochs, 48 generated tracers) trained
-    end to end; the benchmark scores the test tracers only. A diverged recipe scores ~1 dex mean
+    """The shipped component configs (autoencoder, emulator, fine-tune, closed-loop decoder;
+    fewer epochs, 48 generated tracers) trained end to end; the benchmark scores the test
+    tracers only. A diverged recipe scores ~1 dex mean
     and 4.6 dex p99 here; the floors sit well below that and above what the budget reaches."""
     from fixtures import make_tiny_raw_dataset, tiny_dataset_config
 
@@ -123,9 +124,17 @@ def test_shipped_recipe_accuracy_floor_on_test_tracers(tmp_path, monkeypatch):
     tuned.dataset, tuned.name, tuned.autoencoder_component = dataset, "recipe_tuned", "recipe_ae"
     tuned.init_from = "recipe_emulator"
     assert train_component(tuned)["status"] == "converged"
+    decoder = config_utils.load_config("decoder_grav_closed_loop", "components")
+    decoder.dataset, decoder.name, decoder.emulator_component = dataset, "recipe_decoder", \
+        "recipe_tuned"
+    decoder.init_from, decoder.epochs = "recipe_ae", 60
+    refit = train_component(decoder)
+    assert refit["status"] == "converged"
+    assert refit["best_val_score"] <= refit["initial_val_score"]
     surrogate = config_utils.load_config("ae_emulator_grav", "surrogates")
     surrogate.name = "recipe_surrogate"
-    surrogate.components.encoder = surrogate.components.decoder = "recipe_ae"
+    assert surrogate.components.decoder == "decoder_grav_closed_loop"
+    surrogate.components.encoder, surrogate.components.decoder = "recipe_ae", "recipe_decoder"
     surrogate.components.emulator = "recipe_tuned"
     surrogate.benchmark.measure_speed = False
     report = run_benchmark(surrogate, log=lambda m: None)

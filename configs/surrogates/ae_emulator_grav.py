@@ -1,5 +1,7 @@
-"""Latent surrogate on the default dataset: autoencoder_grav_large + emulator_grav_closed_loop
-(emulator_grav_sequential fine-tuned closed loop over whole trajectories).
+"""Latent surrogate on the default dataset: the encoder of autoencoder_grav_large ->
+emulator_grav_closed_loop (emulator_grav_sequential fine-tuned closed loop over whole
+trajectories) -> decoder_grav_closed_loop (the autoencoder's decoder refit on that emulator's
+closed-loop states).
 
 `python -m astrochem_jax.benchmark --config=configs/surrogates/ae_emulator_grav.py`
 Fields scripts rely on: `name` (output directory under outputs/benchmarks/), `type` (a key of
@@ -58,7 +60,10 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # The closed-loop fine-tune of emulator_grav_sequential (train both, in that order).
     c.components.emulator = datasets.component_name("emulator_grav_closed_loop", dataset,
                                                     "closed_loop")
-    c.components.decoder = c.components.encoder
+    # The autoencoder's decoder refit on the fine-tuned emulator's closed-loop states (train
+    # it after the emulator; components.decoder = components.encoder uses the autoencoder's).
+    c.components.decoder = datasets.component_name("decoder_grav_closed_loop", dataset,
+                                                   "closed_loop")
     # float32 matrix products of the rollout (jax.default_matmul_precision; "default" = the
     # backend's choice: TF32 on recent NVIDIA GPUs); recorded in report.json "numerics".
     c.matmul_precision = "default"
