@@ -211,7 +211,7 @@ def reconstruction_floor(surrogate: Surrogate, data: ScoredData) -> dict:
             "refit on the emulator's states: not a floor of the rollout (the autoencoder's "
             "floor is that of its own decoder)")
     return {"relative_error": summary, "abs_dlog10": ev.dlog10_summary(flat, x_hat),
-            "what": what}
+            "what": what, "closed_loop_decoder": refit}
 
 
 def closed_loop_decoder_of(surrogate: Surrogate) -> str | None:
@@ -651,8 +651,8 @@ def format_summary(report: dict) -> str:
         *([("non-finite predictions", f"{acc['non_finite_predictions']['count']} of "
                                         f"{acc['non_finite_predictions']['of']} values")]
           if acc.get("non_finite_predictions", {}).get("count") else []),
-        ("reconstruction floor" if "closed-loop decoder" not in floor["what"] else
-         "decode(encode(x))", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
+        ("decode(encode(x))" if floor.get("closed_loop_decoder") else
+         "reconstruction floor", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
                               f"{floor['abs_dlog10']['mean']:.3g} dex"),
     ]
     novelty = report.get("distance_to_training")

@@ -127,8 +127,9 @@ def test_decoder_refit_trains_only_the_decoder_and_validates_the_surrogates_clos
     closed_loop = metrics.abs_dlog10(val.abundances, bench.predict(surrogate, val)).mean()
     assert closed_loop == pytest.approx(summary["best_val_score"], rel=1e-3)
     # decode(encode(x)) with this decoder is no floor of the rollout: the report says so.
-    assert "closed-loop decoder 'tiny_decoder'" in bench.reconstruction_floor(surrogate,
-                                                                              val)["what"]
+    floor = bench.reconstruction_floor(surrogate, val)
+    assert "closed-loop decoder 'tiny_decoder'" in floor["what"]
+    assert floor["closed_loop_decoder"] == "tiny_decoder"
 
 
 def test_decoder_refit_is_the_same_on_one_and_eight_devices(outputs_with_pair):

@@ -102,8 +102,7 @@ def _setup(config, manifest: dict, directory: Path) -> comp.Setup:
         raise comp.ComponentError(f"{ae.directory}/{comp.LATENTS_MINMAX} missing; rerun "
                                   "the autoencoder's training command")
     minmax = np.asarray(ae.latents_minmax, np.float32)
-    lo, hi = minmax[0], minmax[1]
-    span = np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)
+    lo, span = comp.latent_min_span(minmax)
     info.update(latent_dim=int(ae.info["latent_dim"]), state_dim=int(ae.info["latent_dim"]),
                 emulator_component=emulator.name, emulator_fingerprint=emulator.fingerprint,
                 autoencoder_component=ae.name, autoencoder_fingerprint=ae.fingerprint,

@@ -392,6 +392,15 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
     return info
 
 
+def latent_min_span(latents_minmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """latents_minmax [..., 2, L] (min, max over the train split) -> (min [..., L], span
+    [..., L]) float32, span = max - min where positive, else 1: the emulator's state is
+    (z - min) / span."""
+    minmax = np.asarray(latents_minmax, np.float32)
+    lo, hi = minmax[..., 0, :], minmax[..., 1, :]
+    return lo, np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)
+
+
 def _latent_setup(config, manifest: dict, directory: Path) -> Setup:
     from astrochem_jax.training.checkpoints import load_component
 
@@ -443,9 +452,7 @@ def _latent_setup(config, manifest: dict, directory: Path) -> Setup:
                 autoencoder_fingerprint=ae.fingerprint)
     info["autoencoder_members"] = ae_members
     stoich = load_stoichiometric_matrix(info["dataset"], info["species"])
-    minmax = ae.latents_minmax.astype(np.float32)
-    lo, hi = minmax[..., 0, :], minmax[..., 1, :]
-    span = np.where(hi > lo, hi - lo, np.float32(1.0)).astype(np.float32)
+    lo, span = latent_min_span(ae.latents_minmax)
     frozen = {"ae_params": ae.params, "ae_batch_stats": ae.batch_stats,
               "latent_min": jnp.asarray(lo, F32), "latent_span": jnp.asarray(span, F32)}
     return Setup(info=info, stoich=stoich, abundance_clip=_abundance_clip(manifest),
