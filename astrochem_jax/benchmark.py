@@ -191,6 +191,8 @@ def accuracy_section(surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
     report["error_vs_step"] = {"time_years": data.time_years.tolist(),
                                **ev.error_vs_step(data.abundances, pred)}
     report["scored_steps"] = "1..T-1 (closed loop from the true t0 abundances)"
+    report["transition_timing"] = ev.transition_timing(data.abundances, pred, surrogate.species,
+                                                       data.time_years)
     return report
 
 
@@ -655,6 +657,22 @@ def format_summary(report: dict) -> str:
          "reconstruction floor", f"{floor['relative_error']['mean']:.4g} mean rel. error, "
                               f"{floor['abs_dlog10']['mean']:.3g} dex"),
     ]
+    timing = acc.get("transition_timing")
+    if timing and timing["n_events"]:
+        lag = timing["lag_steps"]
+        slowest = sorted((e for e in timing["per_species"]
+                          if e["median_abs_lag_steps"] is not None and e["n_events"] >= 3),
+                         key=lambda e: -e["median_abs_lag_steps"])[:2]
+        lag_text = ("never crossed" if lag is None else
+                    f"lag median {lag['median']:+.2g} steps (|lag| p90 {lag['p90_abs']:.2g}, "
+                    f"max {lag['max_abs']:.3g}; worst median |lag| " + ", ".join(
+                        f"{e['species']} {e['median_abs_lag_steps']:.2g}" for e in slowest)
+                    + f"), {timing['n_missed']} missed")
+        rows.append(("abrupt transitions", f"{timing['n_events']} (>= {timing['min_jump_dex']:g}"
+                     f" dex in one step): {lag_text}; "
+                     f"{100 * (timing['relative_error_share_near_transitions'] or 0):.0f}% of "
+                     f"the summed relative error within {timing['window_steps']} steps of "
+                     "them"))
     novelty = report.get("distance_to_training")
     if novelty:
         rho = novelty["spearman_tracers"]

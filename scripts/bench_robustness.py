@@ -264,6 +264,15 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
             autoencoder_floor_abs_dlog10=floor["abs_dlog10"]["mean"],
             autoencoder_floor_relative_error=floor["relative_error"]["mean"],
         )
+        timing = acc.get("transition_timing")
+        if timing:
+            lag = timing["lag_steps"] or {}
+            result.update(transition_events=timing["n_events"],
+                          transition_missed=timing["n_missed"],
+                          transition_lag_median_steps=lag.get("median"),
+                          transition_abs_lag_p90_steps=lag.get("p90_abs"),
+                          relative_error_share_near_transitions=timing[
+                              "relative_error_share_near_transitions"])
         novelty = report.get("distance_to_training")
         if novelty:
             result.update(train_distance_abs_dlog10=novelty["abs_dlog10"]["mean"],
@@ -274,7 +283,9 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
               "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
-              "autoencoder_val_spike_ratio", "pinned_state_fraction", "wall_time_s")
+              "autoencoder_val_spike_ratio", "pinned_state_fraction",
+              "transition_lag_median_steps", "transition_abs_lag_p90_steps",
+              "relative_error_share_near_transitions", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -80,6 +80,73 @@ def test_nearest_tracer_distance_is_the_brute_force_minimum():
         ev.nearest_tracer_distance(scored, reference[:0])
 
 
+def _drop(t: int, step: int, high: float = -5.0, low: float = -9.0) -> np.ndarray:
+    """log10 trajectory [t]: `high` up to `step`, `low` from step + 1 on (a one-step drop)."""
+    y = np.full(t, high)
+    y[step + 1:] = low
+    return y
+
+
+def test_transition_timing_measures_known_lags():
+    """A 4-dex one-step drop predicted 3 steps late, a rise predicted 2 steps early, a rise
+    never predicted (missed), a smooth species (no event), a jump among 1e-19 traces (ignored):
+    the lags come out exactly, in steps and in years, and the relative error of the late drop
+    lies within the window around it."""
+    t, years = 40, np.arange(40) * 5000.0
+    y = np.zeros((2, t, 4))
+    y_hat = np.zeros_like(y)
+    y[:, :, 0] = _drop(t, 19)
+    y_hat[:, :, 0] = _drop(t, 22)  # late by 3 on both tracers
+    y[:, :, 1] = -6.0 + 0.01 * np.arange(t)  # smooth: not an event
+    y_hat[:, :, 1] = y[:, :, 1] + 0.1
+    y[:, :, 2] = _drop(t, 24, high=-19.0, low=-12.0)  # rise at 24 -> 25
+    y_hat[0, :, 2] = -19.0  # tracer 0 never rises: missed
+    y_hat[1, :, 2] = _drop(t, 22, high=-19.0, low=-12.0)  # tracer 1: 2 steps early
+    y[:, :, 3] = _drop(t, 10, high=-19.0, low=-17.5)  # below min_abundance: ignored
+    y_hat[:, :, 3] = -19.0
+    r = ev.transition_timing(10.0 ** y, 10.0 ** y_hat, ["C", "CO", "X", "Y"], years)
+    assert (r["n_events"], r["n_missed"]) == (4, 1)
+    assert r["lag_steps"]["median"] == 3.0 and r["lag_steps"]["max_abs"] == 3.0
+    assert math.isclose(r["lag_steps"]["late_fraction"], 2 / 3)
+    assert r["lag_years"]["median"] == 15000.0
+    per = {e["species"]: e for e in r["per_species"]}
+    assert set(per) == {"C", "X"}
+    assert per["C"]["median_lag_steps"] == 3.0 and per["C"]["n_missed"] == 0
+    assert per["X"]["median_lag_steps"] == -2.0 and per["X"]["n_missed"] == 1
+    # Near: steps k - 10 .. k + 11 of the events' species (C: k = 19, X: k = 24); CO's and Y's
+    # errors (no event) and X's missed rise after step 35 are not.
+    rel = np.abs(10.0 ** y_hat - 10.0 ** y) / 10.0 ** y
+    near = rel[:, 9:31, 0].sum() + rel[:, 14:36, 2].sum()
+    assert math.isclose(r["relative_error_share_near_transitions"], near / rel.sum(),
+                        rel_tol=1e-9)
+    # A perfect prediction: every lag 0, nothing missed; interpolated crossings are exact.
+    same = ev.transition_timing(10.0 ** y, 10.0 ** y, ["C", "CO", "X", "Y"])
+    assert same["lag_steps"]["max_abs"] == 0.0 and same["n_missed"] == 0
+    assert same["relative_error_share_near_transitions"] is None  # no error at all
+    assert "lag_years" not in same
+
+
+def test_transition_timing_interpolates_and_survives_non_finite_predictions():
+    """A prediction that spreads the drop over 4 steps crosses the midpoint level at an
+    interpolated fraction; NaN / inf predictions never count as a crossing."""
+    t = 30
+    y = _drop(t, 9)[None, :, None]  # crosses -7 at 9.5
+    y_hat = y.copy()
+    y_hat[0, 10:14, 0] = [-6.0, -7.0, -8.0, -9.0]  # from -5 at 9: -7 reached at 11.0
+    y_hat[0, 14:, 0] = -9.0
+    r = ev.transition_timing(10.0 ** y, 10.0 ** y_hat, ["C"])
+    assert math.isclose(r["lag_steps"]["median"], 1.5, rel_tol=1e-12)
+    bad = np.full_like(y_hat, np.nan)
+    r = ev.transition_timing(10.0 ** y, 10.0 ** bad, ["C"])
+    assert r["n_missed"] == 1 and r["lag_steps"] is None
+    with pytest.raises(ValueError, match="must both be"):
+        ev.transition_timing(10.0 ** y, 10.0 ** y[:, :5], ["C"])
+    with pytest.raises(ValueError, match="species names"):
+        ev.transition_timing(10.0 ** y, 10.0 ** y, ["C", "O"])
+    with pytest.raises(ValueError, match="time_years"):
+        ev.transition_timing(10.0 ** y, 10.0 ** y, ["C"], np.arange(5.0))
+
+
 def test_throughput_arithmetic():
     entry = ev.throughput_entry(256, [2.0, 1.0, 3.0], flops_per_trajectory=10**9,
                                 peak_gflops=512.0)
@@ -137,7 +204,9 @@ REQUIRED = [
     "accuracy.relative_error.worst_species", "accuracy.relative_error.worst",
     "accuracy.abs_dlog10.mean", "accuracy.abs_dlog10.median", "accuracy.abs_dlog10.p99",
     "accuracy.error_vs_step.mean_relative_error", "accuracy.per_tracer",
-    "accuracy.element_conservation", "reconstruction_floor.relative_error.mean",
+    "accuracy.element_conservation", "accuracy.transition_timing.n_events",
+    "accuracy.transition_timing.relative_error_share_near_transitions",
+    "reconstruction_floor.relative_error.mean",
     "reconstruction_floor.abs_dlog10.mean", "trainer_check",
     "speed.device.device_kind", "speed.flops.per_trajectory", "speed.matmul_peak.gflops",
     "speed.same_tracks.trajectories_per_s", "speed.same_tracks.compile_s", "speed.throughput",

@@ -145,6 +145,122 @@ def nearest_tracer_distance(scored: np.ndarray, reference: np.ndarray,
     return best.astype(np.float64)
 
 
+# Abrupt transitions: a one-step change of at least this many dex in the truth (the C -> CO
+# conversion of a collapse drops C by ~1.2 dex in one 5-kyr step), with its upper side above
+# this abundance (jumps among 1e-19 traces are numerical noise, not chemistry).
+TRANSITION_MIN_JUMP_DEX = 1.0
+TRANSITION_MIN_ABUNDANCE = 1e-16
+# Steps either side of a transition whose relative error is counted as "near" it.
+TRANSITION_WINDOW_STEPS = 10
+
+
+def _crossings(y: np.ndarray, level: np.ndarray, falling: np.ndarray) -> np.ndarray:
+    """Fractional steps where each row of y [E, T] crosses its level [E] in its direction
+    (falling [E]: from above to at-or-below; else from below to at-or-above) -> [E, T - 1]
+    positions, NaN where there is no such crossing in that interval (non-finite y never
+    crosses)."""
+    d = y - level[:, None]
+    sign = np.where(falling[:, None], 1.0, -1.0)
+    d = d * sign  # every crossing becomes a fall through 0
+    a, b = d[:, :-1], d[:, 1:]
+    cross = (a > 0) & (b <= 0) & np.isfinite(a) & np.isfinite(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(cross, a / (a - b), np.nan)
+    return np.arange(y.shape[1] - 1)[None, :] + frac
+
+
+def transition_timing(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[str],
+                      time_years: np.ndarray | None = None,
+                      min_jump_dex: float = TRANSITION_MIN_JUMP_DEX,
+                      min_abundance: float = TRANSITION_MIN_ABUNDANCE,
+                      window_steps: int = TRANSITION_WINDOW_STEPS) -> dict:
+    """How early or late the prediction steps through the truth's abrupt transitions.
+
+    x_true, x_pred [N, T, S] abundances of whole trajectories; time_years [T] (optional, for
+    lags in years). A transition is a (tracer, species) whose truth changes by >= min_jump_dex
+    in one step (its largest one-step change k -> k + 1 after the first step, which leaves the
+    initial abundances) with the upper side >= min_abundance.
+    Its level is the midpoint (log10) of that step, crossed by the truth at k + 0.5; the
+    prediction's crossing of the same level in the same direction nearest to it gives the lag
+    (steps, > 0: late); a prediction that never crosses it is "missed". Relative errors near
+    transitions (steps k - window_steps .. k + 1 + window_steps of that tracer and species) are
+    summed against all of them: the share of AstroChemNet's MRE that timing carries.
+
+    Returns {n_events, n_missed, lag_steps: {median, mean_abs, median_abs, p90_abs, max_abs,
+    late_fraction} (None without events), lag_years (same, when time_years is given),
+    relative_error_share_near_transitions, per_species: [{species, n_events, n_missed,
+    median_lag_steps, median_abs_lag_steps}] (most events first), and the criteria}.
+    """
+    x_true = np.asarray(x_true, np.float64)
+    x_pred = np.asarray(x_pred, np.float64)
+    if x_true.shape != x_pred.shape or x_true.ndim != 3 or x_true.shape[1] < 2:
+        raise ValueError(f"transition_timing: truth {x_true.shape} and prediction "
+                         f"{x_pred.shape} must both be [tracers, steps >= 2, species]")
+    n, t, s = x_true.shape
+    if len(species) != s:
+        raise ValueError(f"transition_timing: {len(species)} species names for {s} species")
+    if time_years is not None and np.shape(time_years) != (t,):
+        raise ValueError(f"transition_timing: time_years has shape {np.shape(time_years)}, "
+                         f"expected ({t},)")
+    floor = metrics.RELATIVE_ERROR_FLOOR
+    y = np.log10(np.maximum(x_true, floor)).transpose(0, 2, 1).reshape(n * s, t)  # [E, T]
+    with np.errstate(invalid="ignore"):
+        y_hat = np.log10(np.maximum(x_pred, floor)).transpose(0, 2, 1).reshape(n * s, t)
+    step = np.diff(y, axis=1)  # [E, T - 1]
+    # Leaving the initial abundances (step 0 -> 1) moves many species by several dex at once; it
+    # is the surrogate's input, not a chemical event whose timing it has to find.
+    step[:, 0] = 0.0
+    k = np.argmax(np.abs(step), axis=1)
+    rows = np.arange(n * s)
+    jump = step[rows, k]
+    upper = np.maximum(y[rows, k], y[rows, k + 1])
+    event = (np.abs(jump) >= min_jump_dex) & (upper >= np.log10(min_abundance))
+    ev_rows, ev_k = rows[event], k[event]
+    level = 0.5 * (y[ev_rows, ev_k] + y[ev_rows, ev_k + 1])
+    positions = _crossings(y_hat[ev_rows], level, jump[event] < 0)  # [V, T - 1]
+    truth_at = ev_k + 0.5
+    distance = np.where(np.isnan(positions), np.inf, np.abs(positions - truth_at[:, None]))
+    nearest = np.argmin(distance, axis=1)  # [V] (empty without events)
+    found = np.isfinite(distance[np.arange(ev_rows.size), nearest])
+    lag = positions[np.arange(ev_rows.size), nearest] - truth_at
+
+    def summary(values: np.ndarray) -> dict | None:
+        if values.size == 0:
+            return None
+        a = np.abs(values)
+        return {"median": float(np.median(values)), "mean_abs": float(a.mean()),
+                "median_abs": float(np.median(a)), "p90_abs": float(np.percentile(a, 90)),
+                "max_abs": float(a.max()), "late_fraction": float(np.mean(values > 0))}
+
+    lag_found = lag[found]
+    out = {"min_jump_dex": float(min_jump_dex), "min_abundance": float(min_abundance),
+           "window_steps": int(window_steps), "n_events": int(ev_rows.size),
+           "n_missed": int(np.sum(~found)), "lag_steps": summary(lag_found)}
+    if time_years is not None:
+        dt = np.diff(np.asarray(time_years, np.float64))[ev_k[found]]
+        out["lag_years"] = summary(lag_found * dt)
+    rel = metrics.relative_error(x_true, x_pred).transpose(0, 2, 1).reshape(n * s, t)
+    rel = np.where(np.isfinite(rel), rel, 0.0)
+    steps = np.arange(t)[None, :]
+    near = ((steps >= (ev_k - window_steps)[:, None])
+            & (steps <= (ev_k + 1 + window_steps)[:, None]))
+    total = float(rel.sum())
+    out["relative_error_share_near_transitions"] = (
+        float((rel[ev_rows] * near).sum() / total) if total > 0 else None)
+    species_of = ev_rows % s
+    per_species = []
+    for j in np.unique(species_of):
+        mine = species_of == j
+        got = lag[mine & found]
+        per_species.append({
+            "species": str(species[j]), "n_events": int(mine.sum()),
+            "n_missed": int(np.sum(mine & ~found)),
+            "median_lag_steps": float(np.median(got)) if got.size else None,
+            "median_abs_lag_steps": float(np.median(np.abs(got))) if got.size else None})
+    out["per_species"] = sorted(per_species, key=lambda e: (-e["n_events"], e["species"]))
+    return out
+
+
 def accuracy_report(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[str],
                     tracer_ids: Sequence[int], stoichiometric_matrix: np.ndarray | None = None,
                     elements: Sequence[str] | None = None) -> dict:
