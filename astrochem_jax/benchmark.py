@@ -191,8 +191,8 @@ def accuracy_section(surrogate: Surrogate, data: ScoredData, pred: np.ndarray,
     report["error_vs_step"] = {"time_years": data.time_years.tolist(),
                                **ev.error_vs_step(data.abundances, pred)}
     report["scored_steps"] = "1..T-1 (closed loop from the true t0 abundances)"
-    report["transition_timing"] = ev.transition_timing(data.abundances, pred, surrogate.species,
-                                                       data.time_years)
+    report["transition_timing"] = ev.transition_timing(
+        data.abundances, pred, surrogate.species, data.time_years, physical=data.physical)
     return report
 
 
@@ -668,6 +668,12 @@ def format_summary(report: dict) -> str:
                     f"max {lag['max_abs']:.3g}; worst median |lag| " + ", ".join(
                         f"{e['species']} {e['median_abs_lag_steps']:.2g}" for e in slowest)
                     + f"), {timing['n_missed']} missed")
+        split = timing.get("by_conditions") or {}
+        if all((split.get(k) or {}).get("lag_steps") for k in ("changing", "constant")):
+            lag_text += "; median |lag| " + ", ".join(
+                f"{split[k]['lag_steps']['median_abs']:.2g} ({split[k]['n_events']} {what})"
+                for k, what in (("changing", "as the conditions change"),
+                                ("constant", "at constant conditions")))
         rows.append(("abrupt transitions", f"{timing['n_events']} (>= {timing['min_jump_dex']:g}"
                      f" dex in one step): {lag_text}; "
                      f"{100 * (timing['relative_error_share_near_transitions'] or 0):.0f}% of "

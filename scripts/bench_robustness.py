@@ -273,6 +273,9 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
                           transition_abs_lag_p90_steps=lag.get("p90_abs"),
                           relative_error_share_near_transitions=timing[
                               "relative_error_share_near_transitions"])
+            for kind, entry in (timing.get("by_conditions") or {}).items():
+                result[f"transition_abs_lag_median_{kind}_conditions_steps"] = \
+                    (entry["lag_steps"] or {}).get("median_abs")
         novelty = report.get("distance_to_training")
         if novelty:
             result.update(train_distance_abs_dlog10=novelty["abs_dlog10"]["mean"],
@@ -285,7 +288,9 @@ SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_re
               "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
               "autoencoder_val_spike_ratio", "pinned_state_fraction",
               "transition_lag_median_steps", "transition_abs_lag_p90_steps",
-              "relative_error_share_near_transitions", "wall_time_s")
+              "relative_error_share_near_transitions",
+              "transition_abs_lag_median_changing_conditions_steps",
+              "transition_abs_lag_median_constant_conditions_steps", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -126,6 +126,25 @@ def test_transition_timing_measures_known_lags():
     assert "lag_years" not in same
 
 
+def test_transition_timing_classes_transitions_by_the_conditions_around_them():
+    """With physical conditions, a transition where the density rises (tracer 0) is one the
+    conditions drive; the same transition at constant conditions (tracer 1) is the chemistry's
+    own; each class gets its own lag summary; a malformed physical array is refused."""
+    t = 30
+    y = np.stack([_drop(t, 9), _drop(t, 9)])[:, :, None]  # [2, T, 1]
+    y_hat = np.stack([_drop(t, 10), _drop(t, 14)])[:, :, None]  # late by 1 and by 5
+    physical = np.ones((2, t, 2))
+    physical[0, :, 0] = np.geomspace(1e3, 1e6, t)  # tracer 0: density rising throughout
+    physical[1, 12:, 1] = 2.0  # tracer 1: a change 3 steps after its transition (outside)
+    r = ev.transition_timing(10.0 ** y, 10.0 ** y_hat, ["C"], physical=physical)
+    split = r["by_conditions"]
+    assert split["changing"]["n_events"] == split["constant"]["n_events"] == 1
+    assert split["changing"]["lag_steps"]["median"] == 1.0
+    assert split["constant"]["lag_steps"]["median"] == 5.0
+    with pytest.raises(ValueError, match="physical has shape"):
+        ev.transition_timing(10.0 ** y, 10.0 ** y_hat, ["C"], physical=physical[:, :5])
+
+
 def test_transition_timing_interpolates_and_survives_non_finite_predictions():
     """A prediction that spreads the drop over 4 steps crosses the midpoint level at an
     interpolated fraction; NaN / inf predictions never count as a crossing."""

@@ -173,7 +173,8 @@ def transition_timing(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[
                       time_years: np.ndarray | None = None,
                       min_jump_dex: float = TRANSITION_MIN_JUMP_DEX,
                       min_abundance: float = TRANSITION_MIN_ABUNDANCE,
-                      window_steps: int = TRANSITION_WINDOW_STEPS) -> dict:
+                      window_steps: int = TRANSITION_WINDOW_STEPS,
+                      physical: np.ndarray | None = None) -> dict:
     """How early or late the prediction steps through the truth's abrupt transitions.
 
     x_true, x_pred [N, T, S] abundances of whole trajectories; time_years [T] (optional, for
@@ -185,11 +186,16 @@ def transition_timing(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[
     (steps, > 0: late); a prediction that never crosses it is "missed". Relative errors near
     transitions (steps k - window_steps .. k + 1 + window_steps of that tracer and species) are
     summed against all of them: the share of AstroChemNet's MRE that timing carries.
+    With physical [N, T, P] (positive physical conditions, e.g. density), each transition is
+    also classed by whether any condition changes (relatively, by more than 1e-6) over steps
+    k - 1 .. k + 2: a transition the conditions drive, which the emulator sees coming, or one
+    at constant conditions, timed by the chemistry alone (`by_conditions`).
 
     Returns {n_events, n_missed, lag_steps: {median, mean_abs, median_abs, p90_abs, max_abs,
     late_fraction} (None without events), lag_years (same, when time_years is given),
     relative_error_share_near_transitions, per_species: [{species, n_events, n_missed,
-    median_lag_steps, median_abs_lag_steps}] (most events first), and the criteria}.
+    median_lag_steps, median_abs_lag_steps}] (most events first), by_conditions (with
+    physical: {changing, constant}: {n_events, n_missed, lag_steps}), and the criteria}.
     """
     x_true = np.asarray(x_true, np.float64)
     x_pred = np.asarray(x_pred, np.float64)
@@ -199,6 +205,9 @@ def transition_timing(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[
     n, t, s = x_true.shape
     if len(species) != s:
         raise ValueError(f"transition_timing: {len(species)} species names for {s} species")
+    if physical is not None and (np.ndim(physical) != 3 or np.shape(physical)[:2] != (n, t)):
+        raise ValueError(f"transition_timing: physical has shape {np.shape(physical)}, "
+                         f"expected ({n}, {t}, P)")
     if time_years is not None and np.shape(time_years) != (t,):
         raise ValueError(f"transition_timing: time_years has shape {np.shape(time_years)}, "
                          f"expected ({t},)")
@@ -239,6 +248,15 @@ def transition_timing(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[
     if time_years is not None:
         dt = np.diff(np.asarray(time_years, np.float64))[ev_k[found]]
         out["lag_years"] = summary(lag_found * dt)
+    if physical is not None:
+        log_p = np.log10(np.maximum(np.asarray(physical, np.float64), 1e-300))  # [N, T, P]
+        around = np.clip(ev_k[:, None] + np.arange(-1, 3)[None, :], 0, t - 1)  # [V, 4]
+        window = log_p[(ev_rows // s)[:, None], around]  # [V, 4, P]
+        moved = (window.max(axis=1) - window.min(axis=1)).max(axis=-1) > 1e-6 / np.log(10)
+        out["by_conditions"] = {
+            name: {"n_events": int(mask.sum()), "n_missed": int(np.sum(mask & ~found)),
+                   "lag_steps": summary(lag[mask & found])}
+            for name, mask in (("changing", moved), ("constant", ~moved))}
     rel = metrics.relative_error(x_true, x_pred).transpose(0, 2, 1).reshape(n * s, t)
     rel = np.where(np.isfinite(rel), rel, 0.0)
     steps = np.arange(t)[None, :]
