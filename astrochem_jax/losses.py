@@ -8,12 +8,22 @@ elementwise loss  l = 10^(power_weight * |o - t|) - 1  (computed as expm1(ln 10 
     worst_term        = (1 / N) * sum_n max_s l[n, s]          (AstroChemNet's worst-species term)
     conservation_term = mean over samples and *present* elements of
                         |log10(x_hat @ S_mat) - log10(x @ S_mat)|
+    relative_term     = mean over samples and species of log(1 + |x_hat - x| / x)
     total = mean_term + worst_weight * worst_term + conservation_weight * conservation_term
+            + relative_weight * relative_term
 
 where x = unscale(t), x_hat = unscale(o) are abundances relative to H nuclei and S_mat [S, E] is the
 stoichiometric matrix. Elements whose column of S_mat is all zero (absent from the network) are
 masked out; element totals are floored at `ELEMENT_TOTAL_FLOOR` before the log so that no log of
 zero (and no NaN gradient) can appear. AstroChemNet uses worst_weight (its alpha) = 2.
+
+The relative term is the log of AstroChemNet's relative error |x_hat - x| / x, the metric its
+papers report: ln(x_hat / x) where x_hat > x (linear in dex, like the mean term for small
+errors), ln(2 - x_hat / x) < ln 2 where x_hat < x. It is asymmetric on purpose: where the
+prediction cannot know on which side of an abrupt drop the truth is (a transition whose timing
+it is unsure of), the mean term's optimum is the log-midpoint, a relative error of
+10^(drop / 2) - 1, while an over-prediction costs the relative error without bound and an
+under-prediction at most 1. The term moves such predictions to the low side.
 
 float32: 10^(power_weight * d) overflows float32 once power_weight * d > ~38; since |o - t| <= 1
 for scaled data, keep power_weight below ~38 (AstroChemNet's values are far below).
@@ -91,6 +101,16 @@ def conservation_term(
     return jnp.sum(dlog) / (n_samples * n_present)
 
 
+def log_relative_error(pred_scaled, true_scaled, abundance_clip):
+    """log(1 + |x_hat - x| / x) elementwise for scaled abundances [..., S] -> [..., S] (>= 0,
+    zero iff o == t), from a = ln(x_hat / x) = ln 10 * span_dex * (o - t): a where a > 0,
+    ln(2 - e^a) where a <= 0 (in [0, ln 2)). Finite with finite gradients everywhere."""
+    span_dex = math.log10(abundance_clip[1]) - math.log10(abundance_clip[0])
+    a = (span_dex * _LN10) * (pred_scaled - true_scaled)
+    below = jnp.log(2.0 - jnp.exp(jnp.minimum(a, 0.0)))
+    return jnp.where(a > 0, a, below)
+
+
 def total_loss(
     pred_scaled,
     true_scaled,
@@ -100,9 +120,11 @@ def total_loss(
     power_weight: float,
     worst_weight: float,
     conservation_weight: float,
+    relative_weight: float = 0.0,
 ):
     """AstroChemNet loss on scaled abundances [..., S] -> (scalar, {"mean", "worst",
-    "conservation", "total"}) (unweighted terms plus the weighted total; see the module doc).
+    "conservation", "relative", "total"}) (unweighted terms plus the weighted total; see the
+    module doc). The relative term is computed (and reported) only when `relative_weight` != 0.
 
     The conservation term is skipped (and reported as 0) when `conservation_weight` is the Python
     number 0, so callers without a stoichiometric matrix may pass `stoichiometric_matrix=None`.
@@ -122,8 +144,13 @@ def total_loss(
             raise ValueError("total_loss: conservation_weight != 0 needs a stoichiometric_matrix")
         cons = conservation_term(pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip)
     total = mean_term + worst_weight * worst_term + conservation_weight * cons
+    parts = {"mean": mean_term, "worst": worst_term, "conservation": cons}
+    if float(relative_weight) != 0.0:
+        parts["relative"] = jnp.mean(log_relative_error(pred_scaled, true_scaled,
+                                                        abundance_clip))
+        total = total + relative_weight * parts["relative"]
     total = jnp.asarray(total, dtype)
-    return total, {"mean": mean_term, "worst": worst_term, "conservation": cons, "total": total}
+    return total, {**parts, "total": total}
 
 
 def validation_metrics(pred_scaled, true_scaled, abundance_clip) -> dict:

@@ -11,6 +11,7 @@ import pytest
 from astrochem_jax.losses import (
     conservation_term,
     elementwise_loss,
+    log_relative_error,
     total_loss,
     unscale_in_dtype,
     validation_metrics,
@@ -207,3 +208,33 @@ def test_pow10_equals_power_in_both_namespaces_and_keeps_dtype():
     s = np.linspace(0.0, 1.0, 101)
     np.testing.assert_allclose(unscale_abundances(s, CLIP), 10.0 ** (-20.0 + 20.0 * s), rtol=1e-13)
     np.testing.assert_allclose(scale_abundances(unscale_abundances(s, CLIP), CLIP), s, atol=1e-14)
+
+
+def test_relative_term_is_log_of_astrochemnet_relative_error():
+    """log(1 + |x_hat - x| / x) against numpy in float64, weighted into the total, asymmetric
+    (an over-prediction by d dex costs d ln 10, an under-prediction < ln 2), finite gradients at
+    the bounds and at o == t, and absent (not computed) with weight 0."""
+    t = _scaled(0, (4, 5))
+    o = _scaled(1, (4, 5))
+    x_t = unscale_abundances(np.asarray(t, np.float64), CLIP)
+    x_o = unscale_abundances(np.asarray(o, np.float64), CLIP)
+    expected = np.log1p(np.abs(x_o - x_t) / x_t)
+    np.testing.assert_allclose(log_relative_error(o, t, CLIP), expected, rtol=2e-4, atol=1e-5)
+    weights = dict(WEIGHTS, relative_weight=0.5)
+    total, terms = total_loss(o, t, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **weights)
+    np.testing.assert_allclose(terms["relative"], expected.mean(), rtol=2e-4)
+    without, plain = total_loss(o, t, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **WEIGHTS)
+    assert "relative" not in plain
+    np.testing.assert_allclose(total, without + 0.5 * terms["relative"], rtol=1e-5)
+
+    three_dex = 3.0 / 20.0  # in scaled units (clip spans 20 dex)
+    base = jnp.full((1, 1), 0.5, jnp.float32)
+    over = float(log_relative_error(base + three_dex, base, CLIP)[0, 0])
+    under = float(log_relative_error(base - three_dex, base, CLIP)[0, 0])
+    np.testing.assert_allclose(over, 3.0 * math.log(10.0), rtol=1e-5)
+    np.testing.assert_allclose(under, math.log(2.0 - 1e-3), rtol=1e-4)
+    for o_, t_ in ((jnp.zeros((2, 5)), jnp.ones((2, 5))), (jnp.ones((2, 5)), jnp.zeros((2, 5))),
+                   (t, t)):
+        grad = jax.grad(lambda x, t_=t_: total_loss(
+            x, t_, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **weights)[0])(o_)
+        assert np.all(np.isfinite(np.asarray(grad)))

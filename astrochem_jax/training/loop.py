@@ -62,7 +62,7 @@ RESUME_IGNORED_FIELDS = ("epochs", "max_train_examples", "distributed", "checkpo
 # Fields added after runs were saved, with the value those runs used (resume compares them).
 NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
                       "model.row_mixup": 0.0, "model.physical_noise_std": 0.0,
-                      "checkpoint_metric": "loss"}
+                      "checkpoint_metric": "loss", "loss.relative_weight": 0.0}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -167,6 +167,8 @@ def _loss_weights(config) -> dict:
         "power_weight": float(config.loss.power_weight),
         "worst_weight": float(config.loss.worst_weight),
         "conservation_weight": float(config.loss.conservation_weight),
+        # absent in configs saved before the term existed: off
+        "relative_weight": float(config.loss.get("relative_weight", 0.0)),
     }
 
 

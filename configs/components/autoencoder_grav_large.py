@@ -173,6 +173,7 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # 0.0140 dex, MRE 3.3% with 0.
     c.loss.worst_weight = 0.0
     c.loss.conservation_weight = 0.1  # |log10(x_hat S) - log10(x S)|
+    c.loss.relative_weight = 0.0  # log(1 + |x_hat - x| / x): see astrochem_jax/losses.py
 
     # --- emulators only (kept here so every config has the same fields) ------------------------
     c.horizon = 16  # rollout window length (steps)

@@ -39,6 +39,21 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     #   further 6% for twice the time. The loss shape mattered less (seed 0, lr
     #   3e-4, 200 epochs: no conservation term .0581, power_weight 1 .0606).
     # ~2 min on 2 CPU cores for the default data.
+    # The loss adds the log of AstroChemNet's relative error, log(1 + |x_hat - x| / x)
+    # (`losses.log_relative_error`), weight 10: where the emulator's state cannot tell on which
+    # side of an abrupt drop the truth is (a transition it times a few steps off), the symmetric
+    # loss reads the state as the log-midpoint, a relative error of 10^(drop / 2); this term
+    # reads it on the low side, where an under-prediction costs at most 1. Chosen on the
+    # VALIDATION tracers (seed 0; rule fixed before: the lowest validation MRE whose closed-loop
+    # mean |dlog10| is at most 0.003 dex above weight 0's). Weight: val MRE / mean / p99 dex:
+    #   default data: 0 26.7 / .0529 / .640; 0.3 14.2 / .0524 / .617; 1 8.95 / .0530 / .620;
+    #     3 5.50 / .0534 / .630; 10 3.96 / .0536 / .636; 30 3.52 / .0537 / .638 (one tracer
+    #     holds most of the MRE; without it 1.30 -> 0.296 (3), 0.245 (10), 0.229 (30))
+    #   grav_seed7: 0 1.305 / .0458 / .447; 3 0.219 / .0474 / .465; 10 0.177 / .0477 / .468
+    # 10 rather than 30: 30 gains 11% more on the default data and was not measured on
+    # grav_seed7. The same term in the emulator's closed-loop fine-tune (weight 1, then this
+    # decoder with weight 1) did not add to it: 10.2 / .0536 against 8.95 / .0530.
+    c.loss.relative_weight = 10.0
     c.epochs = 400
     # Optimizer steps of 400 epochs of 180 train tracers x 300 rows (the default dataset).
     c.max_train_examples = 21_600_000
