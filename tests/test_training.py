@@ -878,9 +878,9 @@ def test_physical_noise_trains_the_emulator_on_shifted_conditions(outputs_with_a
 
 
 def test_runs_saved_before_new_fields_existed_still_resume(outputs_with_ae):
-    """A run whose config.json predates ema_epochs / model.physical_noise_std resumes (those
-    fields' defaults are what it used); an emulator config has no model.row_mixup, and the
-    autoencoder's default for it must not be demanded of it."""
+    """A run whose config.json predates ema_epochs / model.physical_noise_std /
+    loss.relative_weight resumes (those fields' defaults are what it used); an emulator config
+    has no model.row_mixup, and the autoencoder's default for it must not be demanded of it."""
     pre = paths.preprocessed_dir("synth", "sequential")
     c = tf.tiny_config("emulator", name="older_run")
     c.epochs, c.checkpoint_metric = 1, "loss"  # what runs before checkpoint_metric used
@@ -888,10 +888,16 @@ def test_runs_saved_before_new_fields_existed_still_resume(outputs_with_ae):
     path = paths.weights_dir("older_run") / "config.json"
     saved = json.loads(path.read_text())
     del saved["ema_epochs"], saved["model"]["physical_noise_std"], saved["checkpoint_metric"]
+    del saved["loss"]["relative_weight"]
     path.write_text(json.dumps(saved))
     c.epochs = 2
     train_component(c, preprocessed_dir=pre)
     assert len(_metrics("older_run")) == 2
+    assert "loss_relative" not in _metrics("older_run")[-1]["train"]  # off: not computed
+    c.loss.relative_weight = 1.0  # the relative-error term is a change of the run
+    with pytest.raises(ResumeMismatchError, match="relative_weight"):
+        train_component(c, preprocessed_dir=pre)
+    c.loss.relative_weight = 0.0
     c.model.physical_noise_std = 0.1  # a real change is still refused
     with pytest.raises(ResumeMismatchError, match="physical_noise_std"):
         train_component(c, preprocessed_dir=pre)
