@@ -65,6 +65,13 @@ def elementwise_loss(pred_scaled, true_scaled, power_weight: float):
     return jnp.expm1((power_weight * _LN10) * diff)
 
 
+def _log_ratio(pred_scaled, true_scaled, abundance_clip):
+    """ln(x_hat / x) [..., S] from scaled abundances: ln 10 * span_dex * (o - t), exactly 0 where
+    o == t (no unscale / log round trip)."""
+    span_dex = math.log10(abundance_clip[1]) - math.log10(abundance_clip[0])
+    return (span_dex * _LN10) * (pred_scaled - true_scaled)
+
+
 def conservation_term(
     pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip, floor=ELEMENT_TOTAL_FLOOR
 ):
@@ -83,9 +90,8 @@ def conservation_term(
     # The log-ratio of element totals is formed from x_hat - x = x * (10^(span (o - t)) - 1), which
     # is exactly 0 where o == t (two separate unscale/log evaluations may round differently under
     # jit, e.g. vectorised vs scalar lanes) and has no cancellation for small differences.
-    span_dex = math.log10(abundance_clip[1]) - math.log10(abundance_clip[0])
     x_true = unscale_in_dtype(true_scaled, abundance_clip, dtype)
-    rel_change = jnp.expm1((span_dex * _LN10) * (pred_scaled - true_scaled))  # x_hat / x - 1
+    rel_change = jnp.expm1(_log_ratio(pred_scaled, true_scaled, abundance_clip))  # x_hat / x - 1
     # Masked columns are replaced by safe values *before* any log/division: no NaN value or grad.
     tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)  # [..., E]
     ratio = jnp.where(present, ((x_true * rel_change) @ smat) / tot_true, 0.0)  # x_hat S / x S - 1
@@ -103,10 +109,9 @@ def conservation_term(
 
 def log_relative_error(pred_scaled, true_scaled, abundance_clip):
     """log(1 + |x_hat - x| / x) elementwise for scaled abundances [..., S] -> [..., S] (>= 0,
-    zero iff o == t), from a = ln(x_hat / x) = ln 10 * span_dex * (o - t): a where a > 0,
+    zero iff o == t), from a = ln(x_hat / x) (`_log_ratio`): a where a > 0,
     ln(2 - e^a) where a <= 0 (in [0, ln 2)). Finite with finite gradients everywhere."""
-    span_dex = math.log10(abundance_clip[1]) - math.log10(abundance_clip[0])
-    a = (span_dex * _LN10) * (pred_scaled - true_scaled)
+    a = _log_ratio(pred_scaled, true_scaled, abundance_clip)
     below = jnp.log(2.0 - jnp.exp(jnp.minimum(a, 0.0)))
     return jnp.where(a > 0, a, below)
 
