@@ -60,6 +60,10 @@ def get_config(dataset: str | None = None) -> ConfigDict:
     # in the collapse) but costs mean dex and does not lower p99 reliably (power_weight 10:
     # median -0.016, max +0.039): the tail is drift the fine-tune cannot remove, not a loss
     # that ignores it.
+    # Backpropagation through the whole trajectory (gradient_window 0 instead of the inherited
+    # 32), VALIDATION tracers of 5 runs (grav seeds 1-3, grav_seed7 seeds 0-1), each followed by
+    # its own decoder refit: mean dex -0.0003 to -0.0022, MRE higher on all five (grav seed 1
+    # 0.575 -> 1.83): not shipped (docs/architecture.md, "Closed-loop fine-tune").
     c.epochs = 60
     c.max_train_examples = 5_400  # trajectories: 60 epochs of 90 train tracers
     c.lr = 5e-5
