@@ -23,6 +23,12 @@ decoder; its reconstruction floor is the autoencoder's) and `base_emulator`
 decoder). A run that fails (training that does not converge exits non-zero) is reported as
 failed with the end of its log, never skipped.
 
+After the seeds of a dataset, their shipped surrogates are scored once more as ONE ensemble
+(`seed_ensemble`: comma-separated components, `robustness/<dataset>/seed_ensemble`): the mean
+in log space, and how well the members' spread ranks and covers the error (spread factor
+fitted on the validation tracers). `--ensemble-only` scores just that, from the components of
+an earlier run (train nothing; `<datasets>_seed_ensemble.json`).
+
 Prints one JSON object and writes it to outputs/benchmarks/robustness/<datasets>.json:
 per run the closed-loop test mean / median / p99 |dlog10| (dex), AstroChemNet's mean relative
 error, worst species, non-finite count, element conservation, autoencoder floor (decode(encode)
@@ -283,6 +289,62 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     return result
 
 
+ENSEMBLE_ROLES = (("encoder", "autoencoder"), ("emulator", "emulator_closed_loop"),
+                  ("decoder", "decoder_closed_loop"))
+
+
+def run_seed_ensemble(name: str, seeds: list[int], outputs: Path, logs: Path) -> dict:
+    """The seeds' shipped surrogates (trained apart) combined as ONE ensemble (comma-separated
+    components: `surrogates.member_components`), scored on the same test tracers: the mean in
+    log space, the members' spread against the error, and the spread factor fitted on the
+    validation tracers (`astrochem_jax.benchmark`'s uncertainty section)."""
+    prefix = f"robustness/{name}/seed_ensemble"
+    shutil.rmtree(outputs / "benchmarks" / prefix, ignore_errors=True)  # no stale report
+    lists = [f"--config.components.{role}="
+             + ",".join(f"robustness/{name}/s{k}/{component}" for k in seeds)
+             for role, component in ENSEMBLE_ROLES]
+    code, seconds, tail = run([sys.executable, "-m", "astrochem_jax.benchmark",
+                               f"--config={SURROGATE_CONFIG}:{name}", f"--config.name={prefix}",
+                               *lists, "--config.benchmark.measure_speed=False"],
+                              logs / "seed_ensemble.log")
+    out: dict = {"seeds": seeds, "seconds": seconds}
+    if code != 0:
+        return {**out, "status": "failed", "exit_code": code, "log_tail": tail}
+    report = json.loads((outputs / "benchmarks" / prefix / "report.json").read_text())
+    acc, spread = report["accuracy"], report["uncertainty"]
+    calibration = spread["calibration"]
+    return {**out, "status": "ok", "scored_split": report.get("scored_split"),
+            "mean_abs_dlog10": acc["abs_dlog10"]["mean"],
+            "median_abs_dlog10": acc["abs_dlog10"]["median"],
+            "p99_abs_dlog10": acc["abs_dlog10"]["p99"],
+            "mean_relative_error": acc["relative_error"]["mean"],
+            "worst_species": acc["relative_error"]["worst_species"],
+            "non_finite": acc["non_finite_predictions"]["count"],
+            "members": spread["member_summary"],
+            "spread_error_spearman": spread["spearman"],
+            "raw_coverage": spread["coverage"],
+            "spread_scale": calibration["spread_scale"],
+            "calibrated_coverage": calibration["coverage"]}
+
+
+def ensemble_only(names: list[str], seeds: list[int], outputs: Path) -> dict:
+    """`--ensemble-only`: score the seed ensemble of components an earlier run trained."""
+    report: dict = {"datasets": {}}
+    for name in names:
+        missing = [f"robustness/{name}/s{k}/{component}" for k in seeds
+                   for _, component in ENSEMBLE_ROLES
+                   if not (outputs / "weights" / f"robustness/{name}/s{k}/{component}"
+                           / "summary.json").exists()]
+        if missing:
+            raise SystemExit(f"dataset {name}: components {missing} are missing; run "
+                             f"`scripts/bench_robustness.py --datasets {name} --seeds "
+                             f"{','.join(map(str, seeds))}` first")
+        logs = outputs / "benchmarks" / "robustness" / name / "logs"
+        report["datasets"][name] = {"seed_ensemble": run_seed_ensemble(name, seeds, outputs,
+                                                                       logs)}
+    return report
+
+
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
               "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
@@ -345,6 +407,14 @@ def markdown_table(report: dict) -> str:
                 ("autoencoder_floor_abs_dlog10", ".4f"), ("wall_time_s", ".0f"))]
             rows.append(f"| {name} | min/median/max | {cells[0]} mean, {cells[1]} p99 | "
                         f"{cells[2]} | {cells[3]} | {cells[4]} | | | {cells[5]} |")
+        ens = entry.get("seed_ensemble") or {}
+        if ens.get("status") == "ok":
+            rows.append(
+                f"| {name} | ensemble of seeds {','.join(map(str, ens['seeds']))} | "
+                f"{ens['mean_abs_dlog10']:.3f} / {ens['median_abs_dlog10']:.3f} / "
+                f"{ens['p99_abs_dlog10']:.2f} | {ens['mean_relative_error']:.3g} "
+                f"({ens['worst_species']}) | {ens['non_finite']} | | | | "
+                f"{ens['seconds']:.0f} |")
     return "\n".join(rows)
 
 
@@ -360,13 +430,26 @@ def main() -> None:
                         help="for train-tracer subsets (<dataset>-train<n>), scale every "
                              "component's epochs by (full train tracers) / n so that each takes "
                              "the optimizer steps it takes on the full dataset")
+    parser.add_argument("--ensemble-only", action="store_true",
+                        help="train nothing: score the seed ensemble of the components an "
+                             "earlier run trained for these datasets and seeds (written to "
+                             "<datasets>_seed_ensemble.json)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
-    from astrochem_jax import paths, runtime
+    from astrochem_jax import atomic, paths, runtime
 
     outputs = paths.outputs_dir()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.ensemble_only:
+        report = ensemble_only(names, seeds, outputs)
+        report["package_versions"] = runtime.package_versions()
+        out_path = (outputs / "benchmarks" / "robustness"
+                    / f"{'_'.join(names)}_seed_ensemble.json")
+        atomic.write_json(out_path, report)
+        print(json.dumps(report, indent=1))
+        print(f"written: {out_path}", file=sys.stderr)
+        return
     report: dict = {"datasets": {}, "package_versions": runtime.package_versions(),
                     "recipe": {"autoencoder": AE_CONFIG, "emulator": EMULATOR_CONFIG,
                                "emulator_closed_loop": CLOSED_LOOP_CONFIG,
@@ -385,9 +468,11 @@ def main() -> None:
                 "dataset", "seed", "status", "mean_abs_dlog10", "p99_abs_dlog10",
                 "mean_relative_error", "autoencoder_floor_abs_dlog10", "wall_time_s")}),
                 file=sys.stderr, flush=True)
-        report["datasets"][name] = {"raw": raw, "runs": runs, "summary": summarise(runs)}
-    from astrochem_jax import atomic
-
+        done = [r["seed"] for r in runs if r["status"] == "ok"]
+        report["datasets"][name] = {
+            "raw": raw, "runs": runs, "summary": summarise(runs),
+            "seed_ensemble": (run_seed_ensemble(name, done, outputs, logs) if len(done) > 1
+                              else None)}
     out_path = outputs / "benchmarks" / "robustness" / f"{'_'.join(names)}.json"
     atomic.write_json(out_path, report)
     print(json.dumps(report, indent=1))

@@ -414,3 +414,52 @@ def test_robustness_script_reads_each_components_facts(tmp_path):
     assert facts["pinned_state_fraction"] == pytest.approx(0.0021)
     assert facts["non_finite_steps"] == 3 and facts["val_spike_ratio"] == pytest.approx(1.2)
     assert script.history_facts("robustness/d/s0/missing", tmp_path) == {}
+
+
+def test_robustness_script_scores_the_seeds_as_one_ensemble(tmp_path, monkeypatch):
+    """run_seed_ensemble benchmarks the seeds' shipped surrogates as ONE ensemble (member k =
+    seed k's autoencoder, fine-tuned emulator and closed-loop decoder, comma-separated) on the
+    test split and reads its accuracy and calibration back; --ensemble-only refuses seeds whose
+    components were never trained, naming the command that trains them."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_robustness.py"
+    spec = importlib.util.spec_from_file_location("bench_robustness", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+
+    def fake_run(cmd, log_path):
+        calls.append(cmd)
+        name = next(a.split("=", 1)[1] for a in cmd if a.startswith("--config.name="))
+        out = tmp_path / "benchmarks" / name
+        out.mkdir(parents=True)
+        (out / "report.json").write_text(json.dumps({
+            "scored_split": "test",
+            "accuracy": {"abs_dlog10": {"mean": 0.03, "median": 0.01, "p99": 0.3},
+                         "relative_error": {"mean": 0.2, "worst_species": "C"},
+                         "non_finite_predictions": {"count": 0}},
+            "uncertainty": {"member_summary": {"mean_abs_dlog10": {"best": 0.04}},
+                            "spearman": {"tracers": 0.7}, "coverage": {"2_sigma": 0.8},
+                            "calibration": {"spread_scale": 2.2,
+                                            "coverage": {"2_sigma": 0.95}}}}))
+        return 0, 1.5, ""
+
+    monkeypatch.setattr(script, "run", fake_run)
+    entry = script.run_seed_ensemble("d", [1, 3], tmp_path, tmp_path / "logs")
+    (cmd,) = calls
+    assert ("--config.components.emulator=robustness/d/s1/emulator_closed_loop,"
+            "robustness/d/s3/emulator_closed_loop") in cmd
+    assert ("--config.components.decoder=robustness/d/s1/decoder_closed_loop,"
+            "robustness/d/s3/decoder_closed_loop") in cmd
+    assert "--config.benchmark.measure_speed=False" in cmd
+    assert entry["status"] == "ok" and entry["seeds"] == [1, 3]
+    assert entry["mean_abs_dlog10"] == 0.03 and entry["spread_scale"] == 2.2
+    assert entry["calibrated_coverage"]["2_sigma"] == 0.95
+    report = {"datasets": {"d": {"runs": [], "seed_ensemble": entry}}}
+    assert "| d | ensemble of seeds 1,3 | 0.030 / 0.010 / 0.30 | 0.2 (C) |" in \
+        script.markdown_table(report)
+    with pytest.raises(SystemExit, match=r"robustness/d/s0/autoencoder.*--seeds 0,1"):
+        script.ensemble_only(["d"], [0, 1], tmp_path)

@@ -241,3 +241,76 @@ def test_ensemble_training_saving_loading_and_surrogate(monkeypatch):
         "encoder": "", "emulator": "plain_direct", "decoder": ""}}))
     with pytest.raises(surrogates.SurrogateError, match="single model"):
         plain.predict(x0, phys, return_spread=True)
+
+
+def _pair(name: str, seed: int, dirs: dict, hidden: tuple[int, ...] = (8,)) -> dict:
+    """A tiny autoencoder + emulator trained as one run of seed `seed`; its component names."""
+    ae = tf.tiny_config("autoencoder", name=f"{name}_ae")
+    ae.seed, ae.model.hidden_dims, ae.epochs = seed, hidden, 1
+    train_component(ae, preprocessed_dir=dirs["timeless"])
+    emu = tf.tiny_config("emulator", name=f"{name}_emu")
+    emu.seed, emu.epochs, emu.autoencoder_component = seed, 1, f"{name}_ae"
+    train_component(emu, preprocessed_dir=dirs["sequential"])
+    return {"encoder": f"{name}_ae", "emulator": f"{name}_emu", "decoder": f"{name}_ae"}
+
+
+def _listed(*runs: dict) -> ConfigDict:
+    return ConfigDict({"name": "runs", "type": "ae_emulator", "components": {
+        role: ",".join(run[role] for run in runs) for role in runs[0]}})
+
+
+def test_separately_trained_runs_combine_into_an_ensemble():
+    """Two runs of one recipe (seeds 0 and 1, trained apart), listed comma-separated in the
+    surrogate config, are an ensemble: each member is exactly its run's own surrogate, the call
+    is their mean in log space and `predict` gives their spread; the tracers it has seen are the
+    union of its members' (the benchmark refuses one only member 1 saw). Lists of different
+    lengths, an empty name and a member of another architecture are refused."""
+    from astrochem_jax import benchmark
+
+    dirs = tf.write_preprocessed(n_tracers=12, n_steps=16, n_val=3, learnable=True)
+    runs = [_pair(f"run{k}", k, dirs) for k in (0, 1)]
+    # Member 1's emulator records one more seen tracer (as if trained on another split).
+    path = paths.weights_dir("run1_emu") / "config.json"
+    saved = json.loads(path.read_text())
+    saved["data_info"]["seen_tracers"] = [*saved["data_info"]["seen_tracers"], 99]
+    path.write_text(json.dumps(saved))
+
+    singles = [surrogates.build(ConfigDict({"name": f"run{k}", "type": "ae_emulator",
+                                            "components": run}))
+               for k, run in enumerate(runs)]
+    ensemble = surrogates.build(_listed(*runs))
+    assert ensemble.ensemble_size == 2 and ensemble.meta.members == (0, 1)
+    assert ensemble.components["emulator"] == "run0_emu,run1_emu"
+    val = np.asarray(shards.load_split(dirs["sequential"], "val"))
+    p = len(tf.PHYSICAL)
+    x0 = np.asarray(ensemble.scaler.unscale_abundances(val[:, 0, p:].astype(np.float64)),
+                    np.float32)
+    phys = np.asarray(ensemble.scaler.unscale_physical(val[:, :-1, :p].astype(np.float64)),
+                      np.float32)
+    mean, spread, members = ensemble.predict(x0, phys, return_spread=True, return_members=True)
+    for k, single in enumerate(singles):
+        np.testing.assert_allclose(np.asarray(members[k]), np.asarray(single(x0, phys)),
+                                   rtol=1e-5, atol=1e-30)
+    assert not np.allclose(np.asarray(members[0]), np.asarray(members[1]))
+    logs = np.log10(np.asarray(members, np.float64))
+    np.testing.assert_allclose(np.log10(np.asarray(mean)), logs.mean(axis=0), atol=2e-4)
+    np.testing.assert_allclose(np.asarray(spread), logs.std(axis=0), atol=2e-3)
+    np.testing.assert_allclose(np.asarray(ensemble(x0, phys)), np.asarray(mean), rtol=1e-6)
+    assert 99 in ensemble.seen_tracers["emulator"] and 99 not in singles[0].seen_tracers[
+        "emulator"]
+    with pytest.raises(benchmark.BenchmarkError,
+                       match=r"tracers \[99\] were seen by component 'run0_emu,run1_emu'"):
+        benchmark.check_unseen(ensemble, np.asarray([99, 100]), "scored")
+
+    uneven = _listed(*runs)
+    uneven.components.decoder = "run0_ae,run1_ae,run0_ae"
+    with pytest.raises(surrogates.SurrogateError, match="the same number"):
+        surrogates.build(uneven)
+    stray = _listed(*runs)
+    stray.components.emulator = "run0_emu,"
+    with pytest.raises(surrogates.SurrogateError, match="empty member name"):
+        surrogates.build(stray)
+    wider = _pair("wide", 0, dirs, hidden=(16,))
+    with pytest.raises(surrogates.SurrogateError,
+                       match=r"member 1 .* differs from member 0 .* encoder's config.model"):
+        surrogates.build(_listed(runs[0], wider))

@@ -34,6 +34,13 @@ static metadata, so `jax.jit`, `jax.grad` and `jax.vmap` take it as an argument:
     jax.grad(lambda s: loss(s(x0, physical)))(surrogate).params   # d loss / d parameters
     jax.vmap(lambda s: s(x0, physical))(surrogates.stack([a, b]))   # [2, B, T + 1, S]
 
+Ensembles: components trained as one ensemble (`--config.ensemble_size=N`) carry a member axis;
+separately trained runs of one recipe (seeds, cluster jobs) combine the same way when the
+surrogate config lists their names comma-separated (`member_components`), e.g.
+`--config.components.emulator=a/emulator,b/emulator` with as many encoders and decoders. Either
+way `surrogate(x0, physical)` is the members' mean in log space and
+`surrogate.predict(x0, physical, return_spread=True)` adds their spread (dex).
+
 Called on concrete arrays, it splits the batch over this process's devices (padded to a multiple
 of their count, the padding cut from the result); inside a transformation it just computes.
 """
@@ -165,7 +172,8 @@ class Surrogate:
         if self.ensemble_size == 1 or self.meta.predict_fn is None:
             raise SurrogateError(f"surrogate {self.name!r} is a single model, not an ensemble: "
                                  "it has no spread or members (train its components with "
-                                 "--config.ensemble_size=N)")
+                                 "--config.ensemble_size=N, or list several separately "
+                                 "trained runs comma-separated in its components)")
         mean, spread, members = self._sharded(self.meta.predict_fn, abundances_0, physical)
         if self.meta.spread_scale != 1.0:
             spread = spread * self.meta.spread_scale
@@ -599,13 +607,92 @@ SURROGATES: dict[str, Callable[[ConfigDict], Surrogate]] = {
 
 
 def build(config: ConfigDict) -> Surrogate:
-    """The surrogate a config describes (`config.type` picks the builder)."""
+    """The surrogate a config describes (`config.type` picks the builder); comma-separated
+    component names make an ensemble of separately trained members (`member_components`)."""
     kind = str(_get(config, "type"))
     if kind not in SURROGATES:
         raise SurrogateError(
             f"surrogate config {_get(config, 'name')!r}: field type is {kind!r}, expected one of "
             f"{sorted(SURROGATES)}")
-    return SURROGATES[kind](config)
+    members = member_components(config)
+    if members is None:
+        return SURROGATES[kind](config)
+    singles = []
+    for k, names in enumerate(members):
+        member_config = ConfigDict(config_utils.to_dict(config))
+        member_config.name = f"{config.name}[{k}]"
+        member_config.components.update(names)
+        single = SURROGATES[kind](member_config)
+        if single.ensemble_size != 1:
+            raise SurrogateError(
+                f"surrogate config {config.name!r}: member {k} ({names}) is itself an ensemble "
+                f"of {single.ensemble_size}; list single-model components, one per member")
+        singles.append(single)
+    return combine_members(config, singles, members)
+
+
+def member_components(config: ConfigDict) -> list[dict[str, str]] | None:
+    """Per member {role: component name} when a `components` field lists several comma-separated
+    names (member k takes the k-th of each; a role with one name is shared by every member),
+    None for a single model.
+
+        components.emulator = "robustness/grav/s1/emulator_closed_loop,robustness/grav/s2/..."
+
+    Every role that lists several names must list the same number."""
+    lists = {role: [n.strip() for n in str(value or "").split(",")]
+             for role, value in dict(config.components).items()}
+    counts = {role: len(names) for role, names in lists.items() if len(names) > 1}
+    if not counts:
+        return None
+    if len(set(counts.values())) != 1:
+        raise SurrogateError(
+            f"surrogate config {config.name!r}: components list {counts} comma-separated "
+            "names; every role that lists several must list one per member, the same number")
+    empty = {role: names for role, names in lists.items() if len(names) > 1 and not all(names)}
+    if empty:
+        raise SurrogateError(f"surrogate config {config.name!r}: components {empty} hold an "
+                             "empty member name (a stray comma?)")
+    n = next(iter(counts.values()))
+    return [{role: names[k] if len(names) > 1 else names[0] for role, names in lists.items()}
+            for k in range(n)]
+
+
+def combine_members(config: ConfigDict, singles: Sequence[Surrogate],
+                    members: Sequence[dict[str, str]]) -> Surrogate:
+    """Separately trained single surrogates (e.g. the shipped recipe run with seeds 0-4) -> one
+    ensemble surrogate: the members' mean in log space, `predict(..., return_spread=True)` their
+    spread, exactly as an ensemble trained in one run. The members must share the dataset, its
+    scaling and every component's `config.model` (the pure functions of member 0 run every
+    member's parameters); the tracers the ensemble has seen are the union of its members'."""
+    first = singles[0]
+    for k, single in enumerate(singles[1:], start=1):
+        for what, ours, theirs in (
+                ("the dataset", first.dataset, single.dataset),
+                ("the scaling", first.info.get("scaling"), single.info.get("scaling")),
+                ("the preprocessing", first.preprocessing_method, single.preprocessing_method),
+                *((f"the {role}'s config.model", _get(first.component_configs[role], "model"),
+                   _get(single.component_configs.get(role, {}), "model"))
+                  for role in first.component_configs)):
+            if ours != theirs:
+                raise SurrogateError(
+                    f"surrogate config {config.name!r}: member {k} ({members[k]}) differs from "
+                    f"member 0 ({members[0]}) in {what}; an ensemble combines members of one "
+                    "recipe trained on one dataset (e.g. --config.seed=k)")
+    stacked = stack(singles)  # parameter structure and shapes checked there
+    seen = {}
+    for role in first.seen_tracers:
+        per_member = [s.seen_tracers.get(role) for s in singles]
+        seen[role] = (None if any(t is None for t in per_member) else
+                      sorted({int(t) for tracers in per_member for t in tracers}))
+    rollout, predict_fn = make_ensemble_rollout(first.parts, first.scaler)
+    return Surrogate(params=replicate(stacked.params), meta=replace(
+        first.meta, name=str(config.name),
+        components={role: ",".join(dict.fromkeys(m[role] for m in members))
+                    for role in members[0]},
+        seen_tracers=seen, rollout=rollout,
+        reconstruct=make_ensemble_reconstruct(first.parts, first.scaler),
+        ensemble_size=len(singles), predict_fn=predict_fn,
+        members=tuple(range(len(singles)))))
 
 
 def load(name_or_config: str | ConfigDict, workdir: str | Path | None = None) -> Surrogate:
@@ -630,5 +717,6 @@ def load(name_or_config: str | ConfigDict, workdir: str | Path | None = None) ->
 
 
 __all__ = ["SURROGATES", "Surrogate", "SurrogateError", "SurrogateMeta", "SurrogateParts",
-           "ae_emulator_inference_parts", "ae_emulator_parts", "build",
-           "direct_emulator_inference_parts", "direct_emulator_parts", "load", "stack"]
+           "ae_emulator_inference_parts", "ae_emulator_parts", "build", "combine_members",
+           "direct_emulator_inference_parts", "direct_emulator_parts", "load",
+           "member_components", "stack"]
