@@ -297,7 +297,8 @@ def tracer_lengths(chunk: np.ndarray) -> np.ndarray:
 
 
 def window_table(chunk: np.ndarray | None, horizon: int, where: str = "", stride: int = 1,
-                 t0_repeats: int = 1, lengths: np.ndarray | None = None) -> np.ndarray:
+                 t0_repeats: int = 1, lengths: np.ndarray | None = None,
+                 end_repeats: int = 0) -> np.ndarray:
     """Windows of `horizon` steps inside a tracer, starting every `stride` steps: int32 [W, 2]
     (tracer, start), built with numpy from the tracers' valid lengths (`lengths` [N], default
     `tracer_lengths(chunk)`).
@@ -308,12 +309,15 @@ def window_table(chunk: np.ndarray | None, horizon: int, where: str = "", stride
     (tracer k starts at k mod stride) so that, over the tracers, every start time is covered, and
     every tracer keeps its window from t0 (the start of every closed-loop rollout, and the
     fastest chemistry: the hardest step). `t0_repeats` > 1 lists every window from t0 that many
-    times (an epoch then samples them more often). Rows are grouped by tracer, in tracer order,
-    starts ascending after the repeated t0 windows.
+    times (an epoch then samples them more often). `end_repeats` > 0 adds that many windows
+    ending at the tracer's last valid step: the strided windows reach the last steps of a
+    trajectory at most once (step T - 1 is a target of ~1/stride windows, a middle step of
+    horizon/stride). Rows are grouped by tracer, in tracer order, starts ascending after the
+    repeated t0 windows, the end windows last.
     """
-    if int(stride) < 1 or int(t0_repeats) < 1:
-        raise ValueError(f"window_table: stride and t0_repeats must be >= 1, found {stride} and "
-                         f"{t0_repeats}")
+    if int(stride) < 1 or int(t0_repeats) < 1 or int(end_repeats) < 0:
+        raise ValueError(f"window_table: stride and t0_repeats must be >= 1 and end_repeats "
+                         f">= 0, found {stride}, {t0_repeats} and {end_repeats}")
     stride, t0_repeats, horizon = int(stride), int(t0_repeats), int(horizon)
     lengths = tracer_lengths(chunk) if lengths is None else np.asarray(lengths, np.int64)
     lengths = np.asarray(lengths, np.int64)
@@ -336,7 +340,13 @@ def window_table(chunk: np.ndarray | None, horizon: int, where: str = "", stride
     pos = np.arange(rows.shape[0], dtype=np.int64) - first
     zeros, offsets = np.repeat(n_zero, counts), np.repeat(offset, counts)
     starts = np.where(pos < zeros, 0, offsets + (pos - zeros) * stride)
-    return np.stack([rows, starts], axis=1).astype(np.int32).reshape(-1, 2)
+    table = np.stack([rows, starts], axis=1).astype(np.int32).reshape(-1, 2)
+    if int(end_repeats) == 0:
+        return table
+    ends = np.repeat(tracer[ok], int(end_repeats))
+    extra = np.stack([ends, np.repeat(n_starts[ok] - 1, int(end_repeats))], axis=1)
+    table = np.concatenate([table, extra.astype(np.int32).reshape(-1, 2)])
+    return table[np.argsort(table[:, 0], kind="stable")]
 
 
 def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -> dict:
@@ -389,6 +399,11 @@ def _emu_common_setup(config, manifest: dict, directory: Path, component: str) -
         if value < 1:
             raise ComponentError(f"config.{field} must be >= 1, found {value}")
         info[field] = value
+    end_repeats = int(config.get("end_window_repeats") or 0)
+    if end_repeats < 0:
+        raise ComponentError(f"config.end_window_repeats must be >= 0, found {end_repeats}")
+    if end_repeats:  # recorded only when used: configs without the field train as before
+        info["end_window_repeats"] = end_repeats
     return info
 
 
@@ -508,7 +523,8 @@ def _emu_arrays(setup: Setup, chunk: data_lib.HostChunk, split: str) -> dict:
     windows = window_table(None, horizon, where=f"split {split!r}",
                            stride=int(setup.info.get("window_stride", 1)) if train else 1,
                            t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1,
-                           lengths=lengths)
+                           lengths=lengths,
+                           end_repeats=int(setup.info.get("end_window_repeats", 0)) if train else 0)
     return {
         "sequence": chunk.put(np.nan_to_num(chunk.local)),  # [N, T, P + S]
         "windows": mesh_lib.put_replicated(windows, chunk.mesh),
@@ -525,7 +541,9 @@ def _emu_count(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") ->
     return int(window_table(None, horizon, where=f"split {split!r}",
                             stride=int(setup.info.get("window_stride", 1)) if train else 1,
                             t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train
-                            else 1, lengths=lengths).shape[0])
+                            else 1, lengths=lengths,
+                            end_repeats=int(setup.info.get("end_window_repeats", 0)) if train
+                            else 0).shape[0])
 
 
 def _latent_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> Prepared:
