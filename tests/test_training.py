@@ -500,6 +500,34 @@ def test_window_table_stride_staggers_starts():
         components.window_table(chunk, horizon=4, stride=0)
 
 
+def test_window_table_end_repeats_give_the_last_steps_the_middles_weight():
+    """Strided windows reach a trajectory's last steps at most once; `end_repeats` adds windows
+    ending at each tracer's last valid step (NaN padding respected), grouped with the tracer's
+    others, and 0 leaves the table exactly as it was."""
+    chunk = np.zeros((3, 10, 2), np.float32)
+    chunk[1, 8:] = np.nan  # tracer 1 has 8 valid steps: its last window starts at 3
+    plain = components.window_table(chunk, horizon=4, stride=3)
+    table = components.window_table(chunk, horizon=4, stride=3, end_repeats=2)
+    assert table.tolist() == [[0, 0], [0, 3], [0, 5], [0, 5], [1, 0], [1, 1], [1, 3], [1, 3],
+                              [2, 0], [2, 2], [2, 5], [2, 5], [2, 5]]
+    assert components.window_table(chunk, horizon=4, stride=3, end_repeats=0).tolist() == \
+        plain.tolist()
+
+    def targets_per_step(windows, n_steps=300, horizon=64):
+        covered = np.zeros(n_steps)
+        for _, start in windows:
+            covered[start + 1:start + 1 + horizon] += 1
+        return covered
+
+    shipped = dict(horizon=64, stride=4, t0_repeats=32, lengths=np.full(4, 300))
+    before = targets_per_step(components.window_table(None, **shipped)) / 4
+    after = targets_per_step(components.window_table(None, **shipped, end_repeats=12)) / 4
+    assert before[150] == after[150] == 16 and before[299] < 1 and before[290] < 3
+    assert np.all(after[236:] >= 12)  # the last 64 steps: at least 3/4 of a middle step's
+    with pytest.raises(ValueError, match="end_repeats"):
+        components.window_table(chunk, horizon=4, end_repeats=-1)
+
+
 def test_sweep_names_and_values():
     from astrochem_jax.train import SweepError, sweep_configs
 
