@@ -27,6 +27,15 @@ def _tree_close(a, b, tol: float) -> None:
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
+def _val_inputs(surrogate, dirs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The validation tracers in physical units: x0 [N, S], physical [N, T - 1, P]."""
+    val = np.asarray(shards.load_split(dirs["sequential"], "val"), np.float64)
+    p = len(tf.PHYSICAL)
+    x0 = np.asarray(surrogate.scaler.unscale_abundances(val[:, 0, p:]), np.float32)
+    phys = np.asarray(surrogate.scaler.unscale_physical(val[:, :-1, :p]), np.float32)
+    return x0, phys
+
+
 @pytest.mark.parametrize("kind", ["autoencoder", "direct_emulator"])
 def test_vmapped_ensemble_step_equals_separate_steps(kind):
     """A training step of a 3-member ensemble in one vmapped call == the same step of each
@@ -188,12 +197,7 @@ def test_ensemble_training_saving_loading_and_surrogate(monkeypatch):
         "encoder": "ens_ae", "emulator": "ens_emu", "decoder": "ens_ae"}})
     surrogate = surrogates.build(config)
     assert surrogate.ensemble_size == 2 and surrogate.meta.members == (0, 1)
-    val = np.asarray(shards.load_split(dirs["sequential"], "val"))
-    p = len(tf.PHYSICAL)
-    x0 = np.asarray(surrogate.scaler.unscale_abundances(val[:, 0, p:].astype(np.float64)),
-                    np.float32)
-    phys = np.asarray(surrogate.scaler.unscale_physical(val[:, :-1, :p].astype(np.float64)),
-                      np.float32)
+    x0, phys = _val_inputs(surrogate, dirs)
     mean, spread, members = surrogate.predict(x0, phys, return_spread=True,
                                               return_members=True)
     assert members.shape == (2, *mean.shape) and spread.shape == mean.shape
@@ -281,12 +285,7 @@ def test_separately_trained_runs_combine_into_an_ensemble():
     ensemble = surrogates.build(_listed(*runs))
     assert ensemble.ensemble_size == 2 and ensemble.meta.members == (0, 1)
     assert ensemble.components["emulator"] == "run0_emu,run1_emu"
-    val = np.asarray(shards.load_split(dirs["sequential"], "val"))
-    p = len(tf.PHYSICAL)
-    x0 = np.asarray(ensemble.scaler.unscale_abundances(val[:, 0, p:].astype(np.float64)),
-                    np.float32)
-    phys = np.asarray(ensemble.scaler.unscale_physical(val[:, :-1, :p].astype(np.float64)),
-                      np.float32)
+    x0, phys = _val_inputs(ensemble, dirs)
     mean, spread, members = ensemble.predict(x0, phys, return_spread=True, return_members=True)
     for k, single in enumerate(singles):
         np.testing.assert_allclose(np.asarray(members[k]), np.asarray(single(x0, phys)),

@@ -510,21 +510,27 @@ def _state_bounds(config) -> tuple[float, float] | None:
     return float(bounds[0]), float(bounds[1])
 
 
+def _split_windows(setup: Setup, chunk: data_lib.HostChunk, split: str
+                   ) -> tuple[int, np.ndarray]:
+    """(window length, window table [W, 2]) of the chunk's tracers for `split`. Training windows
+    every `window_stride` steps (long horizons at the cost of short ones) with the t0 windows
+    repeated and, if set, windows ending at the last step; validation keeps every stride-1
+    window once (the protocol the benchmark's trainer check repeats)."""
+    info, train = setup.info, split == "train"
+    horizon = info["horizon"] if train else info.get("val_horizon", info["horizon"])
+    lengths = chunk.all_rows(tracer_lengths(chunk.local))  # [n_rows], padding tracers 0
+    windows = window_table(None, horizon, where=f"split {split!r}",
+                           stride=int(info.get("window_stride", 1)) if train else 1,
+                           t0_repeats=int(info.get("t0_window_repeats", 1)) if train else 1,
+                           end_repeats=int(info.get("end_window_repeats", 0)) if train else 0,
+                           lengths=lengths)
+    return int(horizon), windows
+
+
 def _emu_arrays(setup: Setup, chunk: data_lib.HostChunk, split: str) -> dict:
     """The chunk's tracers as one global array sharded over `data` and its window table (global
     tracer indices of the chunk, from every process's tracer lengths), replicated."""
-    # Training windows every `window_stride` steps (long horizons at the cost of short ones) with
-    # the t0 windows repeated; validation keeps every stride-1 window once (the protocol the
-    # benchmark's trainer check repeats).
-    train = split == "train"
-    horizon = setup.info["horizon"] if train else setup.info.get("val_horizon",
-                                                                 setup.info["horizon"])
-    lengths = chunk.all_rows(tracer_lengths(chunk.local))  # [n_rows], padding tracers 0
-    windows = window_table(None, horizon, where=f"split {split!r}",
-                           stride=int(setup.info.get("window_stride", 1)) if train else 1,
-                           t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train else 1,
-                           lengths=lengths,
-                           end_repeats=int(setup.info.get("end_window_repeats", 0)) if train else 0)
+    horizon, windows = _split_windows(setup, chunk, split)
     return {
         "sequence": chunk.put(np.nan_to_num(chunk.local)),  # [N, T, P + S]
         "windows": mesh_lib.put_replicated(windows, chunk.mesh),
@@ -534,16 +540,7 @@ def _emu_arrays(setup: Setup, chunk: data_lib.HostChunk, split: str) -> dict:
 
 
 def _emu_count(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> int:
-    train = split == "train"
-    horizon = setup.info["horizon"] if train else setup.info.get("val_horizon",
-                                                                 setup.info["horizon"])
-    lengths = chunk.all_rows(tracer_lengths(chunk.local))
-    return int(window_table(None, horizon, where=f"split {split!r}",
-                            stride=int(setup.info.get("window_stride", 1)) if train else 1,
-                            t0_repeats=int(setup.info.get("t0_window_repeats", 1)) if train
-                            else 1, lengths=lengths,
-                            end_repeats=int(setup.info.get("end_window_repeats", 0)) if train
-                            else 0).shape[0])
+    return int(_split_windows(setup, chunk, split)[1].shape[0])
 
 
 def _latent_prepare(setup: Setup, chunk: data_lib.HostChunk, split: str = "train") -> Prepared:
