@@ -213,6 +213,7 @@ def reconstruction_floor(surrogate: Surrogate, data: ScoredData) -> dict:
             "refit on the emulator's states: not a floor of the rollout (the autoencoder's "
             "floor is that of its own decoder)")
     return {"relative_error": summary, "abs_dlog10": ev.dlog10_summary(flat, x_hat),
+            "abs_dlog10_by_abundance": ev.dlog10_by_abundance(flat, x_hat),
             "what": what, "closed_loop_decoder": refit}
 
 
@@ -637,6 +638,12 @@ def write_plots(out_dir: Path, surrogate: Surrogate, data: ScoredData, pred: np.
     return {k: str(v) for k, v in files.items()}
 
 
+def _bands_text(bands: list[dict]) -> str:
+    """'mean dex (share of the entries)' per band of true abundance, empty bands left out."""
+    return " | ".join(f"{b['band']}: {b['mean']:.3g} ({100 * b['fraction_of_entries']:.0f}%)"
+                      for b in bands if b["mean"] is not None) + " (mean dex, share of entries)"
+
+
 def format_summary(report: dict) -> str:
     """The human-readable table printed at the end of a benchmark."""
     acc, sp, solver = report["accuracy"], report["speed"], report["solver"]
@@ -650,6 +657,8 @@ def format_summary(report: dict) -> str:
                                 f"{rel['worst_species']} {rel['worst_value']:.3g})"),
         ("|dlog10| mean / median / p99", f"{dex['mean']:.3g} / {dex['median']:.3g} / "
                                          f"{dex['p99']:.3g} dex"),
+        *([("|dlog10| by true abundance", _bands_text(acc["abs_dlog10_by_abundance"]))]
+          if acc.get("abs_dlog10_by_abundance") else []),
         *([("non-finite predictions", f"{acc['non_finite_predictions']['count']} of "
                                         f"{acc['non_finite_predictions']['of']} values")]
           if acc.get("non_finite_predictions", {}).get("count") else []),

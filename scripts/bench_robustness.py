@@ -233,6 +233,12 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
     result["emulator_closed_loop"] = history_facts(tuned, outputs)
     result["pinned_state_fraction"] = result["emulator_closed_loop"].get("pinned_state_fraction")
     result["closed_loop_decoder"] = history_facts(decoder, outputs)
+    # The components' own training time (summary.json), also where this run reused them and
+    # its wall time is only the benchmarks'.
+    trained = [result[k].get("training_time_s") for k in
+               ("autoencoder", "emulator", "emulator_closed_loop", "closed_loop_decoder")]
+    if all(t is not None for t in trained):
+        result["components_training_time_s"] = float(sum(trained))
     # The same surrogate before the fine-tune, and after it but with the autoencoder's decoder.
     for key, variant in (("base_emulator", base_prefix), ("ae_decoder", ae_decoder_prefix)):
         path = outputs / "benchmarks" / variant / "report.json"
@@ -269,6 +275,7 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
                                         "mean": worst_element[1]["mean"]},
             autoencoder_floor_abs_dlog10=floor["abs_dlog10"]["mean"],
             autoencoder_floor_relative_error=floor["relative_error"]["mean"],
+            **observable_means(acc, floor),
         )
         timing = acc.get("transition_timing")
         if timing:
@@ -287,6 +294,25 @@ def run_seed(name: str, seed: int, outputs: Path, logs: Path, retrain: bool = Fa
             result.update(train_distance_abs_dlog10=novelty["abs_dlog10"]["mean"],
                           train_distance_spearman=novelty["spearman_tracers"])
     return result
+
+
+# Truth above this abundance (relative to H nuclei): the species observations detect; the mean
+# over all species is dominated by trace species (report.json `abs_dlog10_by_abundance`).
+OBSERVABLE_LOG10 = -12.0
+
+
+def observable_means(accuracy: dict, floor: dict | None = None) -> dict:
+    """Mean |dlog10| over the entries whose truth is above 1e-12, closed loop (and the
+    autoencoder's floor), from a report's bands; {} for reports written before the bands."""
+    from astrochem_jax.surrogates import evaluation as ev
+
+    out = {}
+    for key, section in (("mean_abs_dlog10_above_1e-12", accuracy),
+                         ("autoencoder_floor_abs_dlog10_above_1e-12", floor)):
+        bands = (section or {}).get("abs_dlog10_by_abundance")
+        if bands:
+            out[key] = ev.mean_over_bands_above(bands, OBSERVABLE_LOG10)
+    return out
 
 
 ENSEMBLE_ROLES = (("encoder", "autoencoder"), ("emulator", "emulator_closed_loop"),
@@ -320,6 +346,7 @@ def run_seed_ensemble(name: str, seeds: list[int], outputs: Path, logs: Path) ->
             "mean_relative_error": acc["relative_error"]["mean"],
             "worst_species": acc["relative_error"]["worst_species"],
             "non_finite": acc["non_finite_predictions"]["count"],
+            **observable_means(acc),
             "members": spread["member_summary"],
             "spread_error_spearman": spread["spearman"],
             "raw_coverage": spread["coverage"],
@@ -348,11 +375,13 @@ def ensemble_only(names: list[str], seeds: list[int], outputs: Path) -> dict:
 SUMMARISED = ("mean_abs_dlog10", "median_abs_dlog10", "p99_abs_dlog10", "mean_relative_error",
               "worst_species_relative_error", "non_finite", "autoencoder_floor_abs_dlog10",
               "autoencoder_floor_relative_error", "train_distance_abs_dlog10",
+              "mean_abs_dlog10_above_1e-12", "autoencoder_floor_abs_dlog10_above_1e-12",
               "autoencoder_val_spike_ratio", "pinned_state_fraction",
               "transition_lag_median_steps", "transition_abs_lag_p90_steps",
               "relative_error_share_near_transitions",
               "transition_abs_lag_median_changing_conditions_steps",
-              "transition_abs_lag_median_constant_conditions_steps", "wall_time_s")
+              "transition_abs_lag_median_constant_conditions_steps",
+              "components_training_time_s", "wall_time_s")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -374,17 +403,22 @@ def _min_median_max(values: dict, fmt: str) -> str:
     return "/".join(format(values[k], fmt) for k in ("min", "median", "max"))
 
 
+def _optional(value, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
 def markdown_table(report: dict) -> str:
     """README's robustness table: one row per (dataset, seed), then min / median / max."""
     head = ("| dataset | seed | test mean / median / p99 \\|dlog10\\| (dex) | MRE (worst species) "
             "| non-finite | AE floor (dex) | autoencoder's decoder: mean / median / p99 (dex) | "
-            "before fine-tune: mean / p99 (dex) | wall (s) |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+            "before fine-tune: mean / p99 (dex) | truth above 1e-12: mean (dex) | "
+            "training / this run (s) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for name, entry in report["datasets"].items():
         for r in entry.get("runs", []):
             if r["status"] != "ok":
-                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | | | "
+                rows.append(f"| {name} | {r['seed']} | {r['status']} | | | | | | | "
                             f"{r['wall_time_s']:.0f} |")
                 continue
             base = r.get("base_emulator")
@@ -398,15 +432,19 @@ def markdown_table(report: dict) -> str:
                 f"{r['median_abs_dlog10']:.3f} / {r['p99_abs_dlog10']:.2f} | "
                 f"{r['mean_relative_error']:.3g} ({r['worst_species']}) | {r['non_finite']} | "
                 f"{r['autoencoder_floor_abs_dlog10']:.4f} | {ae_decoder} | {before} | "
+                f"{_optional(r.get('mean_abs_dlog10_above_1e-12'), '.3f')} | "
+                f"{_optional(r.get('components_training_time_s'), '.0f')} / "
                 f"{r['wall_time_s']:.0f} |")
         summary = entry.get("summary") or {}
         if "mean_abs_dlog10" in summary:
-            cells = [_min_median_max(summary[k], f) for k, f in (
+            cells = [_min_median_max(summary[k], f) if k in summary else "" for k, f in (
                 ("mean_abs_dlog10", ".3f"), ("p99_abs_dlog10", ".2f"),
                 ("mean_relative_error", ".3g"), ("non_finite", ".0f"),
-                ("autoencoder_floor_abs_dlog10", ".4f"), ("wall_time_s", ".0f"))]
+                ("autoencoder_floor_abs_dlog10", ".4f"), ("mean_abs_dlog10_above_1e-12", ".3f"),
+                ("components_training_time_s", ".0f"), ("wall_time_s", ".0f"))]
             rows.append(f"| {name} | min/median/max | {cells[0]} mean, {cells[1]} p99 | "
-                        f"{cells[2]} | {cells[3]} | {cells[4]} | | | {cells[5]} |")
+                        f"{cells[2]} | {cells[3]} | {cells[4]} | | | {cells[5]} | "
+                        f"{cells[6]} / {cells[7]} |")
         ens = entry.get("seed_ensemble") or {}
         if ens.get("status") == "ok":
             rows.append(
@@ -414,7 +452,8 @@ def markdown_table(report: dict) -> str:
                 f"{ens['mean_abs_dlog10']:.3f} / {ens['median_abs_dlog10']:.3f} / "
                 f"{ens['p99_abs_dlog10']:.2f} | {ens['mean_relative_error']:.3g} "
                 f"({ens['worst_species']}) | {ens['non_finite']} | | | | "
-                f"{ens['seconds']:.0f} |")
+                f"{_optional(ens.get('mean_abs_dlog10_above_1e-12'), '.3f')} | "
+                f"/ {ens['seconds']:.0f} |")
     return "\n".join(rows)
 
 

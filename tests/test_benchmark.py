@@ -61,6 +61,43 @@ def test_error_vs_step_grows_where_the_prediction_drifts():
     assert len(curve["p99_abs_dlog10"]) == 6
 
 
+def test_dlog10_by_abundance_groups_entries_by_the_true_abundance():
+    # Truth in known bands; the prediction off by a known factor per band.
+    x = np.array([0.0, 1e-25, 1e-18, 1e-14, 1e-14, 1e-10, 1e-6, 1e-3, 0.5])
+    pred = x * np.array([1, 1, 100, 10, 10, 2, 1, 1, 1.0])
+    pred[0] = 1e-19  # an absent species predicted at 1e-19: 1 dex over the 1e-20 floor
+    bands = ev.dlog10_by_abundance(x, pred)
+    assert [b["band"] for b in bands] == ["<= 1e-20", "1e-20 .. 1e-16", "1e-16 .. 1e-12",
+                                          "1e-12 .. 1e-8", "1e-8 .. 1e-4", ">= 1e-4"]
+    fractions = [b["fraction_of_entries"] for b in bands]
+    np.testing.assert_allclose(fractions, np.array([2, 1, 2, 1, 1, 2]) / 9, atol=1e-12)
+    means = [b["mean"] for b in bands]
+    np.testing.assert_allclose(means, [0.5, 2.0, 1.0, math.log10(2.0), 0.0, 0.0], atol=1e-12)
+    total = 1.0 + 2.0 + 2.0 + math.log10(2.0)
+    np.testing.assert_allclose([b["share_of_summed_error"] for b in bands],
+                               [1 / total, 2 / total, 2 / total, math.log10(2) / total, 0, 0],
+                               atol=1e-12)
+    # The bands' means, weighted by their fractions, give the overall mean.
+    overall = ev.dlog10_summary(x, pred)["mean"]
+    assert math.isclose(sum(f * m for f, m in zip(fractions, means, strict=True)), overall,
+                        rel_tol=1e-12)
+    # Above 1e-12: the entries 1e-10, 1e-6, 1e-3, 0.5 (errors log10(2), 0, 0, 0).
+    assert math.isclose(ev.mean_over_bands_above(bands, -12.0), math.log10(2.0) / 4,
+                        rel_tol=1e-12)
+    assert ev.mean_over_bands_above(bands, 5.0) is None
+    # Entries exactly on an edge fall in the band below it (the first band holds the floor).
+    assert ev.dlog10_by_abundance(np.array([1e-20]), np.array([1e-20]))[0][
+        "fraction_of_entries"] == 1.0
+    # Empty bands have no statistics; an exact prediction has no shares.
+    exact = ev.dlog10_by_abundance(np.array([1e-3]), np.array([1e-3]))
+    assert exact[0]["mean"] is None and exact[-1]["mean"] == 0.0
+    assert all(b["share_of_summed_error"] == 0.0 for b in exact)
+    with pytest.raises(ValueError, match="increasing"):
+        ev.dlog10_by_abundance(x, pred, edges_log10=(-8.0, -12.0))
+    with pytest.raises(ValueError, match="entries"):
+        ev.dlog10_by_abundance(x, pred[:-1])
+
+
 def test_nearest_tracer_distance_is_the_brute_force_minimum():
     """[N, T] distance to the nearest reference tracer at the same step: equal to a brute-force
     minimum for any block size, zero for a scored tracer that is also a reference."""
@@ -288,6 +325,13 @@ def test_benchmark_report_has_every_metric(monkeypatch):
     assert [e["tracer"] for e in novelty["per_tracer"]] == report["scored_tracers"]
     np.testing.assert_allclose([e["distance_abs_dlog10"] for e in novelty["per_tracer"]], brute,
                                rtol=1e-4, atol=1e-4)
+    # Accuracy by band of true abundance: fractions sum to 1, the weighted means to the mean.
+    for section in (report["accuracy"], report["reconstruction_floor"]):
+        bands = section["abs_dlog10_by_abundance"]
+        assert math.isclose(sum(b["fraction_of_entries"] for b in bands), 1.0, rel_tol=1e-12)
+        assert math.isclose(sum(b["fraction_of_entries"] * b["mean"] for b in bands
+                                if b["mean"] is not None), section["abs_dlog10"]["mean"],
+                            rel_tol=1e-9)
     # Equal steps and species per tracer: the tracers' closed-loop means average to the report's.
     assert math.isclose(np.mean([e["closed_loop_abs_dlog10"] for e in novelty["per_tracer"]]),
                         report["accuracy"]["abs_dlog10"]["mean"], rel_tol=1e-9)
@@ -440,7 +484,11 @@ def test_robustness_script_scores_the_seeds_as_one_ensemble(tmp_path, monkeypatc
             "scored_split": "test",
             "accuracy": {"abs_dlog10": {"mean": 0.03, "median": 0.01, "p99": 0.3},
                          "relative_error": {"mean": 0.2, "worst_species": "C"},
-                         "non_finite_predictions": {"count": 0}},
+                         "non_finite_predictions": {"count": 0},
+                         "abs_dlog10_by_abundance": [
+                             {"lower_log10": None, "fraction_of_entries": 0.5, "mean": 1.0},
+                             {"lower_log10": -12.0, "fraction_of_entries": 0.25, "mean": 0.2},
+                             {"lower_log10": -8.0, "fraction_of_entries": 0.25, "mean": 0.1}]},
             "uncertainty": {"member_summary": {"mean_abs_dlog10": {"best": 0.04}},
                             "spearman": {"tracers": 0.7}, "coverage": {"2_sigma": 0.8},
                             "calibration": {"spread_scale": 2.2,
@@ -458,8 +506,11 @@ def test_robustness_script_scores_the_seeds_as_one_ensemble(tmp_path, monkeypatc
     assert entry["status"] == "ok" and entry["seeds"] == [1, 3]
     assert entry["mean_abs_dlog10"] == 0.03 and entry["spread_scale"] == 2.2
     assert entry["calibrated_coverage"]["2_sigma"] == 0.95
+    # The mean over the entries whose truth is above 1e-12, from the report's bands.
+    assert entry["mean_abs_dlog10_above_1e-12"] == pytest.approx(0.15)
     report = {"datasets": {"d": {"runs": [], "seed_ensemble": entry}}}
-    assert "| d | ensemble of seeds 1,3 | 0.030 / 0.010 / 0.30 | 0.2 (C) |" in \
-        script.markdown_table(report)
+    table = script.markdown_table(report)
+    assert "| d | ensemble of seeds 1,3 | 0.030 / 0.010 / 0.30 | 0.2 (C) |" in table
+    assert "| 0.150 | / 2 |" in table
     with pytest.raises(SystemExit, match=r"robustness/d/s0/autoencoder.*--seeds 0,1"):
         script.ensemble_only(["d"], [0, 1], tmp_path)

@@ -58,6 +58,74 @@ def dlog10_summary(x_true: np.ndarray, x_pred: np.ndarray) -> dict:
     }
 
 
+# Bands of TRUE abundance (log10, relative to H nuclei) for `dlog10_by_abundance`: at or below
+# the metric's floor (1e-20, where only an over-prediction counts), trace species, and the
+# species above ~1e-12 that observations detect.
+ABUNDANCE_BAND_EDGES_LOG10 = (-20.0, -16.0, -12.0, -8.0, -4.0)
+
+
+def _band_label(lower: float | None, upper: float | None) -> str:
+    if lower is None:
+        return f"<= 1e{upper:g}"
+    if upper is None:
+        return f">= 1e{lower:g}"
+    return f"1e{lower:g} .. 1e{upper:g}"
+
+
+def dlog10_by_abundance(x_true: np.ndarray, x_pred: np.ndarray,
+                        edges_log10: Sequence[float] = ABUNDANCE_BAND_EDGES_LOG10) -> list[dict]:
+    """|dlog10| (dex) over every (tracer, step, species) entry, grouped by the TRUE abundance.
+
+    x_true, x_pred [..., S]; edges_log10 increasing, E edges -> E + 1 bands: (-inf, e0],
+    (e0, e1], ..., (e_last, inf). The first band holds the entries whose truth is at or below
+    the first edge (with the default edges: at the metric's 1e-20 floor, where the error is the
+    over-prediction alone). Per band: the fraction of the entries, the mean / median / p99
+    |dlog10| (None where the band is empty), and the band's share of the summed |dlog10|
+    (the shares add to 1, or are 0 where every entry is exact). Where a mean over all species
+    is dominated by trace species, the upper bands say how well the observable ones are read.
+    """
+    edges = [float(e) for e in edges_log10]
+    if not edges or bool(np.any(np.diff(edges) <= 0)):
+        raise ValueError(f"dlog10_by_abundance: edges_log10 must be increasing and non-empty, "
+                         f"got {edges}")
+    x_true = np.asarray(x_true, np.float64).reshape(-1)
+    x_pred = np.asarray(x_pred, np.float64).reshape(-1)
+    if x_true.shape != x_pred.shape:
+        raise ValueError(f"dlog10_by_abundance: truth has {x_true.size} entries, prediction "
+                         f"{x_pred.size}")
+    dex = metrics.abs_dlog10(x_true, x_pred)
+    with np.errstate(divide="ignore"):
+        log_true = np.log10(np.maximum(x_true, 0.0))
+    band = np.searchsorted(np.asarray(edges), log_true, side="left")  # 0 .. E
+    total = float(dex.sum())
+    bounds = [None, *edges, None]
+    out = []
+    for k in range(len(edges) + 1):
+        d = dex[band == k]
+        out.append({
+            "band": _band_label(bounds[k], bounds[k + 1]),
+            "lower_log10": bounds[k], "upper_log10": bounds[k + 1],
+            "fraction_of_entries": float(d.size / dex.size) if dex.size else 0.0,
+            "mean": float(d.mean()) if d.size else None,
+            "median": float(np.median(d)) if d.size else None,
+            "p99": float(np.percentile(d, 99)) if d.size else None,
+            "share_of_summed_error": float(d.sum() / total) if total > 0 else 0.0,
+        })
+    return out
+
+
+def mean_over_bands_above(bands: list[dict], lower_log10: float) -> float | None:
+    """Mean |dlog10| over the entries of the `dlog10_by_abundance` bands whose lower edge is at
+    or above `lower_log10` (their means weighted by their fractions); None where they are empty
+    or no band starts at or above it."""
+    kept = [b for b in bands if b["lower_log10"] is not None and b["lower_log10"] >= lower_log10
+            and b["mean"] is not None]
+    weight = sum(b["fraction_of_entries"] for b in kept)
+    if weight <= 0:
+        return None
+    return float(sum(b["fraction_of_entries"] * b["mean"] for b in kept) / weight)
+
+
 def error_vs_step(x_true: np.ndarray, x_pred: np.ndarray) -> dict:
     """Per step t: mean relative error and mean / p99 |dlog10| over tracers and species -> [T]."""
     x_true = np.asarray(x_true, np.float64)
@@ -292,6 +360,7 @@ def accuracy_report(x_true: np.ndarray, x_pred: np.ndarray, species: Sequence[st
         "relative_error": summarize_species_errors(
             species_mean_relative_error(x_true, x_pred), species),
         "abs_dlog10": dlog10_summary(x_true, x_pred),
+        "abs_dlog10_by_abundance": dlog10_by_abundance(x_true, x_pred),
     }
     if stoichiometric_matrix is not None and elements is not None:
         report["element_conservation"] = element_conservation_summary(
