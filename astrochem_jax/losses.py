@@ -9,8 +9,10 @@ elementwise loss  l = 10^(power_weight * |o - t|) - 1  (computed as expm1(ln 10 
     conservation_term = mean over samples and *present* elements of
                         |log10(x_hat @ S_mat) - log10(x @ S_mat)|
     relative_term     = mean over samples and species of log(1 + |x_hat - x| / x)
+    partition_term    = mean over samples and present elements of
+                        sum_s S_mat[s, e] |x_hat_s - x_s| / (x @ S_mat)_e
     total = mean_term + worst_weight * worst_term + conservation_weight * conservation_term
-            + relative_weight * relative_term
+            + relative_weight * relative_term + partition_weight * partition_term
 
 where x = unscale(t), x_hat = unscale(o) are abundances relative to H nuclei and S_mat [S, E] is the
 stoichiometric matrix. Elements whose column of S_mat is all zero (absent from the network) are
@@ -107,6 +109,35 @@ def conservation_term(
     return jnp.sum(dlog) / (n_samples * n_present)
 
 
+def partition_term(pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip,
+                   floor=ELEMENT_TOTAL_FLOOR):
+    """Mean over samples and present elements of how much of each element's true total the
+    prediction puts in the wrong species: sum_s S[s, e] |x_hat_s - x_s| / (x S)_e, scalar
+    (0 exact, 2 every atom elsewhere). stoichiometric_matrix [S, E]; all-zero columns masked.
+
+    A log-space loss weighs every species by its dex error, so a 0.06-dex error on a reservoir
+    holding 70% of the carbon costs what it costs on a 1e-15 trace species; yet that reservoir's
+    error decides when the minor form runs out (C when CO holds nearly all the carbon). This term
+    weighs each species by the share of the element it holds, and, unlike the conservation
+    term, does not let errors of opposite sign in two carriers cancel."""
+    dtype = pred_scaled.dtype
+    smat = jnp.asarray(stoichiometric_matrix, dtype)
+    if smat.ndim != 2 or smat.shape[0] != pred_scaled.shape[-1]:
+        raise ValueError(
+            f"partition_term: stoichiometric_matrix must be [species={pred_scaled.shape[-1]}, "
+            f"elements]; got shape {smat.shape}"
+        )
+    present = jnp.any(smat != 0, axis=0)  # [E]
+    x_true = unscale_in_dtype(true_scaled, abundance_clip, dtype)
+    # |x_hat - x| = x |10^(span (o - t)) - 1|: exactly 0 where o == t, no cancellation.
+    moved = x_true * jnp.abs(jnp.expm1(_log_ratio(pred_scaled, true_scaled, abundance_clip)))
+    tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)  # [..., E]
+    share = jnp.where(present, (moved @ smat) / tot_true, 0.0)  # [..., E]
+    n_samples = math.prod(pred_scaled.shape[:-1])
+    n_present = jnp.maximum(jnp.sum(present), 1).astype(dtype)
+    return jnp.sum(share) / (n_samples * n_present)
+
+
 def log_relative_error(pred_scaled, true_scaled, abundance_clip):
     """log(1 + |x_hat - x| / x) elementwise for scaled abundances [..., S] -> [..., S] (>= 0,
     zero iff o == t), from a = ln(x_hat / x) (`_log_ratio`): a where a > 0,
@@ -126,6 +157,7 @@ def total_loss(
     worst_weight: float,
     conservation_weight: float,
     relative_weight: float = 0.0,
+    partition_weight: float = 0.0,
 ):
     """AstroChemNet loss on scaled abundances [..., S] -> (scalar, {"mean", "worst",
     "conservation", "relative", "total"}) (unweighted terms plus the weighted total; see the
@@ -154,6 +186,12 @@ def total_loss(
         parts["relative"] = jnp.mean(log_relative_error(pred_scaled, true_scaled,
                                                         abundance_clip))
         total = total + relative_weight * parts["relative"]
+    if float(partition_weight) != 0.0:
+        if stoichiometric_matrix is None:
+            raise ValueError("total_loss: partition_weight != 0 needs a stoichiometric_matrix")
+        parts["partition"] = partition_term(pred_scaled, true_scaled, stoichiometric_matrix,
+                                            abundance_clip)
+        total = total + partition_weight * parts["partition"]
     total = jnp.asarray(total, dtype)
     return total, {**parts, "total": total}
 

@@ -12,6 +12,7 @@ from astrochem_jax.losses import (
     conservation_term,
     elementwise_loss,
     log_relative_error,
+    partition_term,
     total_loss,
     unscale_in_dtype,
     validation_metrics,
@@ -233,6 +234,54 @@ def test_relative_term_is_log_of_astrochemnet_relative_error():
     under = float(log_relative_error(base - three_dex, base, CLIP)[0, 0])
     np.testing.assert_allclose(over, 3.0 * math.log(10.0), rtol=1e-5)
     np.testing.assert_allclose(under, math.log(2.0 - 1e-3), rtol=1e-4)
+    for o_, t_ in ((jnp.zeros((2, 5)), jnp.ones((2, 5))), (jnp.ones((2, 5)), jnp.zeros((2, 5))),
+                   (t, t)):
+        grad = jax.grad(lambda x, t_=t_: total_loss(
+            x, t_, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **weights)[0])(o_)
+        assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_partition_term_weighs_each_species_by_its_share_of_the_element():
+    """sum_s S[s, e] |x_hat_s - x_s| / (x S)_e per present element, mean over samples and
+    elements: against numpy in float64; errors of opposite sign in two carriers of an element do
+    not cancel (the conservation term is 0 there); the same dex error costs in proportion to the
+    share of the element the species holds; weighted into the total; finite gradients."""
+    t = _scaled(0, (4, 5))
+    o = _scaled(1, (4, 5))
+    x_t = unscale_abundances(np.asarray(t, np.float64), CLIP)
+    x_o = unscale_abundances(np.asarray(o, np.float64), CLIP)
+    present = SMAT.any(axis=0)
+    expected = ((np.abs(x_o - x_t) @ SMAT)[:, present] / (x_t @ SMAT)[:, present]).mean()
+    np.testing.assert_allclose(partition_term(o, t, SMAT, CLIP), expected, rtol=2e-4)
+    assert float(partition_term(t, t, SMAT, CLIP)) == 0.0
+
+    # Carbon: C 3e-5 and CO 1.5e-4; 1e-5 moved from CO to C keeps every element total but C.
+    x = np.array([[1e-2, 4e-1, 3e-5, 1.5e-4, 1e-20]])
+    y = x.copy()
+    y[0, 2] += 1e-5
+    y[0, 3] -= 1e-5
+    tt = jnp.asarray(scale_abundances(x, CLIP), jnp.float32)
+    oo = jnp.asarray(scale_abundances(y, CLIP), jnp.float32)
+    # C's total (C + CO) is unchanged; O's (CO) falls by 1e-5 / 1.5e-4.
+    moved = 2e-5 / 1.8e-4  # of the carbon
+    np.testing.assert_allclose(partition_term(oo, tt, SMAT, CLIP),
+                               (0.0 + moved + 1e-5 / 1.5e-4) / 3, rtol=1e-3)
+    # 0.1 dex on the major carrier (CO: 83% of the carbon and all the oxygen) costs 11x what
+    # 0.1 dex costs on the minor one (C: 17% of the carbon).
+    up = 0.1 / 20.0
+    on_co = float(partition_term(tt.at[0, 3].add(up), tt, SMAT, CLIP))
+    on_c = float(partition_term(tt.at[0, 2].add(up), tt, SMAT, CLIP))
+    np.testing.assert_allclose(on_co / on_c, (1.5e-4 / 1.8e-4 + 1.0) / (3e-5 / 1.8e-4),
+                               rtol=1e-3)
+
+    weights = dict(WEIGHTS, partition_weight=0.3)
+    total, terms = total_loss(o, t, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **weights)
+    without, plain = total_loss(o, t, stoichiometric_matrix=SMAT, abundance_clip=CLIP, **WEIGHTS)
+    assert "partition" not in plain
+    np.testing.assert_allclose(total, without + 0.3 * terms["partition"], rtol=1e-5)
+    with pytest.raises(ValueError, match="partition_weight"):
+        total_loss(o, t, stoichiometric_matrix=None, abundance_clip=CLIP, power_weight=20.0,
+                   worst_weight=0.0, conservation_weight=0, partition_weight=0.3)
     for o_, t_ in ((jnp.zeros((2, 5)), jnp.ones((2, 5))), (jnp.ones((2, 5)), jnp.zeros((2, 5))),
                    (t, t)):
         grad = jax.grad(lambda x, t_=t_: total_loss(

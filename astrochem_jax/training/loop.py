@@ -62,7 +62,8 @@ RESUME_IGNORED_FIELDS = ("epochs", "max_train_examples", "distributed", "checkpo
 # Fields added after runs were saved, with the value those runs used (resume compares them).
 NEW_FIELD_DEFAULTS = {"matmul_precision": "default", "init_from": None, "ema_epochs": 0.0,
                       "model.row_mixup": 0.0, "model.physical_noise_std": 0.0,
-                      "checkpoint_metric": "loss", "loss.relative_weight": 0.0}
+                      "checkpoint_metric": "loss", "loss.relative_weight": 0.0,
+                      "loss.partition_weight": 0.0}
 # metrics.json fields that are timings (excluded when comparing runs).
 TIMING_FIELDS = ("seconds", "samples_per_s")
 
@@ -169,6 +170,7 @@ def _loss_weights(config) -> dict:
         "conservation_weight": float(config.loss.conservation_weight),
         # absent in configs saved before the term existed: off
         "relative_weight": float(config.loss.get("relative_weight", 0.0)),
+        "partition_weight": float(config.loss.get("partition_weight", 0.0)),
     }
 
 
@@ -242,7 +244,8 @@ def make_steps(component: comp_lib.Component, setup: comp_lib.Setup, mdef: state
     A state with `ema_params` updates them after every step with `ema_decay`
     (`state.updated_ema`)."""
     weights = _loss_weights(config)
-    stoich = setup.stoich if weights["conservation_weight"] != 0 else None
+    stoich = (setup.stoich if weights["conservation_weight"] != 0
+              or weights["partition_weight"] != 0 else None)
 
     def loss_of(pred, true):
         return total_loss(pred, true, stoichiometric_matrix=stoich,
