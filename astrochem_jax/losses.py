@@ -74,6 +74,25 @@ def _log_ratio(pred_scaled, true_scaled, abundance_clip):
     return (span_dex * _LN10) * (pred_scaled - true_scaled)
 
 
+def _element_matrix(stoichiometric_matrix, pred_scaled, where: str):
+    """(S_mat [S, E] in pred_scaled's dtype, present [E]: elements with a non-zero column),
+    checked against the species axis of pred_scaled [..., S]."""
+    smat = jnp.asarray(stoichiometric_matrix, pred_scaled.dtype)
+    if smat.ndim != 2 or smat.shape[0] != pred_scaled.shape[-1]:
+        raise ValueError(
+            f"{where}: stoichiometric_matrix must be [species={pred_scaled.shape[-1]}, "
+            f"elements]; got shape {smat.shape}"
+        )
+    return smat, jnp.any(smat != 0, axis=0)
+
+
+def _mean_over_present(values, present, pred_scaled):
+    """Mean of values [..., E] (0 where masked) over samples and present elements."""
+    n_samples = math.prod(pred_scaled.shape[:-1])
+    n_present = jnp.maximum(jnp.sum(present), 1).astype(pred_scaled.dtype)
+    return jnp.sum(values) / (n_samples * n_present)
+
+
 def conservation_term(
     pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip, floor=ELEMENT_TOTAL_FLOOR
 ):
@@ -82,13 +101,7 @@ def conservation_term(
     stoichiometric_matrix [S, E]; all-zero columns are masked out. Returns 0 if none is present.
     """
     dtype = pred_scaled.dtype
-    smat = jnp.asarray(stoichiometric_matrix, dtype)
-    if smat.ndim != 2 or smat.shape[0] != pred_scaled.shape[-1]:
-        raise ValueError(
-            f"conservation_term: stoichiometric_matrix must be [species={pred_scaled.shape[-1]}, "
-            f"elements]; got shape {smat.shape}"
-        )
-    present = jnp.any(smat != 0, axis=0)  # [E]
+    smat, present = _element_matrix(stoichiometric_matrix, pred_scaled, "conservation_term")
     # The log-ratio of element totals is formed from x_hat - x = x * (10^(span (o - t)) - 1), which
     # is exactly 0 where o == t (two separate unscale/log evaluations may round differently under
     # jit, e.g. vectorised vs scalar lanes) and has no cancellation for small differences.
@@ -104,9 +117,7 @@ def conservation_term(
     tot_pred = jnp.where(present & ~near, jnp.maximum(x_pred @ smat, floor), 1.0)
     dlog_far = jnp.log10(tot_pred) - jnp.log10(jnp.where(near, 1.0, tot_true))
     dlog = jnp.abs(jnp.where(near, dlog_near, dlog_far))  # [..., E], 0 where masked
-    n_samples = math.prod(pred_scaled.shape[:-1])
-    n_present = jnp.maximum(jnp.sum(present), 1).astype(dtype)
-    return jnp.sum(dlog) / (n_samples * n_present)
+    return _mean_over_present(dlog, present, pred_scaled)
 
 
 def partition_term(pred_scaled, true_scaled, stoichiometric_matrix, abundance_clip,
@@ -121,21 +132,13 @@ def partition_term(pred_scaled, true_scaled, stoichiometric_matrix, abundance_cl
     weighs each species by the share of the element it holds, and, unlike the conservation
     term, does not let errors of opposite sign in two carriers cancel."""
     dtype = pred_scaled.dtype
-    smat = jnp.asarray(stoichiometric_matrix, dtype)
-    if smat.ndim != 2 or smat.shape[0] != pred_scaled.shape[-1]:
-        raise ValueError(
-            f"partition_term: stoichiometric_matrix must be [species={pred_scaled.shape[-1]}, "
-            f"elements]; got shape {smat.shape}"
-        )
-    present = jnp.any(smat != 0, axis=0)  # [E]
+    smat, present = _element_matrix(stoichiometric_matrix, pred_scaled, "partition_term")
     x_true = unscale_in_dtype(true_scaled, abundance_clip, dtype)
     # |x_hat - x| = x |10^(span (o - t)) - 1|: exactly 0 where o == t, no cancellation.
     moved = x_true * jnp.abs(jnp.expm1(_log_ratio(pred_scaled, true_scaled, abundance_clip)))
     tot_true = jnp.where(present, jnp.maximum(x_true @ smat, floor), 1.0)  # [..., E]
     share = jnp.where(present, (moved @ smat) / tot_true, 0.0)  # [..., E]
-    n_samples = math.prod(pred_scaled.shape[:-1])
-    n_present = jnp.maximum(jnp.sum(present), 1).astype(dtype)
-    return jnp.sum(share) / (n_samples * n_present)
+    return _mean_over_present(share, present, pred_scaled)
 
 
 def log_relative_error(pred_scaled, true_scaled, abundance_clip):
